@@ -1,0 +1,143 @@
+"""The training configuration: every key with its default, and the checks that run before any compile.
+
+Config files in `configs/` start from `default_config()` and change what they need. The dict is locked,
+so a misspelt key in a file or on the command line (`--config.lrr=...`) is an error, not a silent no-op.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+from minigpt_jax.model import GPTConfig
+
+# Model fields the run sets elsewhere: compute_dtype is the run's dtype policy (top-level key).
+_RUN_LEVEL_MODEL_FIELDS = ("compute_dtype",)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the key."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"config.{key}: {message}")
+        self.key = key
+
+
+def model_fields(preset: str = "small", **overrides) -> ml_collections.ConfigDict:
+    """The `model` block: a preset name plus every GPTConfig field, unset fields following the preset.
+
+    Typed placeholders keep both spellings working from the command line:
+    `--config.model.preset=gpt2` switches the size, `--config.model.n_layer=6` changes one field.
+    """
+    fields = {}
+    for f in dataclasses.fields(GPTConfig):
+        if f.name in _RUN_LEVEL_MODEL_FIELDS:
+            continue
+        if f.name in overrides:
+            fields[f.name] = overrides.pop(f.name)
+        else:
+            fields[f.name] = placeholder(type(f.default))
+    if overrides:
+        raise ConfigError("model", f"unknown model fields {sorted(overrides)}")
+    return ml_collections.ConfigDict({"preset": preset, **fields})
+
+
+def default_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.model = model_fields("small")  # a preset, then any GPTConfig field: model_fields("gpt2", dropout=0.1)
+    c.tokenizer = ""  # "" takes the tokenizer the shards were made with (their manifest.json)
+    c.data_dir = "data/pydoc"
+    c.run_dir = "runs/small"
+    c.seed = 0
+
+    c.total_steps = 1000
+    c.batch_size = 8  # sequences per optimizer step, over all devices
+    c.micro_batch_size = 0  # sequences per micro-batch (gradient accumulation); 0 = no accumulation
+    c.block_size = 256  # training sequence length; at most model.block_size
+
+    c.lr = 6e-4
+    c.min_lr = c.get_ref("lr") * 0.1  # follows lr unless set
+    c.warmup_steps = 100
+    c.weight_decay = 0.1
+    c.grad_clip = 1.0
+    c.adam_b1 = 0.9
+    c.adam_b2 = 0.95
+    c.compute_dtype = "float32"  # "bfloat16" on GPUs and TPUs
+
+    c.log_every = 10
+    c.eval_every = 200  # 0: only at the end
+    c.eval_tokens = 65_536
+    c.data_workers = 0  # Grain worker processes; 0 reads in threads of the main process
+    c.peak_tflops = 0.0  # per-device peak for MFU; 0 = vendor figure or measured at start
+
+    # Sharding (see minigpt_jax/sharding.py): -1 takes the devices the other axis leaves.
+    c.mesh_data = -1
+    c.mesh_fsdp = 1
+
+    # Checkpoints and how a run starts.
+    c.checkpoint_every = 500  # 0: only at the end (and on SIGTERM / SIGINT)
+    c.keep_checkpoints = 3
+    c.keep_best = True  # also keep the checkpoint with the lowest val_loss
+    c.resume = True  # continue from run_dir's latest checkpoint when there is one
+    c.init_from = "scratch"  # "scratch" | "checkpoint:<run_dir>[@step]" | "hf:<dir-or-name>"
+    c.freeze = "none"  # "none" | "embeddings" (fine-tuning)
+    c.lock()
+    return c
+
+
+def model_config(c: ml_collections.ConfigDict) -> GPTConfig:
+    """The run's GPTConfig: the preset, the fields the config sets, and the run's dtype policy."""
+    fields = {k: v for k, v in c.model.to_dict().items() if k != "preset" and v is not None}
+    try:
+        return GPTConfig.preset(c.model.preset, **fields, compute_dtype=c.compute_dtype)
+    except (TypeError, ValueError) as e:
+        raise ConfigError("model", str(e)) from e
+
+
+def validate_config(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
+    """Everything that can be checked before compiling, each failure naming its key."""
+    model = model_config(c)
+    positive = ("total_steps", "batch_size", "block_size", "log_every", "eval_tokens")
+    for key in positive:
+        if c[key] <= 0:
+            raise ConfigError(key, f"must be positive, got {c[key]}")
+    if c.block_size > model.block_size:
+        raise ConfigError(
+            "block_size",
+            f"{c.block_size} is longer than the model's context (model.block_size="
+            f"{model.block_size}); lower block_size or raise model.block_size",
+        )
+    if c.micro_batch_size < 0 or (c.micro_batch_size and c.batch_size % c.micro_batch_size):
+        raise ConfigError(
+            "micro_batch_size",
+            f"{c.micro_batch_size} does not divide batch_size={c.batch_size}",
+        )
+    micro = c.micro_batch_size or c.batch_size
+    if micro % num_devices:
+        raise ConfigError(
+            "batch_size" if not c.micro_batch_size else "micro_batch_size",
+            f"{micro} sequences per micro-batch cannot be split over {num_devices} devices; "
+            f"use a multiple of {num_devices}",
+        )
+    if not 0 <= c.warmup_steps <= c.total_steps:
+        raise ConfigError("warmup_steps", f"{c.warmup_steps} is not within [0, total_steps]")
+    if c.min_lr > c.lr:
+        raise ConfigError("min_lr", f"{c.min_lr} is above lr={c.lr}")
+    if c.eval_every < 0 or c.checkpoint_every < 0:
+        raise ConfigError("eval_every", "eval_every and checkpoint_every must be >= 0")
+    if c.freeze not in ("none", "embeddings"):
+        raise ConfigError("freeze", f"{c.freeze!r}: use 'none' or 'embeddings'")
+    if not (c.init_from == "scratch" or c.init_from.startswith(("checkpoint:", "hf:"))):
+        raise ConfigError(
+            "init_from", f"{c.init_from!r}: use scratch, checkpoint:<run_dir>[@step] or hf:<dir>"
+        )
+    data_dir = Path(c.data_dir)
+    if not data_dir.is_dir():
+        raise ConfigError(
+            "data_dir",
+            f"{data_dir} does not exist; prepare shards first, e.g. "
+            f"`python scripts/download_data.py --out_dir {data_dir}`",
+        )

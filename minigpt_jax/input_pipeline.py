@@ -1,0 +1,256 @@
+"""Token shards on disk and the Grain pipeline that turns them into batches.
+
+Shard format: llm.c's `.bin` — a 256 x int32 header (magic, version, token count, zeros) then the
+tokens. GPT-2-sized vocabularies use llm.c's uint16 layout (magic 20240520, version 1); larger ones
+its uint32 layout (magic 20240801, version 7). build-nanogpt's uint16 `.npy` shards read too. Shards
+are memory-mapped: a batch touches only its own windows, never a whole shard.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grain
+import numpy as np
+
+HEADER_INTS = 256
+HEADER_BYTES = HEADER_INTS * 4
+# (magic, version) -> token dtype, as llm.c's dev/data/data_common.py writes them.
+_LAYOUTS = {(20240520, 1): np.dtype(np.uint16), (20240801, 7): np.dtype(np.uint32)}
+_MAGIC_FOR_DTYPE = {dtype: key for key, dtype in _LAYOUTS.items()}
+MANIFEST = "manifest.json"
+
+
+class ShardError(ValueError):
+    """A shard that cannot be read as tokens; the message names the file and what to do."""
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """The smallest dtype that holds every id of a vocabulary."""
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
+
+
+def write_shard(path: str | os.PathLike, tokens: np.ndarray) -> None:
+    """Write a `.bin` shard atomically: a crash leaves the old file or none, never half of one."""
+    tokens = np.asarray(tokens)
+    if tokens.dtype not in _MAGIC_FOR_DTYPE:
+        raise ShardError(f"{path}: tokens must be uint16 or uint32, got {tokens.dtype}")
+    magic, version = _MAGIC_FOR_DTYPE[tokens.dtype]
+    header = np.zeros(HEADER_INTS, np.int32)
+    header[:3] = (magic, version, tokens.size)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(header.tobytes())
+        f.write(tokens.tobytes())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def open_shard(path: str | os.PathLike) -> np.ndarray:
+    """A read-only memory map of a shard's tokens, after checking its header against its size."""
+    path = Path(path)
+    if not path.is_file():
+        raise ShardError(f"{path}: shard not found")
+    if path.suffix == ".npy":
+        try:
+            tokens = np.load(path, mmap_mode="r")
+        except (ValueError, OSError) as e:
+            raise ShardError(f"{path}: not a readable .npy shard ({e}); re-create it") from e
+        if tokens.ndim != 1 or tokens.dtype not in (np.uint16, np.uint32):
+            raise ShardError(
+                f"{path}: .npy shards must be 1-D uint16 or uint32 tokens, got {tokens.dtype} "
+                f"of shape {tokens.shape}; re-create it with scripts/download_data.py"
+            )
+        return tokens
+    size = path.stat().st_size
+    if size < HEADER_BYTES:
+        raise ShardError(f"{path}: {size} bytes is shorter than the {HEADER_BYTES}-byte header")
+    header = np.fromfile(path, dtype=np.int32, count=HEADER_INTS)
+    layout = (int(header[0]), int(header[1]))
+    if layout not in _LAYOUTS:
+        raise ShardError(
+            f"{path}: not a token shard (magic {layout[0]}, version {layout[1]}; expected llm.c's "
+            f"20240520/1 or 20240801/7); re-create it with scripts/download_data.py"
+        )
+    dtype, count = _LAYOUTS[layout], int(header[2])
+    expected = HEADER_BYTES + count * dtype.itemsize
+    if size != expected:
+        raise ShardError(
+            f"{path}: truncated or corrupt: the header promises {count} tokens ({expected} bytes) but "
+            f"the file has {size} bytes; delete it and re-run scripts/download_data.py"
+        )
+    return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(count,))
+
+
+def find_shards(data_dir: str | os.PathLike, split: str) -> list[Path]:
+    """`<split>` shards in name order: ours (`train_000000.bin`), llm.c's and build-nanogpt's names."""
+    pattern = re.compile(rf"(^|_){re.escape(split)}_\d+\.(bin|npy)$")
+    return sorted(p for p in Path(data_dir).iterdir() if pattern.search(p.name))
+
+
+def read_manifest(data_dir: str | os.PathLike) -> dict[str, Any] | None:
+    path = Path(data_dir) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ShardError(f"{path}: not valid JSON ({e}); re-run scripts/download_data.py") from e
+
+
+def mask_path(shard: str | os.PathLike) -> Path:
+    """The loss-mask shard beside a token shard: `train_000000.bin` -> `train_000000.mask.bin`.
+
+    Same format and length as the tokens (uint16 0/1 per token, 1 = count this token as a target);
+    supervised fine-tuning writes them so the loss skips prompts. The name never matches
+    `find_shards`, so a mask is never read as tokens.
+    """
+    shard = Path(shard)
+    return shard.with_name(f"{shard.stem}.mask.bin")
+
+
+def _mask_shards(paths: list[Path], counts: list[int]) -> list[Path] | None:
+    """The paths' mask shards when every shard has one, None when none has; else one error."""
+    masks = [mask_path(p) for p in paths]
+    present = [m.is_file() for m in masks]
+    if not any(present):
+        return None
+    if not all(present):
+        missing = masks[present.index(False)]
+        raise ShardError(
+            f"{missing}: missing, while other shards in the list have loss masks; re-create the "
+            f"data so that every shard has its mask, or none does"
+        )
+    for mask, count in zip(masks, counts, strict=True):
+        if open_shard(mask).size != count:
+            raise ShardError(
+                f"{mask}: holds {open_shard(mask).size} entries for a shard of {count} tokens; "
+                f"re-create the data"
+            )
+    return masks
+
+
+class WindowSource:
+    """Random access to the windows of `seq_len + 1` tokens in a list of shards.
+
+    Window i starts seq_len tokens after window i-1 (inputs and targets overlap by one token, so no
+    token is wasted); windows never straddle two shards. Memory maps open lazily in each process, so
+    the source pickles cheaply into Grain's worker processes. Every window is checked against the
+    vocabulary as it is read: an id past it names the shard instead of crashing inside the model.
+
+    Shards with loss masks (see `mask_path`) give {"tokens", "mask"} windows instead of arrays.
+    """
+
+    def __init__(self, paths: list[Path], seq_len: int, vocab_size: int | None = None):
+        if not paths:
+            raise ShardError("no shards given")
+        self.paths = [Path(p) for p in paths]
+        self.seq_len = seq_len
+        self.vocab_size = vocab_size
+        counts = [open_shard(p).size for p in self.paths]
+        windows = [max(n - 1, 0) // seq_len for n in counts]
+        self._starts = np.concatenate([[0], np.cumsum(windows)])
+        self.mask_paths = _mask_shards(self.paths, counts)
+        self._masks: list[np.ndarray] | None = None
+        if self._starts[-1] == 0:
+            raise ShardError(
+                f"{self.paths[0].parent}: the shards hold {sum(counts)} tokens, fewer than one window "
+                f"of {seq_len + 1}; use more data or a smaller block_size"
+            )
+        self._shards: list[np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def __getitem__(self, index: int) -> np.ndarray | dict[str, np.ndarray]:
+        if self._shards is None:
+            self._shards = [open_shard(p) for p in self.paths]
+            self._masks = [open_shard(p) for p in self.mask_paths] if self.mask_paths else None
+        shard = int(np.searchsorted(self._starts, index, side="right")) - 1
+        start = (int(index) - int(self._starts[shard])) * self.seq_len
+        window = np.asarray(self._shards[shard][start : start + self.seq_len + 1], dtype=np.int32)
+        if self.vocab_size is not None and window.max(initial=0) >= self.vocab_size:
+            raise ShardError(
+                f"{self.paths[shard]}: token id {int(window.max())} near token {start} is past the "
+                f"model's vocabulary of {self.vocab_size}; the shards were made with another "
+                f"tokenizer, or set config.model.vocab_size to match them"
+            )
+        if self._masks is not None:
+            mask = np.asarray(self._masks[shard][start : start + self.seq_len + 1], np.float32)
+            return {"tokens": window, "mask": mask}
+        return window
+
+    def __getstate__(self):
+        return {**self.__dict__, "_shards": None, "_masks": None}
+
+
+def _to_batch(windows: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Inputs and next-token targets; a mask becomes `weights`, aligned with the targets."""
+    if isinstance(windows, dict):
+        tokens_BT1, mask_BT1 = windows["tokens"], windows["mask"]
+        return {
+            "inputs": tokens_BT1[:, :-1],
+            "targets": tokens_BT1[:, 1:],
+            "weights": mask_BT1[:, 1:],
+        }
+    return {"inputs": windows[:, :-1], "targets": windows[:, 1:]}
+
+
+def train_dataset(
+    paths: list[Path],
+    seq_len: int,
+    batch_size: int,
+    seed: int,
+    vocab_size: int | None = None,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    worker_count: int = 0,
+    prefetch_batches: int = 4,
+) -> grain.IterDataset:
+    """Endless batches of shuffled windows; each epoch is a new permutation without replacement.
+
+    `shard_index`/`shard_count` give each JAX process its own disjoint slice of the windows (multi-host);
+    `batch_size` is this process's share of the global batch. Iterate with `iter(...)`; the iterator's
+    `get_state()`/`set_state()` is a single index, saved with checkpoints for an exact resume.
+    """
+    source = grain.MapDataset.source(WindowSource(paths, seq_len, vocab_size))
+    ds = source[shard_index::shard_count].shuffle(seed=seed).repeat()
+    ds = ds.batch(batch_size, drop_remainder=True).map(_to_batch)
+    read_options = grain.ReadOptions(num_threads=2, prefetch_buffer_size=prefetch_batches)
+    it = ds.to_iter_dataset(read_options)
+    if worker_count > 0:
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    return it
+
+
+def eval_batches(
+    paths: list[Path],
+    seq_len: int,
+    batch_size: int,
+    max_tokens: int,
+    vocab_size: int | None = None,
+    shard_index: int = 0,
+    shard_count: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
+    """The first `max_tokens` of validation windows in file order: every evaluation sees the same data.
+
+    At least one batch is returned even when max_tokens is smaller than a batch.
+    """
+    source = grain.MapDataset.source(WindowSource(paths, seq_len, vocab_size))
+    ds = source[shard_index::shard_count]
+    num_batches = max(1, max_tokens // (batch_size * seq_len * shard_count))
+    num_batches = min(num_batches, len(ds) // batch_size)
+    if num_batches == 0:
+        raise ShardError(
+            f"{paths[0].parent}: validation shards hold {len(ds)} windows of {seq_len + 1} tokens per "
+            f"process, fewer than one batch of {batch_size}; lower the batch size or add val data"
+        )
+    ds = ds[: num_batches * batch_size].batch(batch_size, drop_remainder=True).map(_to_batch)
+    return iter(ds.to_iter_dataset())

@@ -1,0 +1,276 @@
+"""GPT-2 as a functional Flax model: params pytree in, logits out.
+
+Module and parameter names follow OpenAI's GPT-2 tensors (`wte`, `wpe`, `h_{i}.attn.c_attn`, ...) so that
+importing or exporting Hugging Face weights is a name-for-name copy. Flax `Dense` kernels are laid out
+(in, out), which is exactly GPT-2's `Conv1D` layout: no transposes either way.
+
+Shape suffixes: B batch, T time, D model width, H heads, K head width, V (padded) vocabulary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+_PRESETS: dict[str, dict[str, Any]] = {
+    # OpenAI's four GPT-2 sizes.
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),
+    # CPU-sized models: `small` is the benchmark config, `tiny` is for tests.
+    "small": dict(n_layer=4, n_head=4, n_embd=256, block_size=256),
+    "tiny": dict(n_layer=2, n_head=2, n_embd=64, block_size=64),
+}
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTConfig:
+    vocab_size: int = 50257
+    block_size: int = 1024  # the longest context the position table holds
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    # Embedding rows are padded to a multiple of this for fast matmuls (50257 -> 50304); the padded
+    # logits are masked to -inf so they never win and never take probability mass.
+    vocab_multiple: int = 64
+    # Parameters are always float32; this is the dtype matmuls and attention run in.
+    compute_dtype: str = "float32"
+    # "xla" works everywhere; "cudnn" is the fused flash-attention kernel (GPU, bf16/fp16);
+    # "auto" picks cudnn on GPU with bf16 compute and xla otherwise.
+    attention_impl: str = "auto"
+    remat: bool = False  # recompute each block's activations in the backward pass
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.compute_dtype not in DTYPES:
+            raise ValueError(f"compute_dtype={self.compute_dtype!r}: use one of {sorted(DTYPES)}")
+        if self.attention_impl not in ("auto", "xla", "cudnn"):
+            raise ValueError(f"attention_impl={self.attention_impl!r}: use auto, xla or cudnn")
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return math.ceil(self.vocab_size / self.vocab_multiple) * self.vocab_multiple
+
+    @property
+    def dtype(self):
+        return DTYPES[self.compute_dtype]
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> GPTConfig:
+        if name not in _PRESETS:
+            raise ValueError(f"unknown model preset {name!r}; known: {', '.join(_PRESETS)}")
+        return cls(**{**_PRESETS[name], **overrides})
+
+    @classmethod
+    def preset_names(cls) -> list[str]:
+        return list(_PRESETS)
+
+
+def _resolve_attention_impl(config: GPTConfig) -> str:
+    if config.attention_impl != "auto":
+        return config.attention_impl
+    on_gpu = jax.default_backend() == "gpu"
+    return "cudnn" if on_gpu and config.compute_dtype == "bfloat16" else "xla"
+
+
+def _dense(features: int, config: GPTConfig, name: str, std: float = 0.02) -> nn.Dense:
+    return nn.Dense(
+        features,
+        dtype=config.dtype,
+        param_dtype=jnp.float32,
+        kernel_init=nn.initializers.normal(std),
+        bias_init=nn.initializers.zeros,
+        name=name,
+    )
+
+
+def _layer_norm(name: str) -> nn.LayerNorm:
+    # Normalise in float32 whatever the compute dtype: the residual stream stays float32 too.
+    return nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, param_dtype=jnp.float32, name=name)
+
+
+class KVCache(flax.struct.PyTreeNode):
+    """Keys and values of every layer for incremental decoding (`GPT.__call__(..., cache=...)`).
+
+    Rows are left-padded so that all prompts of a batch end in the same column and every decode
+    step writes one column for the whole batch: `start_B` is each row's first real column, `index`
+    the next column to write. A row's positions count from its own start: padding never shifts them.
+    """
+
+    k_LBSHK: jax.Array
+    v_LBSHK: jax.Array
+    start_B: jax.Array  # int32, first non-padding column of each row
+    index: jax.Array  # int32 scalar, the column the next token is written to
+
+    @classmethod
+    def zeros(cls, config: GPTConfig, batch: int, length: int, start_B: jax.Array) -> KVCache:
+        H = config.n_head
+        shape = (config.n_layer, batch, length, H, config.n_embd // H)
+        return cls(
+            k_LBSHK=jnp.zeros(shape, config.dtype),
+            v_LBSHK=jnp.zeros(shape, config.dtype),
+            start_B=jnp.asarray(start_B, jnp.int32),
+            index=jnp.zeros((), jnp.int32),
+        )
+
+
+def _cached_attention(
+    q_BTHK: jax.Array, k_BTHK: jax.Array, v_BTHK: jax.Array, cache: KVCache, layer: int
+) -> jax.Array:
+    """Attention of T new columns over the cache of one layer (the new columns included)."""
+    T, S = q_BTHK.shape[1], cache.k_LBSHK.shape[2]
+    at, dtype = (0, cache.index, 0, 0), cache.k_LBSHK.dtype
+    k_BSHK = jax.lax.dynamic_update_slice(cache.k_LBSHK[layer], k_BTHK.astype(dtype), at)
+    v_BSHK = jax.lax.dynamic_update_slice(cache.v_LBSHK[layer], v_BTHK.astype(dtype), at)
+    q_col_T = cache.index + jnp.arange(T)
+    k_col_S = jnp.arange(S)
+    causal_TS = k_col_S[None, :] <= q_col_T[:, None]
+    real_BS = k_col_S[None, :] >= cache.start_B[:, None]
+    # A padding column attends to itself only: no row is fully masked, so no NaN enters the cache.
+    self_TS = k_col_S[None, :] == q_col_T[:, None]
+    mask_BTS = (causal_TS[None] & real_BS[:, None, :]) | self_TS[None]
+    y_BTHK = jax.nn.dot_product_attention(
+        q_BTHK, k_BSHK.astype(q_BTHK.dtype), v_BSHK.astype(q_BTHK.dtype),
+        mask=mask_BTS[:, None], implementation="xla",
+    )
+    return y_BTHK
+
+
+class CausalSelfAttention(nn.Module):
+    config: GPTConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        x_BTD: jax.Array,
+        deterministic: bool,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> jax.Array | tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        cfg = self.config
+        B, T, D = x_BTD.shape
+        H, K = cfg.n_head, D // cfg.n_head
+        qkv_BT3D = _dense(3 * D, cfg, "c_attn")(x_BTD)
+        q_BTHK, k_BTHK, v_BTHK = (t.reshape(B, T, H, K) for t in jnp.split(qkv_BT3D, 3, axis=-1))
+        if cache is None:
+            y_BTHK = jax.nn.dot_product_attention(
+                q_BTHK, k_BTHK, v_BTHK, is_causal=True, implementation=_resolve_attention_impl(cfg)
+            )
+        else:
+            y_BTHK = _cached_attention(q_BTHK, k_BTHK, v_BTHK, cache, layer)
+        residual_std = 0.02 / math.sqrt(2 * cfg.n_layer)
+        y_BTD = _dense(D, cfg, "c_proj", std=residual_std)(y_BTHK.reshape(B, T, D))
+        y_BTD = nn.Dropout(cfg.dropout)(y_BTD, deterministic=deterministic)
+        return y_BTD if cache is None else (y_BTD, (k_BTHK, v_BTHK))
+
+
+class MLP(nn.Module):
+    config: GPTConfig
+
+    @nn.compact
+    def __call__(self, x_BTD: jax.Array, deterministic: bool) -> jax.Array:
+        cfg = self.config
+        h_BTF = nn.gelu(_dense(4 * cfg.n_embd, cfg, "c_fc")(x_BTD), approximate=True)
+        residual_std = 0.02 / math.sqrt(2 * cfg.n_layer)
+        y_BTD = _dense(cfg.n_embd, cfg, "c_proj", std=residual_std)(h_BTF)
+        return nn.Dropout(cfg.dropout)(y_BTD, deterministic=deterministic)
+
+
+class Block(nn.Module):
+    config: GPTConfig
+
+    @nn.compact
+    def __call__(
+        self, x_BTD: jax.Array, deterministic: bool, cache: KVCache | None = None, layer: int = 0
+    ) -> jax.Array | tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        attn = CausalSelfAttention(self.config, name="attn")
+        if cache is None:
+            x_BTD = x_BTD + attn(_layer_norm("ln_1")(x_BTD), deterministic)
+        else:
+            y_BTD, kv = attn(_layer_norm("ln_1")(x_BTD), deterministic, cache, layer)
+            x_BTD = x_BTD + y_BTD
+        x_BTD = x_BTD + MLP(self.config, name="mlp")(_layer_norm("ln_2")(x_BTD), deterministic)
+        return x_BTD if cache is None else (x_BTD, kv)
+
+
+class GPT(nn.Module):
+    config: GPTConfig
+
+    @nn.compact
+    def __call__(
+        self, tokens_BT: jax.Array, deterministic: bool = True, cache: KVCache | None = None
+    ) -> jax.Array | tuple[jax.Array, KVCache]:
+        """Float32 logits over the padded vocabulary; padded entries are -inf.
+
+        With `cache`, the tokens are the next columns of a decode (prefill or one step): returns the
+        logits and the cache with these columns written (see `minigpt_jax.generate`).
+        """
+        cfg = self.config
+        T = tokens_BT.shape[1]
+        if T > cfg.block_size:
+            raise ValueError(f"sequence length {T} exceeds the model's block_size {cfg.block_size}")
+        embed_init = nn.initializers.normal(0.02)
+        wte = nn.Embed(cfg.padded_vocab_size, cfg.n_embd, embedding_init=embed_init, name="wte")
+        wpe = nn.Embed(cfg.block_size, cfg.n_embd, embedding_init=embed_init, name="wpe")
+        if cache is None:
+            x_BTD = wte(tokens_BT) + wpe(jnp.arange(T))[None]
+        else:  # each row counts positions from its own first real column
+            col_BT = cache.index + jnp.arange(T)[None]
+            pos_BT = jnp.clip(col_BT - cache.start_B[:, None], 0, cfg.block_size - 1)
+            x_BTD = wte(tokens_BT) + wpe(pos_BT)
+        x_BTD = nn.Dropout(cfg.dropout)(x_BTD, deterministic=deterministic)
+
+        if cache is None:
+            block_cls = nn.remat(Block, static_argnums=(2,)) if cfg.remat else Block
+            for i in range(cfg.n_layer):
+                x_BTD = block_cls(cfg, name=f"h_{i}")(x_BTD, deterministic)
+        else:
+            k_LBSHK, v_LBSHK = cache.k_LBSHK, cache.v_LBSHK
+            for i in range(cfg.n_layer):
+                x_BTD, (k_BTHK, v_BTHK) = Block(cfg, name=f"h_{i}")(x_BTD, deterministic, cache, i)
+                # Only the new columns are written: in a decode loop XLA updates the cache in place.
+                at, dtype = (i, 0, cache.index, 0, 0), k_LBSHK.dtype
+                k_LBSHK = jax.lax.dynamic_update_slice(k_LBSHK, k_BTHK[None].astype(dtype), at)
+                v_LBSHK = jax.lax.dynamic_update_slice(v_LBSHK, v_BTHK[None].astype(dtype), at)
+            cache = cache.replace(k_LBSHK=k_LBSHK, v_LBSHK=v_LBSHK, index=cache.index + T)
+        x_BTD = _layer_norm("ln_f")(x_BTD)
+
+        # Tied head: the token embedding matrix read backwards, in the compute dtype.
+        logits_BTV = wte.attend(x_BTD.astype(cfg.dtype)).astype(jnp.float32)
+        logits_BTV = mask_padded_logits(logits_BTV, cfg.vocab_size)
+        return logits_BTV if cache is None else (logits_BTV, cache)
+
+
+def mask_padded_logits(logits_BTV: jax.Array, vocab_size: int) -> jax.Array:
+    is_real_V = jnp.arange(logits_BTV.shape[-1]) < vocab_size
+    return jnp.where(is_real_V, logits_BTV, -jnp.inf)
+
+
+def param_shapes(config: GPTConfig) -> Any:
+    """Parameter shapes without allocating them (for counting and sharding plans)."""
+    model = GPT(config)
+    dummy_BT = jnp.zeros((1, 1), jnp.int32)
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), dummy_BT))["params"]
+
+
+def count_params(config: GPTConfig, non_embedding: bool = False) -> int:
+    """Parameters as GPT-2 counts them: the tied head once, padded vocabulary rows not at all.
+
+    `non_embedding=True` leaves out the position table too (nanoGPT's convention for FLOPs).
+    """
+    n = sum(leaf.size for leaf in jax.tree.leaves(param_shapes(config)))
+    n -= (config.padded_vocab_size - config.vocab_size) * config.n_embd
+    if non_embedding:
+        n -= config.block_size * config.n_embd
+    return n

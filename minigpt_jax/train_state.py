@@ -1,0 +1,249 @@
+"""Optimizer, train state, and the pure train / eval steps (jitted by the caller with shardings).
+
+Gradient accumulation runs as a `lax.scan` over micro-batches inside the one compiled step rather than
+`optax.MultiSteps`: one dispatch per optimizer step instead of k, no Python between micro-batches, and
+the loss is normalised by the token count of the whole batch, so k micro-batches give the same update
+as one big batch whatever the loss mask.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from minigpt_jax.model import GPT, GPTConfig, count_params
+
+Batch = Mapping[str, jax.Array]  # inputs_BT, targets_BT, optional weights_BT (loss mask)
+Metrics = dict[str, jax.Array]
+
+
+class TrainState(flax.struct.PyTreeNode):
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def make_lr_schedule(
+    lr: float, min_lr: float, warmup_steps: int, total_steps: int
+) -> optax.Schedule:
+    """Linear warmup to `lr`, then cosine decay to `min_lr` at the last step.
+
+    Shifted by one step (as build-nanogpt and llm.c do) so that the first step already learns and the
+    last step runs at exactly `min_lr`.
+    """
+    base = optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=lr,
+        warmup_steps=max(warmup_steps, 1),
+        decay_steps=max(total_steps, warmup_steps + 1),
+        end_value=min_lr,
+    )
+    return lambda count: base(count + 1)
+
+
+def decay_mask(params: Any) -> Any:
+    """Weight decay on matrices and embeddings (ndim >= 2), never on biases or LayerNorm (nanoGPT)."""
+    return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+# What `freeze` can hold fixed while the rest fine-tunes (the tied head freezes with wte).
+FREEZE_GROUPS = {"none": (), "embeddings": ("wte", "wpe")}
+
+
+def freeze_labels(params: Any, freeze: str = "none") -> Any:
+    """The label of each leaf: "frozen" under a frozen top-level module, else "trained"."""
+    if freeze not in FREEZE_GROUPS:
+        raise ValueError(f"freeze={freeze!r}: use one of {sorted(FREEZE_GROUPS)}")
+    frozen = FREEZE_GROUPS[freeze]
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: "frozen" if getattr(path[0], "key", None) in frozen else "trained", params
+    )
+
+
+def make_optimizer(
+    lr_schedule: optax.Schedule,
+    weight_decay: float = 0.1,
+    grad_clip: float = 1.0,
+    b1: float = 0.9,
+    b2: float = 0.95,
+    eps: float = 1e-8,
+    freeze: str = "none",
+) -> optax.GradientTransformation:
+    """AdamW with global-norm clipping; `freeze="embeddings"` holds wte and wpe fixed.
+
+    Frozen leaves get zero updates and no Adam moments (optax.multi_transform), so they cost no
+    optimizer memory and weight decay never shrinks them.
+    """
+    tx = optax.chain(
+        optax.clip_by_global_norm(grad_clip),
+        optax.adamw(lr_schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=decay_mask),
+    )
+    if freeze == "none":
+        return tx
+    if freeze not in FREEZE_GROUPS:
+        raise ValueError(f"freeze={freeze!r}: use one of {sorted(FREEZE_GROUPS)}")
+    return optax.multi_transform(
+        {"trained": tx, "frozen": optax.set_to_zero()}, lambda p: freeze_labels(p, freeze)
+    )
+
+
+def create_train_state(
+    model: GPT, tx: optax.GradientTransformation, rng: jax.Array
+) -> TrainState:
+    dummy_BT = jnp.zeros((1, model.config.block_size), jnp.int32)
+    params = model.init(rng, dummy_BT)["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def summed_cross_entropy(
+    logits_BTV: jax.Array, targets_BT: jax.Array, weights_BT: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """(sum of per-token losses, number of counted tokens), in float32.
+
+    Sums rather than means so that micro-batches and eval batches combine exactly.
+    """
+    losses_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, targets_BT)
+    if weights_BT is None:
+        return losses_BT.sum(), jnp.asarray(losses_BT.size, jnp.float32)
+    weights_BT = weights_BT.astype(jnp.float32)
+    return (losses_BT * weights_BT).sum(), weights_BT.sum()
+
+
+def _split_micro_batches(batch: Batch, k: int) -> Batch:
+    """(B, ...) -> (k, B/k, ...), micro-batch i taking rows i, i+k, ...
+
+    Strided rather than contiguous so that each device's slice of a batch-sharded array stays on that
+    device: every micro-batch is spread over all devices and no data moves.
+    """
+
+    def split(x):
+        if x.shape[0] % k:
+            raise ValueError(f"batch of {x.shape[0]} rows is not divisible into {k} micro-batches")
+        return x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
+
+    return jax.tree.map(split, dict(batch))
+
+
+def make_train_step(
+    model: GPT,
+    tx: optax.GradientTransformation,
+    num_micro_batches: int = 1,
+    dropout_seed: int = 0,
+) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+    """A pure `(state, batch) -> (state, metrics)` step; the caller jits it (with donation)."""
+    use_dropout = model.config.dropout > 0
+
+    def loss_and_count(params, micro: Batch, rng):
+        logits_BTV = model.apply(
+            {"params": params},
+            micro["inputs"],
+            deterministic=not use_dropout,
+            rngs={"dropout": rng} if use_dropout else None,
+        )
+        return summed_cross_entropy(logits_BTV, micro["targets"], micro.get("weights"))
+
+    grad_fn = jax.value_and_grad(loss_and_count, has_aux=True)
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        # Dropout randomness is a function of (seed, step): a resumed run draws what it would have.
+        step_rng = jax.random.fold_in(jax.random.key(dropout_seed), state.step)
+        if num_micro_batches == 1:
+            (loss_sum, count), grads = grad_fn(state.params, batch, step_rng)
+        else:
+
+            def accumulate(carry, xs):
+                micro, i = xs
+                (loss_sum, count), grads = grad_fn(
+                    state.params, micro, jax.random.fold_in(step_rng, i)
+                )
+                acc_grads, acc_loss, acc_count = carry
+                return (
+                    jax.tree.map(jnp.add, acc_grads, grads),
+                    acc_loss + loss_sum,
+                    acc_count + count,
+                ), None
+
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+            micro_batches = _split_micro_batches(batch, num_micro_batches)
+            (grads, loss_sum, count), _ = jax.lax.scan(
+                accumulate, init, (micro_batches, jnp.arange(num_micro_batches))
+            )
+        count = jnp.maximum(count, 1.0)
+        grads = jax.tree.map(lambda g: g / count, grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        metrics = {"loss": loss_sum / count, "grad_norm": optax.tree.norm(grads)}
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(model: GPT) -> Callable[[Any, Batch], Metrics]:
+    """A pure `(params, batch) -> {loss_sum, tokens}` step; sums so batches average exactly."""
+
+    def eval_step(params, batch: Batch) -> Metrics:
+        logits_BTV = model.apply({"params": params}, batch["inputs"], deterministic=True)
+        loss_sum, tokens = summed_cross_entropy(logits_BTV, batch["targets"], batch.get("weights"))
+        return {"loss_sum": loss_sum, "tokens": tokens}
+
+    return eval_step
+
+
+# --- FLOPs and model FLOPs utilisation --------------------------------------------------------
+
+
+def flops_per_token(config: GPTConfig, seq_len: int) -> float:
+    """Training FLOPs per token: 6N for the matmuls plus the attention scores (PaLM appendix B).
+
+    N leaves out the position table (a lookup, not a matmul), as nanoGPT's `estimate_mfu` does.
+    """
+    n = count_params(config, non_embedding=True)
+    return 6 * n + 12 * config.n_layer * config.n_embd * seq_len
+
+
+# Dense peak FLOP/s per device from vendor sheets (bf16 for the bf16 column; TF32 for float32).
+_PEAK_FLOPS = {
+    "H200": {"bfloat16": 989e12, "float32": 494e12},
+    "H100": {"bfloat16": 989e12, "float32": 494e12},
+    "A100": {"bfloat16": 312e12, "float32": 156e12},
+    "L4": {"bfloat16": 121e12, "float32": 60e12},
+    "A10": {"bfloat16": 125e12, "float32": 62.5e12},
+    "TPU v4": {"bfloat16": 275e12, "float32": 275e12},
+    "TPU v5 lite": {"bfloat16": 197e12, "float32": 197e12},
+    "TPU v5": {"bfloat16": 459e12, "float32": 459e12},
+}
+
+
+def measure_matmul_peak(dtype: str = "float32", n: int = 2048, repeats: int = 7) -> float:
+    """Measured FLOP/s of a large jitted matmul on the default device (median of `repeats`).
+
+    The honest peak for machines without a vendor sheet entry (CPUs differ by core count, AVX width
+    and clock), measured with the same compiler the model runs through.
+    """
+    a = jnp.ones((n, n), dtype)
+    matmul = jax.jit(lambda x: x @ x)
+    matmul(a).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        matmul(a).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / float(np.median(times))
+
+
+def device_peak_flops(dtype: str = "float32") -> float:
+    """Peak FLOP/s of one device: the vendor figure when known, else measured."""
+    kind = jax.devices()[0].device_kind
+    for name, peaks in _PEAK_FLOPS.items():
+        if name.lower() in kind.lower():
+            return peaks[dtype]
+    return measure_matmul_peak(dtype)

@@ -1,0 +1,62 @@
+"""Shared fixtures: real text from ../shared/data, and tiny shard directories."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("MINIGPT_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} not found: tests that need real text read ../shared/data")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    return _require(SHARED_DATA)
+
+
+@pytest.fixture(scope="session")
+def gpt2_tiktoken_path() -> Path:
+    return _require(SHARED_DATA / "gpt2.tiktoken")
+
+
+def read_jsonl_texts(path: Path, limit: int | None = None) -> list[str]:
+    texts = []
+    with open(path) as f:
+        for line in f:
+            texts.append(json.loads(line)["text"])
+            if limit is not None and len(texts) >= limit:
+                break
+    return texts
+
+
+def write_random_shards(
+    data_dir: Path, vocab_size: int = 257, train_tokens: int = 20_000, val_tokens: int = 5_000,
+    seed: int = 0,
+) -> Path:
+    """Shards of a learnable toy language (a noisy repeating ramp) for fast training tests."""
+    from minigpt_jax.input_pipeline import token_dtype, write_shard
+
+    rng = np.random.default_rng(seed)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    dtype = token_dtype(vocab_size)
+    for split, n in (("train", train_tokens), ("val", val_tokens)):
+        ramp = np.arange(n) % 31
+        noise = rng.integers(0, vocab_size, n)
+        tokens = np.where(rng.random(n) < 0.1, noise, ramp).astype(dtype)
+        write_shard(data_dir / f"{split}_000000.bin", tokens)
+    return data_dir
+
+
+@pytest.fixture
+def tiny_shards(tmp_path: Path) -> Path:
+    return write_random_shards(tmp_path / "data")

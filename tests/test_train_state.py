@@ -1,0 +1,109 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from minigpt_jax.model import GPT, GPTConfig
+from minigpt_jax.train_state import (
+    create_train_state,
+    decay_mask,
+    flops_per_token,
+    make_eval_step,
+    make_lr_schedule,
+    make_optimizer,
+    make_train_step,
+)
+
+TINY = GPTConfig.preset("tiny", vocab_size=257, block_size=32)
+
+
+def setup(lr: float = 1e-3, warmup: int = 2, total: int = 100):
+    model = GPT(TINY)
+    tx = make_optimizer(make_lr_schedule(lr, lr / 10, warmup, total))
+    state = create_train_state(model, tx, jax.random.key(0))
+    return model, tx, state
+
+
+def batch_of(rows: int, seed: int = 0, with_weights: bool = False):
+    rng = np.random.default_rng(seed)
+    windows = rng.integers(0, TINY.vocab_size, (rows, TINY.block_size + 1)).astype(np.int32)
+    batch = {"inputs": windows[:, :-1], "targets": windows[:, 1:]}
+    if with_weights:  # uneven masks: micro-batches count different numbers of tokens
+        batch["weights"] = (rng.random((rows, TINY.block_size)) < np.linspace(0.1, 0.9, rows)[:, None])
+        batch["weights"] = batch["weights"].astype(np.float32)
+    return batch
+
+
+def test_lr_schedule_warmup_then_cosine_to_min():
+    schedule = make_lr_schedule(6e-4, 6e-5, warmup_steps=10, total_steps=110)
+    np.testing.assert_allclose(schedule(0), 6e-5, rtol=1e-5)  # first step already learns
+    np.testing.assert_allclose(schedule(4), 3e-4, rtol=1e-5)
+    np.testing.assert_allclose(schedule(9), 6e-4, rtol=1e-5)  # peak at the last warmup step
+    np.testing.assert_allclose(schedule(59), 6e-5 + 0.5 * (6e-4 - 6e-5), rtol=1e-4)  # cosine midpoint
+    np.testing.assert_allclose(schedule(109), 6e-5, rtol=1e-5)  # last step at min_lr
+    np.testing.assert_allclose(schedule(500), 6e-5, rtol=1e-5)
+
+
+def test_weight_decay_only_on_matrices_and_embeddings():
+    _, _, state = setup()
+    mask = decay_mask(state.params)
+    assert mask["wte"]["embedding"] and mask["wpe"]["embedding"]
+    assert mask["h_0"]["attn"]["c_attn"]["kernel"] and mask["h_1"]["mlp"]["c_proj"]["kernel"]
+    assert not mask["h_0"]["attn"]["c_attn"]["bias"]
+    assert not mask["h_0"]["ln_1"]["scale"] and not mask["ln_f"]["bias"]
+
+
+def test_weight_decay_shrinks_matrices_not_biases():
+    """With zero gradients, AdamW's decoupled decay alone moves only the masked-in leaves."""
+    _, tx, state = setup(lr=0.1, warmup=0)
+    params = jax.tree.map(lambda p: jnp.ones_like(p), state.params)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    assert float(updates["h_0"]["attn"]["c_attn"]["kernel"][0, 0]) < 0
+    assert float(updates["h_0"]["attn"]["c_attn"]["bias"][0]) == 0
+    assert float(updates["ln_f"]["scale"][0]) == 0
+
+
+@pytest.mark.parametrize("with_weights", [False, True])
+def test_gradient_accumulation_equals_one_big_batch(with_weights):
+    model, tx, state = setup()
+    batch = batch_of(8, with_weights=with_weights)
+    one, m1 = jax.jit(make_train_step(model, tx, 1))(state, batch)
+    four, m4 = jax.jit(make_train_step(model, tx, 4))(state, batch)
+    np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-5)
+    np.testing.assert_allclose(m1["grad_norm"], m4["grad_norm"], rtol=1e-4)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-6), one.params, four.params)
+    assert int(one.step) == int(four.step) == 1
+
+
+def test_micro_batches_must_divide_the_batch():
+    model, tx, state = setup()
+    with pytest.raises(ValueError, match="micro-batches"):
+        make_train_step(model, tx, 3)(state, batch_of(8))
+
+
+def test_small_model_overfits_one_batch():
+    model, tx, state = setup(lr=3e-3, warmup=5, total=150)
+    step = jax.jit(make_train_step(model, tx), donate_argnums=0)
+    batch = batch_of(4)
+    for _ in range(150):
+        state, metrics = step(state, batch)
+    assert float(metrics["loss"]) < 0.2  # from ln(257) = 5.55
+
+
+def test_eval_step_sums_combine_exactly():
+    model, _, state = setup()
+    eval_step = jax.jit(make_eval_step(model))
+    batch = batch_of(4)
+    whole = eval_step(state.params, batch)
+    halves = [eval_step(state.params, {k: v[i : i + 2] for k, v in batch.items()}) for i in (0, 2)]
+    assert float(whole["tokens"]) == 4 * TINY.block_size
+    np.testing.assert_allclose(
+        whole["loss_sum"], sum(float(h["loss_sum"]) for h in halves), rtol=1e-6
+    )
+
+
+def test_flops_per_token_is_6n_plus_attention():
+    cfg = GPTConfig.preset("gpt2")
+    n_non_embedding = 124_439_808 - 1024 * 768
+    assert flops_per_token(cfg, 1024) == 6 * n_non_embedding + 12 * 12 * 768 * 1024
