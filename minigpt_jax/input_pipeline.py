@@ -13,9 +13,11 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import grain
+if TYPE_CHECKING:
+    import grain
+
 import numpy as np
 
 HEADER_INTS = 256
@@ -47,7 +49,7 @@ def write_shard(path: str | os.PathLike, tokens: np.ndarray) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(header.tobytes())
-        f.write(tokens.tobytes())
+        f.write(memoryview(np.ascontiguousarray(tokens)))  # no copy of a 200 MB shard
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -213,13 +215,15 @@ def train_dataset(
     shard_count: int = 1,
     worker_count: int = 0,
     prefetch_batches: int = 4,
-) -> grain.IterDataset:
+) -> "grain.IterDataset":
     """Endless batches of shuffled windows; each epoch is a new permutation without replacement.
 
     `shard_index`/`shard_count` give each JAX process its own disjoint slice of the windows (multi-host);
     `batch_size` is this process's share of the global batch. Iterate with `iter(...)`; the iterator's
     `get_state()`/`set_state()` is a single index, saved with checkpoints for an exact resume.
     """
+    import grain  # here, not at module level: data-prep workers write shards without loading Grain
+
     source = grain.MapDataset.source(WindowSource(paths, seq_len, vocab_size))
     ds = source[shard_index::shard_count].shuffle(seed=seed).repeat()
     ds = ds.batch(batch_size, drop_remainder=True).map(_to_batch)
@@ -243,6 +247,8 @@ def eval_batches(
 
     At least one batch is returned even when max_tokens is smaller than a batch.
     """
+    import grain
+
     source = grain.MapDataset.source(WindowSource(paths, seq_len, vocab_size))
     ds = source[shard_index::shard_count]
     num_batches = max(1, max_tokens // (batch_size * seq_len * shard_count))

@@ -1,0 +1,785 @@
+"""Text -> token shards: FineWeb-Edu from the hub, local files, or the docs that ship with Python.
+
+Every source goes through one path: a `datasets` dataset (hub, local `.jsonl`/`.txt`/`.parquet`
+through the same builders, or the built-in `pydoc` corpus) -> batches of documents -> tokenizer
+worker processes (ordered, a bounded number in flight) -> a writer that cuts the token stream into
+`val_NNNNNN.bin` / `train_NNNNNN.bin` shards (llm.c's format, see input_pipeline.py).
+
+Each document becomes `<|endoftext|>` + its tokens (GPT-2's convention). The stream is cut at
+fixed token positions, as build-nanogpt and llm.c do: the first `val_tokens` are validation (unless
+a separate validation split or files are given), the rest is training, `shard_size` tokens per
+shard, the last one shorter. Because positions, not timing, define the cuts, the output is the same
+bytes whatever `num_proc` is, and a run killed mid-way resumes exactly: `progress.json` records,
+for every finished shard, the document and token where the next one starts. `manifest.json` is
+written last; a directory without it is an unfinished run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import glob
+import hashlib
+import itertools
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from minigpt_jax.input_pipeline import (
+    MANIFEST,
+    ShardError,
+    read_manifest,
+    token_dtype,
+    write_shard,
+)
+from minigpt_jax.tokenizer import load_tokenizer, same_tokenizer
+
+PROGRESS = "progress.json"
+VERSION = 1
+PYDOC = "pydoc"
+# Local file suffix -> `datasets` builder: the same loaders the hub uses for these formats.
+_BUILDERS = {
+    ".jsonl": "json", ".json": "json", ".jsonl.gz": "json", ".json.gz": "json",
+    ".txt": "text", ".txt.gz": "text", ".parquet": "parquet", ".csv": "csv",
+}
+# Arguments that decide the bytes of the output; a rerun must match them to resume.
+_OUTPUT_ARGS = (
+    "dataset", "name", "split", "val_split", "data_files", "val_data_files", "text_field",
+    "sample_by", "shard_size", "val_tokens", "tokens_threshold", "seed",
+)
+# Characters of text per tokenizer task: big enough that IPC is noise, small enough that the
+# last tasks of a small corpus do not leave a core idle for long.
+_TASK_CHARS = 1 << 19
+
+
+class PrepError(ValueError):
+    """Input or arguments that cannot make shards; the message says what to do instead."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepArgs:
+    """The command line's flags (their help is in `parse_args`); frozen so a run cannot drift."""
+
+    dataset: str = "HuggingFaceFW/fineweb-edu"
+    name: str | None = "sample-10BT"
+    split: str = "train"
+    val_split: str | None = None
+    data_files: tuple[str, ...] = ()
+    val_data_files: tuple[str, ...] = ()
+    text_field: str = "text"
+    sample_by: str = "document"
+    streaming: bool = False
+    tokens_threshold: int | None = None
+    shard_size: int = 100_000_000
+    val_tokens: int | None = None
+    tokenizer_path: str = "gpt2"
+    out_dir: str | None = None
+    num_proc: int = 0
+    seed: int | None = None
+    cache_dir: str | None = None
+    progress: bool = True
+
+    def resolved_out_dir(self) -> Path:
+        if self.out_dir:
+            return Path(self.out_dir)
+        if self.data_files:
+            stem = Path(self.data_files[0]).name.split(".")[0] or "local"
+            return Path("data") / stem
+        return Path("data") / self.dataset.rstrip("/").split("/")[-1]
+
+
+# ------------------------------------------------------------------------------------------------
+# Documents
+
+
+def _expand_files(patterns: tuple[str, ...], flag: str) -> list[str]:
+    files: list[str] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(os.path.expanduser(pattern)))
+        if not matches:
+            raise PrepError(f"--{flag}: {pattern} matches no file")
+        files += [str(Path(m).resolve()) for m in matches]
+    for f in files:
+        if os.path.isfile(f) and os.path.getsize(f) == 0:  # `datasets` fails on these obscurely
+            raise PrepError(f"--{flag}: {f} is empty: no documents; leave it out")
+    return files
+
+
+def _builder_for(files: list[str], flag: str) -> str:
+    builders = set()
+    for f in files:
+        name = Path(f).name.lower()
+        suffix = next((s for s in _BUILDERS if name.endswith(s)), None)
+        if suffix is None:
+            raise PrepError(
+                f"--{flag}: {f}: unsupported file type; use .jsonl/.json, .txt, .parquet or .csv"
+            )
+        builders.add(_BUILDERS[suffix])
+    if len(builders) > 1:
+        raise PrepError(f"--{flag}: mixes file types {sorted(builders)}; use one type per flag")
+    return builders.pop()
+
+
+def _pydoc_documents() -> dict[str, list[str]]:
+    """The reference text that ships inside CPython (pydoc's topics), one document per topic."""
+    from pydoc_data.topics import topics
+
+    return {"text": [topics[key] for key in sorted(topics)]}
+
+
+def load_documents(args: PrepArgs, role: str):
+    """The `datasets` dataset (or IterableDataset) of the `role` ("train" or "val") source."""
+    import datasets
+
+    files = args.val_data_files if role == "val" else args.data_files
+    split = args.val_split if role == "val" else args.split
+    try:
+        if files:
+            flag = "val_data_files" if role == "val" else "data_files"
+            builder = _builder_for(list(files), flag)
+            kwargs = {"sample_by": args.sample_by} if builder == "text" else {}
+            ds = datasets.load_dataset(
+                builder, data_files=list(files), split="train", streaming=args.streaming,
+                cache_dir=args.cache_dir, **kwargs,
+            )
+        elif args.dataset == PYDOC:
+            ds = datasets.Dataset.from_dict(_pydoc_documents())
+            ds = ds.to_iterable_dataset() if args.streaming else ds
+        else:
+            _log(args, f"loading {args.dataset} ({args.name or 'default'}, {split}) from the "
+                       f"Hugging Face hub{' (streaming)' if args.streaming else ''}")
+            ds = datasets.load_dataset(
+                args.dataset, name=args.name, split=split, streaming=args.streaming,
+                cache_dir=args.cache_dir,
+            )
+    except (ConnectionError, datasets.exceptions.DatasetNotFoundError) as e:
+        config = f" (config {args.name!r})" if args.name else ""
+        raise PrepError(
+            f"cannot reach dataset {args.dataset!r}{config} on the Hugging Face hub: {e}. This "
+            f"machine may be offline or the name may be wrong. Prepare local files instead: "
+            f"--data_files=PATH[,PATH...] (.jsonl with a {args.text_field!r} field, .txt "
+            f"or .parquet), or --dataset=pydoc for the small corpus built into Python"
+        ) from e
+    except PrepError:
+        raise
+    except StopIteration as e:  # the json builder's feature inference on a file of blank lines
+        raise PrepError(f"{list(files) or args.dataset}: no documents") from e
+    except datasets.exceptions.DatasetGenerationError as e:
+        raise PrepError(f"cannot read {list(files) or args.dataset}: {e.__cause__ or e}") from e
+    except ValueError as e:  # an unknown split or config name
+        raise PrepError(f"dataset {args.dataset!r}: {e}") from e
+    if args.seed is None:
+        return ds
+    if isinstance(ds, datasets.Dataset):
+        return ds.shuffle(seed=args.seed)
+    return ds.shuffle(seed=args.seed, buffer_size=10_000)
+
+
+def text_batches(ds, text_field: str, skip: int, where: str) -> Iterator[list[str]]:
+    """Lists of document texts (~_TASK_CHARS characters each), starting after `skip` documents."""
+    import datasets
+
+    columns = ds.column_names
+    if columns is not None and text_field not in columns:
+        raise PrepError(
+            f"{where}: no field {text_field!r} (fields: {columns}); pass --text_field=NAME"
+        )
+    if columns is not None and len(columns) > 1:
+        ds = ds.select_columns([text_field])  # never decode the columns we do not tokenize
+    if skip and isinstance(ds, datasets.Dataset):
+        ds, skip = ds.skip(skip), 0  # a slice of the index: no document is read
+    # Streaming sources skip by reading: IterableDataset.skip after a shuffle changes the order.
+    batch: list[str] = []
+    chars = 0
+    index = 0
+    for rows in _read_rows(ds, where):
+        if text_field not in rows:
+            raise PrepError(
+                f"{where}: no field {text_field!r} (fields: {list(rows)}); pass --text_field=NAME"
+            )
+        texts = rows[text_field]
+        if skip:
+            drop = min(skip, len(texts))
+            texts, skip = texts[drop:], skip - drop
+        for text in texts:
+            if not isinstance(text, str):
+                raise PrepError(
+                    f"{where}: document {index} has {type(text).__name__} in field {text_field!r}, "
+                    f"not text; clean the input or pick another --text_field"
+                )
+            index += 1
+            batch.append(text)
+            chars += len(text)
+            if chars >= _TASK_CHARS:
+                yield batch
+                batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+def _read_rows(ds, where: str) -> Iterator[dict[str, list]]:
+    """`ds.iter`, with a malformed file (seen only while streaming it) as one clear error."""
+    import datasets
+    import pyarrow as pa
+
+    rows = iter(ds.iter(batch_size=256))
+    while True:
+        try:
+            batch = next(rows)
+        except StopIteration:
+            return
+        except (pa.ArrowInvalid, datasets.exceptions.DatasetGenerationError) as e:
+            raise PrepError(f"{where}: cannot read it: {e.__cause__ or e}") from e
+        yield batch
+
+
+# ------------------------------------------------------------------------------------------------
+# Tokenization in worker processes
+
+
+@dataclasses.dataclass
+class Encoded:
+    """A batch of documents as one token array: per document, EOT then its tokens."""
+
+    tokens: np.ndarray  # uint16/uint32, the concatenated documents
+    lengths: np.ndarray  # int64 tokens per document, EOT included
+    nbytes: np.ndarray  # int64 UTF-8 bytes per document
+
+
+def encode_documents(tokenizer, texts: list[str], dtype: np.dtype) -> Encoded:
+    """Tokenize and cast to the shard dtype at once (2 bytes a token, not a Python int's 28+).
+
+    One `encode` per document, not `encode_batch`: each worker process already owns a core, and
+    tiktoken's batch encoder hands every text to a thread pool, which measured ~30% more CPU per
+    token here with one thread (bench/data_prep_bench.py compares against it).
+    """
+    ids = [tokenizer.encode(t) for t in texts]
+    lengths = np.fromiter((len(x) + 1 for x in ids), np.int64, len(ids))
+    ends = np.cumsum(lengths)
+    tokens = np.empty(int(ends[-1]) if len(ends) else 0, dtype)
+    for end, x in zip(ends.tolist(), ids, strict=True):
+        tokens[end - len(x) - 1] = tokenizer.eot_id
+        tokens[end - len(x) : end] = x
+    nbytes = np.fromiter((len(t.encode("utf-8")) for t in texts), np.int64, len(texts))
+    return Encoded(tokens, lengths, nbytes)
+
+
+# One tokenizer per worker process, set by the pool initializer: a process is the unit of state.
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(tokenizer, dtype_str: str) -> None:
+    _WORKER.update(tokenizer=tokenizer, dtype=np.dtype(dtype_str))
+    tokenizer.encode("warm up")  # builds tiktoken's tables before the first task
+
+
+def _encode_in_worker(texts: list[str]) -> Encoded:
+    return encode_documents(_WORKER["tokenizer"], texts, _WORKER["dtype"])
+
+
+def encode_stream(
+    batches: Iterator[list[str]], tokenizer, dtype: np.dtype, num_proc: int
+) -> Iterator[Encoded]:
+    """Encoded batches in input order; at most 2 per worker in flight, so memory stays bounded.
+
+    Workers are spawned (not forked): safe beside threads and JAX, and the same on every OS.
+    """
+    batches = iter(batches)
+    head = list(itertools.islice(batches, 2 * num_proc))
+    if num_proc <= 1 or len(head) < 2 * num_proc:  # a small input: not worth starting processes
+        for texts in itertools.chain(head, batches):
+            yield encode_documents(tokenizer, texts, dtype)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(num_proc, _init_worker, (tokenizer, dtype.str)) as pool:
+        pending: deque = deque()
+        for texts in itertools.chain(head, batches):
+            pending.append(pool.apply_async(_encode_in_worker, (texts,)))
+            if len(pending) >= 2 * num_proc:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+# ------------------------------------------------------------------------------------------------
+# Shards
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+class ShardWriter:
+    """Cuts one source's token stream into shards at fixed positions and records each one.
+
+    `plan` lists (split, token budget) in stream order, e.g. [("val", 10M), ("train", inf)]. The
+    stream position after each shard is saved as (document index, token offset in it), which is
+    all a rerun needs to continue with the same bytes.
+    """
+
+    def __init__(self, out_dir: Path, source: str, plan: list[tuple[str, float]],
+                 shard_size: int, dtype: np.dtype, progress: dict[str, Any], on_shard):
+        self.out_dir, self.source, self.shard_size = out_dir, source, shard_size
+        self.progress, self.on_shard = progress, on_shard
+        shards = progress["shards"]
+        self.written = {split: sum(s["tokens"] for s in shards if s["split"] == split)
+                        for split, _ in plan}
+        self.count = {split: sum(s["split"] == split for s in shards) for split, _ in plan}
+        self.plan = [(split, budget) for split, budget in plan if self.written[split] < budget]
+        mine = [s for s in shards if s["source"] == source]
+        self.doc, self.offset = mine[-1]["end"] if mine else (0, 0)
+        self.first_doc = self.doc  # the document the current shard starts in
+        self.buffer = np.empty(shard_size, dtype)
+        self.fill = 0
+        # Documents that start in the current shard: their position in it and their UTF-8 bytes.
+        self.doc_pos: list[np.ndarray] = []
+        self.doc_bytes: list[np.ndarray] = []
+
+    @property
+    def done(self) -> bool:
+        return not self.plan
+
+    def _target(self) -> int:
+        split, budget = self.plan[0]
+        return int(min(self.shard_size, budget - self.written[split]))
+
+    def feed(self, enc: Encoded) -> None:
+        """Append a batch whose first document is `self.doc` (its first `self.offset` tokens are
+        already in earlier shards)."""
+        starts = np.concatenate([[0], np.cumsum(enc.lengths)])  # doc starts within the batch
+        pos = self.offset  # position within the batch's tokens
+        batch_doc = self.doc
+        total = int(starts[-1])
+        while pos < total and self.plan:
+            take = min(self._target() - self.fill, total - pos)
+            self.buffer[self.fill : self.fill + take] = enc.tokens[pos : pos + take]
+            lo, hi = np.searchsorted(starts[:-1], [pos, pos + take], side="left")
+            self.doc_pos.append(starts[lo:hi] - pos + self.fill)
+            self.doc_bytes.append(enc.nbytes[lo:hi])
+            self.fill += take
+            pos += take
+            doc = int(np.searchsorted(starts, pos, side="right")) - 1
+            self.doc, self.offset = batch_doc + doc, pos - int(starts[doc])
+            if pos == total:  # the batch is used up: the next one starts at its first document
+                self.doc, self.offset = batch_doc + len(enc.lengths), 0
+            if self.fill == self._target():
+                self.flush()
+
+    def finish(self, default_val: bool) -> None:
+        """Write what is left at the end of the input.
+
+        With the default `val_tokens` (one shard) an input smaller than one shard would all be
+        held out; it is then all in the buffer, and its first tenth becomes validation instead.
+        """
+        holds_everything = self.fill >= 10 and not self.progress["shards"]
+        if default_val and len(self.plan) == 2 and self.plan[0][0] == "val" and holds_everything:
+            tokens = self.buffer[: self.fill].copy()
+            pos, nbytes = np.concatenate(self.doc_pos), np.concatenate(self.doc_bytes)
+            end = (self.doc, self.offset)
+            n_val = self.fill // 10
+            in_val = int(np.searchsorted(pos, n_val, side="left"))  # docs starting in val
+            last = int(np.searchsorted(pos, n_val, side="right")) - 1  # doc holding token n_val
+            self.plan[0] = ("val", n_val)
+            self.fill, self.doc_pos, self.doc_bytes = n_val, [pos[:in_val]], [nbytes[:in_val]]
+            self.doc, self.offset = self.first_doc + last, n_val - int(pos[last])
+            self.flush()
+            self.buffer[: tokens.size - n_val] = tokens[n_val:]
+            self.fill = tokens.size - n_val
+            self.doc_pos, self.doc_bytes = [pos[in_val:] - n_val], [nbytes[in_val:]]
+            self.doc, self.offset = end
+        self.flush()
+
+    def flush(self) -> None:
+        if not self.fill:
+            return
+
+        split, budget = self.plan[0]
+        path = self.out_dir / f"{split}_{self.count[split]:06d}.bin"
+        write_shard(path, self.buffer[: self.fill])
+        self.progress["shards"].append({
+            "file": path.name, "split": split, "tokens": self.fill, "sha256": _sha256(path),
+            "documents": int(sum(p.size for p in self.doc_pos)),
+            "bytes": int(sum(int(b.sum()) for b in self.doc_bytes)),
+            "source": self.source, "end": [self.doc, self.offset],
+        })
+        self.written[split] += self.fill
+        self.count[split] += 1
+        self.fill, self.doc_pos, self.doc_bytes = 0, [], []
+        self.first_doc = self.doc
+        if self.written[split] >= budget:
+            self.plan.pop(0)
+        self.on_shard()
+
+
+# ------------------------------------------------------------------------------------------------
+# A run
+
+
+def _output_args(args: PrepArgs, data_files: list[str], val_files: list[str]) -> dict[str, Any]:
+    record = {k: getattr(args, k) for k in _OUTPUT_ARGS}
+    record.update(data_files=data_files, val_data_files=val_files)
+    if data_files or args.dataset == PYDOC:  # the hub name and config do not apply
+        record.update(dataset=PYDOC if not data_files else None, name=None, split=None)
+    return record
+
+
+def _input_sizes(files: list[str]) -> list[dict[str, Any]]:
+    return [{"path": f, "bytes": os.path.getsize(f)} for f in files]
+
+
+def _tokenizer_record(args: PrepArgs, tokenizer) -> tuple[dict[str, Any], Path | None]:
+    """The manifest's tokenizer entry, and the file to copy beside the shards (if any)."""
+    if args.tokenizer_path in ("byte", "gpt2"):
+        return {**tokenizer.identity, "spec": args.tokenizer_path}, None
+    src = Path(args.tokenizer_path)
+    suffix = "".join(src.suffixes[-1:]) or ""
+    return {**tokenizer.identity, "spec": f"tokenizer{suffix}"}, src
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _check_args(args: PrepArgs) -> None:
+    if args.shard_size <= 0:
+        raise PrepError(f"--shard_size={args.shard_size}: must be a positive number of tokens")
+    if args.val_tokens is not None and args.val_tokens < 0:
+        raise PrepError(f"--val_tokens={args.val_tokens}: must be >= 0")
+    if args.tokens_threshold is not None and args.tokens_threshold < args.shard_size:
+        raise PrepError(
+            f"--tokens_threshold={args.tokens_threshold:,} is below one shard "
+            f"(--shard_size={args.shard_size:,}): raise it, or lower --shard_size to at most "
+            f"the threshold"
+        )
+    if args.val_split and (args.data_files or args.dataset == PYDOC):
+        raise PrepError("--val_split names a hub split; with local files use --val_data_files")
+
+
+def _plans(args: PrepArgs) -> list[tuple[str, list[tuple[str, float]]]]:
+    """(source, [(split, budget), ...]) in the order the sources are read."""
+    train_budget = math.inf if args.tokens_threshold is None else args.tokens_threshold
+    if args.val_split or args.val_data_files:
+        val_budget = math.inf if args.val_tokens is None else args.val_tokens
+        return [("val", [("val", val_budget)]), ("train", [("train", train_budget)])]
+    val_budget = args.shard_size if args.val_tokens is None else args.val_tokens
+    return [("train", [("val", val_budget), ("train", train_budget)])]
+
+
+def _start(out_dir: Path, fresh: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The record to continue from, and whether the run is "new", to "resume" or "complete"."""
+    manifest_path, progress_path = out_dir / MANIFEST, out_dir / PROGRESS
+    key = lambda rec: (rec.get("args"), rec.get("inputs"), rec.get("tokenizer", {}).get("sha256"))
+    for path in (manifest_path, progress_path):
+        if not path.is_file():
+            continue
+        old = json.loads(path.read_text())
+        if key(old) != key(fresh):
+            differ = [k for k in ("args", "inputs", "tokenizer") if old.get(k) != fresh.get(k)]
+            raise PrepError(
+                f"{path}: {out_dir} holds a run with other {', '.join(differ)} (there: "
+                f"{ {k: old.get(k) for k in differ} }); pass another --out_dir or delete {out_dir}"
+            )
+        return old, ("complete" if path == manifest_path else "resume")
+    strays = sorted(p.name for p in out_dir.glob("*_[0-9]*.bin")) if out_dir.is_dir() else []
+    if strays:
+        raise PrepError(
+            f"{out_dir}: holds shards {strays[:3]} but no {PROGRESS} or {MANIFEST}; "
+            f"pass another --out_dir or delete them"
+        )
+    return fresh, "new"
+
+
+def _finalize(out_dir: Path, progress: dict[str, Any], tokenizer_src: Path | None) -> dict:
+    shards = progress["shards"]
+    splits = ("train", "val")
+    total_tokens = sum(s["tokens"] for s in shards)
+    total_bytes = sum(s["bytes"] for s in shards)
+    manifest = {
+        "version": VERSION,
+        "tokenizer": progress["tokenizer"],
+        "dtype": progress["dtype"],
+        "args": progress["args"],
+        "inputs": progress["inputs"],
+        "documents": {sp: sum(s["documents"] for s in shards if s["split"] == sp) for sp in splits},
+        "tokens": {sp: sum(s["tokens"] for s in shards if s["split"] == sp) for sp in splits},
+        "input_bytes": total_bytes,
+        "bytes_per_token": round(total_bytes / max(total_tokens, 1), 4),
+        "shards": [
+            {k: s[k] for k in ("file", "split", "tokens", "sha256", "documents")} for s in shards
+        ],
+    }
+    if tokenizer_src is not None:
+        _copy_atomic(tokenizer_src, out_dir / progress["tokenizer"]["spec"])
+    _write_json(out_dir / MANIFEST, manifest)
+    (out_dir / PROGRESS).unlink(missing_ok=True)
+    return manifest
+
+
+def _remove_run(out_dir: Path, progress: dict[str, Any], created_dir: bool) -> None:
+    """Undo a run that failed on its input: no shard, progress or empty directory left."""
+    for shard in progress["shards"]:
+        (out_dir / shard["file"]).unlink(missing_ok=True)
+    for name in (PROGRESS, PROGRESS + ".tmp"):
+        (out_dir / name).unlink(missing_ok=True)
+    for tmp in out_dir.glob("*.bin.tmp"):
+        tmp.unlink()
+    if created_dir and out_dir.is_dir() and not any(out_dir.iterdir()):
+        out_dir.rmdir()
+
+
+def prepare(args: PrepArgs) -> dict[str, Any]:
+    """Make (or finish) the shards `args` describe; returns the manifest."""
+    _check_args(args)
+    out_dir = args.resolved_out_dir()
+    data_files = _expand_files(args.data_files, "data_files")
+    val_files = _expand_files(args.val_data_files, "val_data_files")
+    args = dataclasses.replace(args, data_files=tuple(data_files), val_data_files=tuple(val_files))
+    try:
+        tokenizer = load_tokenizer(args.tokenizer_path)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise PrepError(f"--tokenizer_path={args.tokenizer_path}: {e}") from e
+    tok_record, tok_src = _tokenizer_record(args, tokenizer)
+
+    dtype = token_dtype(tokenizer.vocab_size)
+    fresh = {
+        "version": VERSION, "tokenizer": tok_record, "dtype": dtype.name,
+        "args": _output_args(args, data_files, val_files),
+        "inputs": _input_sizes(data_files + val_files), "shards": [],
+    }
+    progress, state = _start(out_dir, fresh)
+    if state == "complete":
+        check_manifest(out_dir, tokenizer.identity)
+        _log(args, f"{out_dir}: already complete ({len(progress['shards'])} shards)")
+        return progress
+
+    created_dir = not out_dir.exists()
+    for stale in out_dir.glob("*.tmp") if out_dir.is_dir() else ():
+        stale.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    progress = {**progress, "sources": progress.get("sources", {})}
+    _write_json(out_dir / PROGRESS, progress)
+    try:
+        _run_sources(args, out_dir, progress, tokenizer, dtype)
+    except PrepError:
+        if state == "new":
+            _remove_run(out_dir, progress, created_dir)
+        raise
+    return _finalize(out_dir, progress, tok_src)
+
+
+def _run_sources(args: PrepArgs, out_dir: Path, progress: dict, tokenizer, dtype) -> None:
+    from tqdm import tqdm
+
+    num_proc = args.num_proc or len(os.sched_getaffinity(0))
+    save = lambda: _write_json(out_dir / PROGRESS, progress)
+    t0 = time.perf_counter()
+    tokens_done = 0
+    for source, plan in _plans(args):
+        if progress["sources"].get(source, {}).get("done"):
+            continue
+        writer = ShardWriter(out_dir, source, plan, args.shard_size, dtype, progress, save)
+        where = _describe(args, source)
+        ds = load_documents(args, source)
+        budget = sum(b for _, b in writer.plan)
+        bar = tqdm(total=None if math.isinf(budget) else budget, unit="tok", unit_scale=True,
+                   desc=where, disable=not args.progress, mininterval=1.0)
+        docs = writer.doc
+        batches = text_batches(ds, args.text_field, writer.doc, where)
+        stream = encode_stream(batches, tokenizer, dtype, num_proc)
+        try:
+            for enc in stream if writer.plan else ():
+                writer.feed(enc)
+                tokens_done += enc.tokens.size
+                docs += len(enc.lengths)
+                bar.update(enc.tokens.size)
+                bar.set_postfix(docs=f"{docs:,}", refresh=False)
+                if writer.done:
+                    break
+        finally:
+            stream.close()  # stops the workers when the budget ends before the input
+            bar.close()
+        writer.finish(default_val=args.val_tokens is None)
+        if docs == 0 and not any(s["source"] == source for s in progress["shards"]):
+            raise PrepError(f"{where}: no documents; check the files or the split name")
+        progress["sources"][source] = {"done": True}
+        save()
+    if not any(s["split"] == "train" for s in progress["shards"]):
+        val = sum(s["tokens"] for s in progress["shards"] if s["split"] == "val")
+        raise PrepError(
+            f"{_describe(args, 'train')}: only {val:,} tokens, all held out as validation "
+            f"(--val_tokens={args.val_tokens if args.val_tokens is not None else args.shard_size:,}"
+            f"); lower --val_tokens or use more data"
+        )
+    _summary(args, out_dir, progress, tokens_done, time.perf_counter() - t0)
+
+
+def _describe(args: PrepArgs, source: str) -> str:
+    files = args.val_data_files if source == "val" and args.val_data_files else args.data_files
+    if files:
+        return files[0] + (f" (+{len(files) - 1} files)" if len(files) > 1 else "")
+    if args.dataset == PYDOC:
+        return "pydoc topics"
+    split = args.val_split if source == "val" and args.val_split else args.split
+    return f"{args.dataset}/{args.name or ''}[{split}]"
+
+
+def _log(args: PrepArgs, message: str) -> None:
+    if args.progress:
+        print(message, file=sys.stderr)
+
+
+def _summary(args: PrepArgs, out_dir: Path, progress: dict, tokens: int, seconds: float) -> None:
+    shards = progress["shards"]
+    total = {sp: sum(s["tokens"] for s in shards if s["split"] == sp) for sp in ("train", "val")}
+    docs = sum(s["documents"] for s in shards)
+    nbytes = sum(s["bytes"] for s in shards)
+    _log(args,
+         f"{out_dir}: {docs:,} documents -> {total['train']:,} train + {total['val']:,} val tokens "
+         f"in {len(shards)} shards, {nbytes / max(sum(total.values()), 1):.3f} bytes/token; "
+         f"this run {tokens:,} tokens in {seconds:.1f}s ({tokens / max(seconds, 1e-9):,.0f} tok/s)")
+
+
+# ------------------------------------------------------------------------------------------------
+# What training calls
+
+
+def check_manifest(
+    data_dir: str | os.PathLike, tokenizer_identity: dict[str, Any] | None,
+    verify_checksums: bool = False,
+) -> dict[str, Any] | None:
+    """The data directory's manifest, after checking it fits the run; None if it has none.
+
+    Raises one error when the preparation is unfinished, a listed shard is missing or has the wrong
+    size, or the shards' tokenizer differs from `tokenizer_identity` (the run's).
+    """
+
+    data_dir = Path(data_dir)
+    manifest = read_manifest(data_dir)
+    if manifest is None:
+        if (data_dir / PROGRESS).is_file():
+            raise ShardError(
+                f"{data_dir}: data preparation is unfinished ({PROGRESS}, no {MANIFEST}); rerun "
+                f"scripts/download_data.py with the same arguments to finish it"
+            )
+        return None
+    if manifest.get("version") != VERSION:
+        raise ShardError(
+            f"{data_dir / MANIFEST}: manifest version {manifest.get('version')!r}, this code reads "
+            f"version {VERSION}; re-create the data with scripts/download_data.py"
+        )
+    theirs = manifest.get("tokenizer", {})
+    if tokenizer_identity is not None and not same_tokenizer(theirs, tokenizer_identity):
+        raise ShardError(
+            f"{data_dir / MANIFEST}: the shards were made with tokenizer {theirs.get('name')!r} "
+            f"(vocab {theirs.get('vocab_size')}, sha256 {str(theirs.get('sha256'))[:12]}), but "
+            f"this run uses {tokenizer_identity.get('name')!r} (vocab "
+            f"{tokenizer_identity.get('vocab_size')}, sha256 "
+            f"{str(tokenizer_identity.get('sha256'))[:12]}); re-tokenize the data with "
+            f"--tokenizer_path, or train with the shards' tokenizer ({theirs.get('spec')!r})"
+        )
+    itemsize = np.dtype(manifest.get("dtype", "uint16")).itemsize
+    for shard in manifest.get("shards", []):
+        path = data_dir / shard["file"]
+        expected = 1024 + shard["tokens"] * itemsize
+        if not path.is_file() or path.stat().st_size != expected:
+            raise ShardError(
+                f"{path}: listed in {MANIFEST} with {shard['tokens']} tokens but "
+                f"{'missing' if not path.is_file() else 'of another size'}; re-run "
+                f"scripts/download_data.py into a fresh --out_dir"
+            )
+        if verify_checksums and _sha256(path) != shard["sha256"]:
+            raise ShardError(f"{path}: sha256 differs from {MANIFEST}; the file is corrupt")
+    return manifest
+
+
+def manifest_tokenizer_spec(data_dir: str | os.PathLike, manifest: dict[str, Any]) -> str:
+    """What `load_tokenizer` takes to rebuild the shards' tokenizer ("byte", "gpt2" or a path)."""
+    spec = manifest["tokenizer"]["spec"]
+    return spec if spec in ("byte", "gpt2") else str(Path(data_dir) / spec)
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected 0/1/true/false, got {text!r}")
+
+
+def _files(values: list[str] | None) -> tuple[str, ...]:
+    return tuple(f for v in values or () for f in v.split(",") if f)
+
+
+def parse_args(argv: list[str] | None = None) -> PrepArgs:
+    d = PrepArgs()
+    p = argparse.ArgumentParser(
+        prog="download_data.py",
+        description="Download (or read locally), tokenize and shard text for training.",
+    )
+    p.add_argument("--dataset", default=d.dataset,
+                   help=f"hub dataset, or '{PYDOC}' for Python's built-in docs (no download)")
+    p.add_argument("--name", default=d.name, help="hub dataset config ('' for none)")
+    p.add_argument("--split", default=d.split)
+    p.add_argument("--val_split", default=None,
+                   help="a hub split for validation (default: the first --val_tokens tokens)")
+    p.add_argument("--data_files", nargs="+", action="extend", default=None,
+                   help="local .jsonl/.txt/.parquet files or globs (comma or space separated)")
+    p.add_argument("--val_data_files", nargs="+", action="extend", default=None,
+                   help="local validation files (default: the first --val_tokens tokens)")
+    p.add_argument("--text_field", default=d.text_field)
+    p.add_argument("--sample_by", default=d.sample_by, choices=("document", "paragraph", "line"),
+                   help="what one document is in a .txt file")
+    p.add_argument("--streaming", type=_bool, default=d.streaming,
+                   help="read as it downloads (with --tokens_threshold: never download it all)")
+    p.add_argument("--tokens_threshold", type=int, default=None, help="stop after N train tokens")
+    p.add_argument("--shard_size", type=int, default=d.shard_size, help="tokens per shard")
+    p.add_argument("--val_tokens", type=int, default=None,
+                   help="validation tokens (default: one shard, or all of the validation split)")
+    p.add_argument("--tokenizer_path", default=d.tokenizer_path,
+                   help="'gpt2', 'byte' or a tokenizer file (scripts/train_tokenizer.py)")
+    p.add_argument("--out_dir", default=None, help="default: data/<dataset name>")
+    p.add_argument("--num_proc", type=int, default=0, help="tokenizer processes (0: all cores)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="shuffle the documents with this seed (default: dataset order)")
+    p.add_argument("--cache_dir", default=None, help="datasets' cache (default: HF_DATASETS_CACHE)")
+    p.add_argument("--progress", type=_bool, default=True)
+    ns = p.parse_args(argv)
+    return dataclasses.replace(
+        d, **{**vars(ns), "name": ns.name or None, "data_files": _files(ns.data_files),
+              "val_data_files": _files(ns.val_data_files)},
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        prepare(parse_args(argv))
+    except PrepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
