@@ -42,7 +42,7 @@ def make_lr_schedule(
         init_value=0.0,
         peak_value=lr,
         warmup_steps=max(warmup_steps, 1),
-        decay_steps=max(total_steps, warmup_steps + 1),
+        decay_steps=max(total_steps, max(warmup_steps, 1) + 1),
         end_value=min_lr,
     )
     return lambda count: base(count + 1)
