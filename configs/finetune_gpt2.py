@@ -21,7 +21,7 @@ def get_config():
     c.data_dir = "data/shakespeare"
     c.run_dir = "runs/finetune_gpt2"
     c.total_steps = 20
-    c.batch_size = 32  # x 1024 tokens per step, 4 sequences per micro-batch
+    c.batch_size = 32  # x 1024 tokens per step, 4 sequences per device per micro-batch
     c.micro_batch_size = 4
     c.block_size = 1024
     c.lr = 3e-5  # constant, as nanoGPT: min_lr = lr

@@ -19,7 +19,7 @@ def get_config():
     c.run_dir = "runs/gpt2_124m"
     c.total_steps = 19_073
     c.batch_size = 512  # x 1024 tokens = 524,288 tokens per step
-    c.micro_batch_size = 64
+    c.micro_batch_size = 64  # per device
     c.block_size = 1024
     c.lr = 6e-4
     c.min_lr = 6e-5

@@ -55,7 +55,10 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.total_steps = 1000
     c.batch_size = 8  # sequences per optimizer step, over all devices
-    c.micro_batch_size = 0  # sequences per micro-batch (gradient accumulation); 0 = no accumulation
+    # Sequences per device in one forward/backward pass: when batch_size / devices is larger, the
+    # step accumulates gradients over micro-batches. 0 = no accumulation. Per device, so that one
+    # config fits the same memory on 1 GPU or 64 (where it simply accumulates less).
+    c.micro_batch_size = 0
     c.block_size = 256  # training sequence length; at most model.block_size
 
     c.lr = 6e-4
@@ -97,6 +100,14 @@ def model_config(c: ml_collections.ConfigDict) -> GPTConfig:
         raise ConfigError("model", str(e)) from e
 
 
+def accumulation_steps(batch_size: int, micro_batch_size: int, num_devices: int) -> int:
+    """Micro-batches per optimizer step, from the per-device micro-batch size."""
+    per_device = batch_size // num_devices
+    if not micro_batch_size or micro_batch_size >= per_device:
+        return 1
+    return per_device // micro_batch_size
+
+
 def validate_config(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     """Everything that can be checked before compiling, each failure naming its key."""
     model = model_config(c)
@@ -110,17 +121,20 @@ def validate_config(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
             f"{c.block_size} is longer than the model's context (model.block_size="
             f"{model.block_size}); lower block_size or raise model.block_size",
         )
-    if c.micro_batch_size < 0 or (c.micro_batch_size and c.batch_size % c.micro_batch_size):
+    if c.batch_size % num_devices:
+        raise ConfigError(
+            "batch_size",
+            f"{c.batch_size} sequences cannot be split over {num_devices} devices; "
+            f"use a multiple of {num_devices}",
+        )
+    per_device = c.batch_size // num_devices
+    if c.micro_batch_size < 0 or (
+        0 < c.micro_batch_size < per_device and per_device % c.micro_batch_size
+    ):
         raise ConfigError(
             "micro_batch_size",
-            f"{c.micro_batch_size} does not divide batch_size={c.batch_size}",
-        )
-    micro = c.micro_batch_size or c.batch_size
-    if micro % num_devices:
-        raise ConfigError(
-            "batch_size" if not c.micro_batch_size else "micro_batch_size",
-            f"{micro} sequences per micro-batch cannot be split over {num_devices} devices; "
-            f"use a multiple of {num_devices}",
+            f"{c.micro_batch_size} sequences per device do not divide the {per_device} each of "
+            f"the {num_devices} devices gets (batch_size={c.batch_size})",
         )
     if not 0 <= c.warmup_steps <= c.total_steps:
         raise ConfigError("warmup_steps", f"{c.warmup_steps} is not within [0, total_steps]")

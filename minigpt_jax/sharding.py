@@ -31,27 +31,32 @@ class DistributedError(RuntimeError):
 
 
 def mesh_shape(mesh_data: int, mesh_fsdp: int, num_devices: int) -> tuple[int, int]:
-    """Resolve -1 in (mesh_data, mesh_fsdp) against the device count; errors name the keys."""
+    """Resolve -1 in (mesh_data, mesh_fsdp) against the device count.
+
+    Errors are `ConfigError`s naming the key, so the CLI reports them in one line before compiling.
+    """
+    from minigpt_jax.config import ConfigError
+
     if mesh_data == -1 and mesh_fsdp == -1:
-        raise ValueError("config.mesh_data and config.mesh_fsdp cannot both be -1; set one of them")
+        raise ConfigError("mesh_data", "mesh_data and mesh_fsdp cannot both be -1; set one")
     for key, size in (("mesh_data", mesh_data), ("mesh_fsdp", mesh_fsdp)):
         if size == 0 or size < -1:
-            raise ValueError(f"config.{key}={size}: use a positive size or -1 (the rest)")
+            raise ConfigError(key, f"{size}: use a positive size, or -1 for the devices left")
     other = mesh_fsdp if mesh_data == -1 else mesh_data
     if (mesh_data == -1 or mesh_fsdp == -1) and num_devices % other:
-        key = "mesh_fsdp" if mesh_data == -1 else "mesh_data"
-        raise ValueError(
-            f"config.{key}={other} does not divide the {num_devices} devices; use a divisor of "
-            f"{num_devices}"
+        raise ConfigError(
+            "mesh_fsdp" if mesh_data == -1 else "mesh_data",
+            f"{other} does not divide the {num_devices} devices; use a divisor of {num_devices}",
         )
     if mesh_data == -1:
         mesh_data = num_devices // mesh_fsdp
     if mesh_fsdp == -1:
         mesh_fsdp = num_devices // mesh_data
     if mesh_data * mesh_fsdp != num_devices:
-        raise ValueError(
-            f"config.mesh_data={mesh_data} x config.mesh_fsdp={mesh_fsdp} does not use the "
-            f"{num_devices} devices; choose sizes whose product is {num_devices} (or -1 for one)"
+        raise ConfigError(
+            "mesh_data",
+            f"mesh_data={mesh_data} x mesh_fsdp={mesh_fsdp} does not use the {num_devices} "
+            f"devices; choose sizes whose product is {num_devices} (or -1 for one of them)",
         )
     return mesh_data, mesh_fsdp
 
@@ -141,6 +146,11 @@ def per_device_bytes(tree: Any, shardings: Any) -> int:
     return total
 
 
+_SLURM_STEP_VARS = (
+    "SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID"
+)
+
+
 def _env_int(name: str) -> int | None:
     value = os.environ.get(name)
     if value in (None, ""):
@@ -156,16 +166,21 @@ def initialize_distributed() -> bool:
 
     Two ways to describe the job, so that every host runs the same `python -m minigpt_jax.train`:
     - explicitly: JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES and JAX_PROCESS_ID (and
-      optionally JAX_LOCAL_DEVICE_IDS), e.g. from a launcher script or torchrun-style tooling;
-    - a cluster JAX detects by itself: SLURM (`srun`, SLURM_NTASKS > 1), Open MPI (`mpirun`),
-      Kubernetes (GKE) and Cloud TPU pods, where `jax.distributed.initialize()` reads everything.
+      optionally JAX_LOCAL_DEVICE_IDS), from a launcher script, Kubernetes or a TPU pod's startup;
+    - a launcher JAX reads by itself: SLURM (`srun` with more than one task) and Open MPI
+      (`mpirun -n N`), where `jax.distributed.initialize()` finds the coordinator, the process
+      count and this process's id and GPU (one process per GPU, as JAX's SLURM support expects).
     Must run before anything touches a JAX device. Returns whether a multi-process job was joined.
     """
     coordinator = os.environ.get("JAX_COORDINATOR_ADDRESS")
     num_processes = _env_int("JAX_NUM_PROCESSES")
     process_id = _env_int("JAX_PROCESS_ID")
-    slurm_tasks = _env_int("SLURM_NTASKS") if "SLURM_JOB_ID" in os.environ else None
-    cluster = (slurm_tasks or 1) > 1 or "OMPI_MCA_orte_hnp_uri" in os.environ
+    # The variables JAX's SLURM detection needs exist only inside an `srun` step: a plain `python`
+    # in an sbatch script with --ntasks=16 is one process, not the first of sixteen.
+    in_srun_step = all(v in os.environ for v in _SLURM_STEP_VARS)
+    slurm_tasks = _env_int("SLURM_NTASKS") if in_srun_step else None
+    mpi_ranks = _env_int("OMPI_COMM_WORLD_SIZE") if "OMPI_MCA_orte_hnp_uri" in os.environ else None
+    cluster = (slurm_tasks or 1) > 1 or (mpi_ranks or 1) > 1
     if coordinator and not cluster and (num_processes is None or process_id is None):
         raise DistributedError(
             f"JAX_COORDINATOR_ADDRESS={coordinator} is set but JAX_NUM_PROCESSES and "
