@@ -1,0 +1,395 @@
+"""A run's checkpoints: one Orbax `CheckpointManager` under `<run_dir>/checkpoints/<step>/`.
+
+Each checkpoint holds four items, written together and committed atomically (Orbax writes a
+temporary directory and renames it when every item is on disk, so a crash mid-save leaves the
+previous checkpoints untouched and the partial one is cleaned up on the next start):
+
+- `state`: the train state (params, optimizer state, step), restored straight into the shardings of
+  the current mesh, whatever mesh wrote it;
+- `data`: the Grain iterator's position (`grain.checkpoint.CheckpointSave`), for an exact resume;
+- `config`: the run's config as JSON; `tokenizer`: the tokenizer record `{spec, name, sha256, ...}`.
+
+Saves are asynchronous: `save` returns once the arrays are copied off the device and the train loop
+goes on while a background thread writes them. The last `keep_checkpoints` are kept, plus (with
+`keep_best`) the one with the lowest val_loss among the checkpoints saved at an evaluation step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import grain.checkpoint as grain_ckpt
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+from minigpt_jax import sharding
+from minigpt_jax.model import GPT, GPTConfig
+
+CHECKPOINT_SUBDIR = "checkpoints"
+STATE, DATA, CONFIG, TOKENIZER = "state", "data", "config", "tokenizer"
+Step = int | str | None  # None: latest; an int: that step; "best": lowest val_loss
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing or does not fit; the message names the directory and the fix."""
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir).absolute() / CHECKPOINT_SUBDIR
+
+
+def _val_loss(metrics: Any) -> float:
+    """Rank for 'best': checkpoints saved without an evaluation rank last."""
+    value = metrics.get("val_loss") if metrics else None
+    return math.inf if value is None else float(value)
+
+
+def _path_name(path: tuple) -> str:
+    parts = []
+    for key in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+    return "/".join(parts)
+
+
+def _flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {_path_name(path): tuple(leaf.shape) for path, leaf in leaves}
+
+
+def with_shardings(abstract_tree: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs carrying the target shardings: Orbax reads each shard where it goes."""
+    return jax.tree.map(
+        lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
+        abstract_tree,
+        shardings,
+    )
+
+
+class RunCheckpoints:
+    """Save and restore one run's checkpoints (every process of a multi-host job makes one)."""
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        keep: int = 3,
+        keep_best: bool = True,
+        read_only: bool = False,
+        async_save: bool = True,
+    ):
+        self.directory = checkpoint_dir(run_dir)
+        if read_only and not self.directory.is_dir():
+            raise CheckpointError(
+                f"{self.directory}: no checkpoints here; is --run_dir the directory a training run "
+                f"wrote (it holds config.json, metrics.jsonl and checkpoints/)?"
+            )
+        keep_policies = [policies.LatestN(n=max(keep, 1))]
+        if keep_best:
+            keep_policies.append(
+                policies.BestN(
+                    get_metric_fn=_val_loss,
+                    reverse=True,  # ascending val_loss sorted backwards: the lowest comes last
+                    n=1,
+                    keep_checkpoints_without_metrics=False,
+                )
+            )
+        options = ocp.CheckpointManagerOptions(
+            best_fn=_val_loss,
+            best_mode="min",
+            preservation_policy=policies.AnyPreservationPolicy(keep_policies),
+            enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=not read_only,  # what a killed save left behind
+            read_only=read_only,
+            create=not read_only,
+        )
+        handlers = {
+            STATE: ocp.PyTreeCheckpointHandler(),
+            DATA: grain_ckpt.CheckpointHandler(),
+            CONFIG: ocp.JsonCheckpointHandler(),
+            TOKENIZER: ocp.JsonCheckpointHandler(),
+        }
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_handlers=handlers
+        )
+
+    # --- which step -------------------------------------------------------------------------
+
+    def steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def resolve_step(self, step: Step = None) -> int:
+        """`None` -> latest, `"best"` -> lowest val_loss, an int -> that step (which must exist)."""
+        steps = self.steps()
+        if not steps:
+            raise CheckpointError(
+                f"{self.directory}: no checkpoint found; train first (python -m minigpt_jax.train "
+                f"--config ... --config.run_dir={self.directory.parent}) or pass another run_dir"
+            )
+        if step is None or step == "latest":
+            return steps[-1]
+        if step == "best":
+            best = self.manager.best_step()
+            if best is None or math.isinf(_val_loss(self.manager.metrics(best))):
+                raise CheckpointError(
+                    f"{self.directory}: no checkpoint was saved at an evaluation step, so none "
+                    f"has a val_loss to rank by; pass a step ({', '.join(map(str, steps))})"
+                )
+            return best
+        try:
+            step = int(step)
+        except ValueError:
+            raise CheckpointError(f"step {step!r}: use an integer, 'latest' or 'best'") from None
+        if step not in steps:
+            raise CheckpointError(
+                f"{self.directory}: no checkpoint at step {step}; available: "
+                f"{', '.join(map(str, steps))}"
+            )
+        return step
+
+    # --- save -------------------------------------------------------------------------------
+
+    def save(
+        self,
+        step: int,
+        state: Any,
+        data_iter: Any,
+        config: dict[str, Any],
+        tokenizer: dict[str, Any] | None,
+        val_loss: float | None = None,
+    ) -> None:
+        """Start an asynchronous save; returns once the arrays are safe to overwrite (donation)."""
+        items = {
+            STATE: ocp.args.PyTreeSave(state),
+            CONFIG: ocp.args.JsonSave(config),
+            TOKENIZER: ocp.args.JsonSave(tokenizer or {}),
+        }
+        if data_iter is not None:
+            items[DATA] = grain_ckpt.CheckpointSave(data_iter)
+        metrics = {} if val_loss is None else {"val_loss": float(val_loss)}
+        self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Wait for the save in flight, then release Orbax's threads."""
+        self.manager.close()
+
+    # --- restore ----------------------------------------------------------------------------
+
+    def record(self, step: int) -> dict[str, Any]:
+        """The checkpoint's {step, config, tokenizer} (tokenizer None when the run had none)."""
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore(),
+                                             TOKENIZER: ocp.args.JsonRestore()})
+        )
+        return {"step": step, "config": restored[CONFIG], "tokenizer": restored[TOKENIZER] or None}
+
+    def check_params(self, step: int, abstract_params: Any) -> None:
+        """One clear error listing every parameter whose path or shape differs from the target."""
+        saved = self.manager.item_metadata(step)[STATE]
+        saved = getattr(saved, "tree", saved)
+        if not isinstance(saved, dict) or "params" not in saved:
+            raise CheckpointError(f"{self.directory / str(step)}: no params in this checkpoint")
+        have, want = _flat_shapes(saved["params"]), _flat_shapes(abstract_params)
+        problems = [
+            f"  {name}: checkpoint {have.get(name, 'missing')}, model {want.get(name, 'missing')}"
+            for name in sorted(set(have) | set(want))
+            if have.get(name) != want.get(name)
+        ]
+        if problems:
+            raise CheckpointError(
+                f"{self.directory / str(step)} holds another model shape; mismatched parameters:\n"
+                + "\n".join(problems)
+                + "\nuse the model config the checkpoint was trained with (its config is in "
+                "the run's config.json), or start a new run_dir"
+            )
+
+    def restore(
+        self,
+        step: int,
+        abstract_state: Any,
+        state_shardings: Any,
+        data_iter: Any = None,
+    ) -> tuple[Any, Any]:
+        """(train state on the current mesh, data iterator at the saved position or None)."""
+        self.check_params(step, abstract_state.params)
+        target = with_shardings(abstract_state, state_shardings)
+        items = {
+            STATE: ocp.args.PyTreeRestore(
+                target, restore_args=ocp.checkpoint_utils.construct_restore_args(target)
+            )
+        }
+        if data_iter is not None:
+            items[DATA] = grain_ckpt.CheckpointRestore(data_iter)
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        except ValueError as e:
+            if data_iter is not None and "process_" in str(e):
+                raise CheckpointError(
+                    f"{self.directory / str(step)}: no data-iterator state for this process "
+                    f"({e}); resume with the number of processes that wrote the checkpoint"
+                ) from e
+            raise
+        return restored[STATE], restored.get(DATA) if data_iter is not None else None
+
+    def restore_params(self, step: int, abstract_params: Any, shardings: Any) -> Any:
+        """Only the params (no optimizer state is read): inference and fine-tuning."""
+        self.check_params(step, abstract_params)
+        target = {"params": with_shardings(abstract_params, shardings)}
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(
+                target,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                partial_restore=True,
+            )}),
+        )
+        return restored[STATE]["params"]
+
+
+def rescale_data_position(data_iter: Any, saved_batch_size: int, batch_size: int) -> None:
+    """Continue a resumed run with another batch size at the same place in the shuffled order.
+
+    Grain's state counts batches; the windows consumed so far are `next_index * saved_batch_size`,
+    so the new position is that over the new batch size (rounded down: at most one batch of
+    windows is seen twice, none is skipped).
+    """
+    state = data_iter.get_state()
+    if set(state) != {"next_index"}:
+        raise CheckpointError(
+            f"cannot move a data iterator with state {state} to batch size {batch_size}; resume "
+            f"with batch_size={saved_batch_size}"
+        )
+    data_iter.set_state({"next_index": state["next_index"] * saved_batch_size // batch_size})
+
+
+def model_config_from_record(record: dict[str, Any]) -> GPTConfig:
+    from minigpt_jax.config import model_config
+
+    return model_config(ml_collections.ConfigDict(record["config"]))
+
+
+def load_params(
+    run_dir: str | Path,
+    step: Step = None,
+    model_cfg: GPTConfig | None = None,
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """(params, record) from a run's checkpoint, for inference and fine-tuning.
+
+    `step`: None (latest), an int, or "best". `model_cfg` defaults to the checkpoint's own model
+    config; a different one must have the same parameter shapes (else one CheckpointError listing
+    them). The params land on `mesh` (default: every local device, replicated) by the FSDP rule
+    of `minigpt_jax.sharding`, whatever mesh saved them. `record` = {step, config, tokenizer}.
+    """
+    ckpts = RunCheckpoints(run_dir, read_only=True)
+    try:
+        step = ckpts.resolve_step(step)
+        record = ckpts.record(step)
+        model_cfg = model_cfg or model_config_from_record(record)
+        model = GPT(model_cfg)
+        abstract = jax.eval_shape(
+            lambda: model.init(jax.random.key(0), np.zeros((1, 1), np.int32))["params"]
+        )
+        mesh = mesh or sharding.make_mesh()
+        params = ckpts.restore_params(step, abstract, sharding.tree_shardings(abstract, mesh))
+    finally:
+        ckpts.close()
+    return params, {**record, "model": model_cfg}
+
+
+def load_run_tokenizer(
+    tokenizer_record: dict[str, Any] | None, data_dir: str | Path | None = None
+):
+    """The run's tokenizer from its record {spec, sha256, ...}; file specs may live in data_dir.
+
+    The sha256 of what loads must match the record, so generation never decodes with another
+    vocabulary than the model learned.
+    """
+    from minigpt_jax.tokenizer import load_tokenizer, same_tokenizer
+
+    if not tokenizer_record or not tokenizer_record.get("spec"):
+        raise CheckpointError(
+            "the run recorded no tokenizer (no config.tokenizer and no manifest.json in its "
+            "data_dir); pass --tokenizer byte|gpt2|<path>"
+        )
+    spec = str(tokenizer_record["spec"])
+    if spec in ("byte", "gpt2"):
+        candidates = [spec]
+    else:  # a data-prep helper copies tokenizer files into the data dir under this name
+        candidates = [str(Path(data_dir) / spec)] if data_dir else []
+        candidates.append(spec)
+    mismatched = []
+    for candidate in candidates:
+        if candidate not in ("byte", "gpt2") and not Path(candidate).is_file():
+            continue
+        tok = load_tokenizer(candidate)
+        if not tokenizer_record.get("sha256") or same_tokenizer(tok.identity, tokenizer_record):
+            return tok
+        mismatched.append(f"{candidate} (sha256 {tok.identity['sha256'][:12]})")
+    if mismatched:
+        raise CheckpointError(
+            f"tokenizer {', '.join(mismatched)} differs from the run's (sha256 "
+            f"{tokenizer_record['sha256'][:12]}); pass --tokenizer with the run's own file"
+        )
+    raise CheckpointError(
+        f"tokenizer file {spec!r} not found (looked in: {', '.join(candidates)}); pass "
+        f"--tokenizer <path> or --data_dir with the run's data"
+    )
+
+
+def config_record(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The config as plain JSON (references resolved), as the checkpoint stores it."""
+    return json.loads(cfg.to_json_best_effort())
+
+
+class StopOnSignal:
+    """SIGTERM / SIGINT become a request the train loop reads after each step: save, then exit.
+
+    The handler only sets a flag (nothing is written from inside a signal handler) and puts the
+    previous handlers back, so a second Ctrl-C or SIGTERM acts at once; a kill during the final save
+    still leaves the previous checkpoint intact. Installs only from the main thread (Python's rule).
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        del frame
+        self.received = signal.Signals(signum).name
+        self._restore()
+
+    def _restore(self) -> None:
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
+        self._previous = {}
+
+    def __exit__(self, *exc: Any) -> None:
+        self._restore()
+
+    @property
+    def requested(self) -> bool:
+        return self.received is not None

@@ -1,0 +1,130 @@
+"""`python -m minigpt_jax.evaluate --run_dir DIR [--step N|best] [--data_dir D] [--eval_tokens K]`
+
+Evaluates a checkpoint exactly as training does (the same `train.evaluate` batches and jitted eval
+step, so the number matches the run's logged val_loss) and adds what compares across tokenizers:
+perplexity per token, and bits per byte = total loss in bits / UTF-8 bytes of the evaluated text.
+The bytes come from decoding the evaluated target tokens with the run's own tokenizer (end-of-text
+markers count zero bytes). The eval windows are consecutive, so their targets are one contiguous
+stretch of the val shards and decode without splitting a character.
+
+Prints the numbers and writes them to `<run_dir>/eval_step<N>.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from minigpt_jax import sharding
+from minigpt_jax.checkpoint import CheckpointError, load_params, load_run_tokenizer
+from minigpt_jax.model import GPT
+from minigpt_jax.train import eval_batches, evaluate_sums, find_split
+from minigpt_jax.train_state import make_eval_step
+
+
+def count_bytes(target_batches: list[np.ndarray], tokenizer: Any) -> int:
+    """Bytes of the evaluated text: the targets in order, end-of-text markers left out.
+
+    Raw token bytes where the tokenizer gives them (BPE `decode_bytes`; the byte tokenizer's ids
+    are bytes), so invalid UTF-8 is not inflated into 3-byte replacement characters.
+    """
+    ids = np.concatenate([b.reshape(-1) for b in target_batches]).tolist()
+    ids = [i for i in ids if i != tokenizer.eot_id]
+    if tokenizer.identity.get("name") == "byte":
+        return len(ids)
+    if hasattr(tokenizer, "decode_bytes"):
+        return len(tokenizer.decode_bytes(ids))
+    return len(tokenizer.decode(ids).encode("utf-8"))
+
+
+def evaluate_checkpoint(
+    run_dir: str | Path,
+    step: int | str | None = None,
+    data_dir: str | None = None,
+    eval_tokens: int | None = None,
+    tokenizer: Any = None,
+) -> dict[str, Any]:
+    """{step, loss, perplexity, bits_per_byte, tokens, bytes, ...} of one checkpoint on val data."""
+    mesh = sharding.make_mesh()  # data-parallel over the devices at hand, whatever trained it
+    params, record = load_params(run_dir, step, mesh=mesh)
+    cfg = ml_collections.ConfigDict(record["config"])
+    if data_dir:
+        cfg.data_dir = data_dir
+    if eval_tokens:
+        cfg.eval_tokens = eval_tokens
+    model_cfg = record["model"]
+    param_shardings = jax.tree.map(lambda x: x.sharding, params)
+    eval_step = jax.jit(
+        make_eval_step(GPT(model_cfg)),
+        in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
+        out_shardings=sharding.replicated(mesh),
+    )
+    val_paths = find_split(cfg.data_dir, "val")
+    batches = list(eval_batches(cfg, val_paths, model_cfg.vocab_size))
+    loss_sum, tokens = evaluate_sums(eval_step, params, batches, mesh)
+    loss = loss_sum / tokens
+    result: dict[str, Any] = {
+        "step": record["step"],
+        "loss": loss,
+        "perplexity": math.exp(loss),
+        "tokens": int(tokens),
+        "data_dir": str(cfg.data_dir),
+        "eval_tokens": int(cfg.eval_tokens),
+    }
+    if tokenizer is None and record["tokenizer"]:
+        tokenizer = load_run_tokenizer(record["tokenizer"], cfg.data_dir)
+    if tokenizer is not None and jax.process_count() == 1:
+        n_bytes = count_bytes([b["targets"] for b in batches], tokenizer)
+        result["bytes"] = n_bytes
+        result["bits_per_byte"] = loss_sum / math.log(2) / n_bytes
+    return result
+
+
+def write_json(path: Path, record: dict[str, Any]) -> None:
+    """Atomic: a crash leaves the old file or the new one, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description="Evaluate a checkpoint on the validation shards.")
+    parser.add_argument("--run_dir", required=True)
+    parser.add_argument("--step", default=None, help="a step number, latest (default) or best")
+    parser.add_argument("--data_dir", default=None, help="default: the run's config.data_dir")
+    parser.add_argument("--eval_tokens", type=int, default=None, help="default: the run's")
+    parser.add_argument("--tokenizer", default=None, help="override: byte, gpt2 or a path")
+    args = parser.parse_args(argv)
+
+    from minigpt_jax.input_pipeline import ShardError
+    from minigpt_jax.tokenizer import load_tokenizer
+    from minigpt_jax.train import DataError
+
+    try:
+        tok = load_tokenizer(args.tokenizer) if args.tokenizer else None
+        result = evaluate_checkpoint(args.run_dir, args.step, args.data_dir, args.eval_tokens, tok)
+    except (CheckpointError, DataError, ShardError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    line = f"step {result['step']}  loss {result['loss']:.4f}  ppl {result['perplexity']:.3f}"
+    if "bits_per_byte" in result:
+        line += f"  bits/byte {result['bits_per_byte']:.4f}"
+    print(line + f"  ({result['tokens']} tokens of {result['data_dir']})")
+    if jax.process_index() == 0:
+        out = Path(args.run_dir) / f"eval_step{result['step']}.json"
+        write_json(out, result)
+        print(f"wrote {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

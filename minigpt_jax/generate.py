@@ -1,0 +1,241 @@
+"""Sampling: batched, with a KV cache, inside one compiled decode loop.
+
+`python -m minigpt_jax.generate --run_dir DIR --prompt TEXT [--max_new_tokens 200 --temperature 0.8
+--top_k 200 --top_p P --num_samples 1 --seed 0 --step N|best]`
+
+The prompt is run once through the model (prefill), which writes every layer's keys and values into
+the cache; each new token then costs one column instead of a forward pass over the whole context.
+The whole decode is one `lax.while_loop` under `jit`, so no Python runs between tokens. Prompts are
+left-padded to a power-of-two length and the batch to a power-of-two size: a new prompt of a
+similar length reuses the compiled loop instead of compiling another.
+
+Context: the model has learned positions 0..block_size-1 only, and a KV cache cannot slide (every
+cached key was computed at its position), so a prompt longer than `block_size - max_new_tokens + 1`
+tokens is cropped to its last that many tokens before decoding starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from minigpt_jax.model import GPT, GPTConfig, KVCache
+
+
+def _bucket(n: int, minimum: int = 1) -> int:
+    """The next power of two >= n: one compiled loop serves every length up to it."""
+    return max(minimum, 1 << max(n - 1, 0).bit_length())
+
+
+def max_prompt_tokens(block_size: int, max_new_tokens: int) -> int:
+    """The longest prompt that fits: the last new token is never fed back, hence the + 1."""
+    return block_size - max_new_tokens + 1
+
+
+def filter_logits(
+    logits_BV: jax.Array,
+    temperature: jax.Array | float,
+    top_k: jax.Array | int | None = None,
+    top_p: jax.Array | float | None = None,
+) -> jax.Array:
+    """Temperature, then top-k, then top-p (nucleus): excluded tokens get -inf.
+
+    top_k keeps every token whose logit reaches the k-th largest (ties included); top_p keeps the
+    smallest set of most likely tokens whose probability reaches top_p (at least the top token).
+    k and p are traced values, so changing them does not recompile.
+    """
+    logits_BV = logits_BV / temperature
+    if top_k is not None:
+        sorted_BV = -jnp.sort(-logits_BV, axis=-1)
+        kth_B1 = jax.lax.dynamic_index_in_dim(sorted_BV, top_k - 1, axis=-1, keepdims=True)
+        logits_BV = jnp.where(logits_BV < kth_B1, -jnp.inf, logits_BV)
+    if top_p is not None:
+        sorted_BV = -jnp.sort(-logits_BV, axis=-1)
+        probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
+        mass_before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
+        keep_BV = (mass_before_BV < top_p).at[:, 0].set(True)
+        threshold_B1 = jnp.min(jnp.where(keep_BV, sorted_BV, jnp.inf), axis=-1, keepdims=True)
+        logits_BV = jnp.where(logits_BV < threshold_B1, -jnp.inf, logits_BV)
+    return logits_BV
+
+
+def _pick(logits_BV, key, temperature, top_k, top_p, *, greedy, use_top_k, use_top_p):
+    if greedy:
+        return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+    logits_BV = filter_logits(
+        logits_BV, temperature, top_k if use_top_k else None, top_p if use_top_p else None
+    )
+    return jax.random.categorical(key, logits_BV, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("model_cfg", "max_new_tokens", "greedy", "use_top_k", "use_top_p"),
+)
+def _decode(
+    params: Any,
+    tokens_BP: jax.Array,
+    start_B: jax.Array,
+    key: jax.Array,
+    temperature: jax.Array,
+    top_k: jax.Array,
+    top_p: jax.Array,
+    eot_id: jax.Array,
+    *,
+    model_cfg: GPTConfig,
+    max_new_tokens: int,
+    greedy: bool,
+    use_top_k: bool,
+    use_top_p: bool,
+) -> jax.Array:
+    """(B, max_new_tokens) new tokens; rows that reached eot are filled with eot."""
+    model = GPT(model_cfg)
+    B, P = tokens_BP.shape
+    pick = functools.partial(
+        _pick,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        greedy=greedy,
+        use_top_k=use_top_k,
+        use_top_p=use_top_p,
+    )
+    cache = KVCache.zeros(model_cfg, B, P + max_new_tokens, start_B)
+    logits_BPV, cache = model.apply({"params": params}, tokens_BP, cache=cache)
+    first_B = pick(logits_BPV[:, -1], jax.random.fold_in(key, 0))
+    fill = jnp.maximum(eot_id, 0)
+    out_BN = jnp.full((B, max_new_tokens), fill, jnp.int32).at[:, 0].set(first_B)
+
+    def keep_going(carry):
+        i, _, _, _, done_B = carry
+        return (i < max_new_tokens) & ~jnp.all(done_B)
+
+    def step(carry):
+        i, cache, out_BN, last_B, done_B = carry
+        logits_B1V, cache = model.apply({"params": params}, last_B[:, None], cache=cache)
+        next_B = pick(logits_B1V[:, 0], jax.random.fold_in(key, i))
+        next_B = jnp.where(done_B, fill, next_B)
+        out_BN = jax.lax.dynamic_update_slice(out_BN, next_B[:, None], (0, i))
+        return i + 1, cache, out_BN, next_B, done_B | (next_B == eot_id)
+
+    carry = (jnp.ones((), jnp.int32), cache, out_BN, first_B, first_B == eot_id)
+    return jax.lax.while_loop(keep_going, step, carry)[2]
+
+
+def sample(
+    model_cfg: GPTConfig,
+    params: Any,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+    eot_id: int | None = None,
+) -> list[list[int]]:
+    """The new tokens of each prompt, cut before the first `eot_id`; temperature 0 is greedy.
+
+    Prompts longer than `block_size - max_new_tokens + 1` keep their last tokens (see module doc).
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token (start with end-of-text if empty)")
+    if not 1 <= max_new_tokens <= model_cfg.block_size:
+        raise ValueError(
+            f"max_new_tokens={max_new_tokens} must be in [1, block_size={model_cfg.block_size}]"
+        )
+    if temperature < 0:
+        raise ValueError(f"temperature={temperature} must be >= 0 (0 is greedy)")
+    if top_k is not None and not 1 <= top_k <= model_cfg.vocab_size:
+        raise ValueError(f"top_k={top_k} must be in [1, vocab_size={model_cfg.vocab_size}]")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p={top_p} must be in (0, 1]")
+    fits = max_prompt_tokens(model_cfg.block_size, max_new_tokens)
+    prompts = [list(p)[-fits:] for p in prompts]
+    B, P = _bucket(len(prompts)), _bucket(max(len(p) for p in prompts), minimum=8)
+    tokens_BP = np.zeros((B, P), np.int32)
+    start_B = np.full((B,), P - 1, np.int32)  # batch-padding rows: a one-token prompt of id 0
+    for b, p in enumerate(prompts):
+        tokens_BP[b, P - len(p) :] = p
+        start_B[b] = P - len(p)
+    out_BN = _decode(
+        params,
+        jnp.asarray(tokens_BP),
+        jnp.asarray(start_B),
+        jax.random.key(seed),
+        jnp.float32(max(temperature, 1e-6)),
+        jnp.int32(top_k or 1),
+        jnp.float32(top_p or 1.0),
+        jnp.int32(-1 if eot_id is None else eot_id),
+        model_cfg=model_cfg,
+        max_new_tokens=max_new_tokens,
+        greedy=temperature == 0,
+        use_top_k=top_k is not None,
+        use_top_p=top_p is not None,
+    )
+    results = []
+    for row in np.asarray(out_BN)[: len(prompts)].tolist():
+        if eot_id is not None and eot_id in row:
+            row = row[: row.index(eot_id)]
+        results.append(row)
+    return results
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    parser = argparse.ArgumentParser(description="Sample from a trained run with a KV cache.")
+    parser.add_argument("--run_dir", required=True)
+    parser.add_argument("--prompt", default="\n", help="text to continue")
+    parser.add_argument("--max_new_tokens", type=int, default=200)
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    parser.add_argument("--top_k", type=int, default=200, help="0 = off")
+    parser.add_argument("--top_p", type=float, default=None)
+    parser.add_argument("--num_samples", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--step", default=None, help="a step number, latest (default) or best")
+    parser.add_argument("--data_dir", default=None, help="where the run's tokenizer file lives")
+    parser.add_argument("--tokenizer", default=None, help="override: byte, gpt2 or a path")
+    args = parser.parse_args(argv)
+
+    from minigpt_jax.checkpoint import CheckpointError, load_params, load_run_tokenizer
+    from minigpt_jax.tokenizer import load_tokenizer
+
+    try:
+        params, record = load_params(args.run_dir, args.step)
+        if args.tokenizer:
+            tok = load_tokenizer(args.tokenizer)
+        else:
+            data_dir = args.data_dir or record["config"].get("data_dir")
+            tok = load_run_tokenizer(record["tokenizer"], data_dir)
+        model_cfg = record["model"]
+        top_k = min(args.top_k, model_cfg.vocab_size) if args.top_k else None
+        prompt_ids = tok.encode(args.prompt) or [tok.eot_id]
+        outs = sample(
+            model_cfg,
+            params,
+            [prompt_ids] * args.num_samples,
+            args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=top_k,
+            top_p=args.top_p,
+            seed=args.seed,
+            eot_id=tok.eot_id,
+        )
+    except (CheckpointError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    texts = [args.prompt + tok.decode(ids) for ids in outs]
+    for i, text in enumerate(texts):
+        if args.num_samples > 1:
+            print(f"--- sample {i} (step {record['step']})")
+        print(text)
+    return texts
+
+
+if __name__ == "__main__":
+    main()

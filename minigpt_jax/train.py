@@ -1,0 +1,369 @@
+"""`python -m minigpt_jax.train --config configs/small.py [--config.key=value ...]`
+
+The loop wires the pieces together: config -> shards -> Grain batches -> one jitted, donated train step ->
+metrics. The hot path never waits on the device except every `log_every` steps, when the metrics of the
+step just dispatched are read.
+
+A run directory with a checkpoint resumes by itself (train state and data position, see
+minigpt_jax/checkpoint.py); SIGTERM or SIGINT saves a checkpoint of the step just taken and exits
+(status 0 after SIGTERM, 130 after SIGINT).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+from tqdm import tqdm
+
+from minigpt_jax import checkpoint, input_pipeline, sharding
+from minigpt_jax.config import ConfigError, accumulation_steps, model_config, validate_config
+from minigpt_jax.model import GPT
+from minigpt_jax.train_state import (
+    create_train_state,
+    device_peak_flops,
+    flops_per_token,
+    make_eval_step,
+    make_lr_schedule,
+    make_optimizer,
+    make_train_step,
+)
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.")
+
+
+class DataError(ValueError):
+    """Training data that does not fit the run (missing shards, another tokenizer)."""
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def resolve_tokenizer(cfg: ml_collections.ConfigDict) -> dict[str, Any] | None:
+    """The run's tokenizer record {spec, identity}, checked against the shards' manifest."""
+    manifest = input_pipeline.read_manifest(cfg.data_dir)
+    data_tok = manifest.get("tokenizer") if manifest else None
+    if not cfg.tokenizer:
+        return data_tok
+    from minigpt_jax.tokenizer import load_tokenizer, same_tokenizer
+
+    identity = load_tokenizer(cfg.tokenizer).identity
+    if data_tok is not None and not same_tokenizer(identity, data_tok):
+        raise DataError(
+            f"{Path(cfg.data_dir) / input_pipeline.MANIFEST}: the shards were made with tokenizer "
+            f"{data_tok.get('name')!r} ({data_tok.get('sha256', '')[:12]}), but config.tokenizer="
+            f"{cfg.tokenizer!r} is {identity['name']!r} ({identity['sha256'][:12]}); re-tokenize the "
+            f"data or set config.tokenizer=''"
+        )
+    return {"spec": cfg.tokenizer, **identity}
+
+
+def find_split(data_dir: str, split: str) -> list[Path]:
+    paths = input_pipeline.find_shards(data_dir, split)
+    if not paths:
+        raise DataError(
+            f"{data_dir}: no {split}_*.bin or *_{split}_*.npy shards; prepare them with "
+            f"`python scripts/download_data.py --out_dir {data_dir}`"
+        )
+    return paths
+
+
+class MetricsLog:
+    """Appends one JSON object per logged step to <run_dir>/metrics.jsonl (process 0 only)."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def eval_batches(cfg, val_paths, vocab_size):
+    """This process's validation batches: the first `eval_tokens` of the val shards, in order."""
+    num_micro = accumulation_steps(cfg.batch_size, cfg.micro_batch_size, jax.device_count())
+    per_process = cfg.batch_size // num_micro // jax.process_count()  # a micro-batch's memory
+    return input_pipeline.eval_batches(
+        val_paths,
+        cfg.block_size,
+        per_process,
+        cfg.eval_tokens,
+        vocab_size,
+        shard_index=jax.process_index(),
+        shard_count=jax.process_count(),
+    )
+
+
+def evaluate_sums(eval_step, params, batches, mesh) -> tuple[float, float]:
+    """(summed loss, token count) over `batches`; sums so that any split averages exactly."""
+    sums = [eval_step(params, sharding.global_batch(b, mesh)) for b in batches]
+    loss_sum = sum(float(m["loss_sum"]) for m in sums)
+    tokens = sum(float(m["tokens"]) for m in sums)
+    return loss_sum, tokens
+
+
+def evaluate(eval_step, params, cfg, val_paths, vocab_size, mesh) -> float:
+    """Mean validation loss per token over the first `eval_tokens` of the val shards."""
+    loss_sum, tokens = evaluate_sums(
+        eval_step, params, eval_batches(cfg, val_paths, vocab_size), mesh
+    )
+    return loss_sum / tokens
+
+
+def open_checkpoints(
+    cfg: ml_collections.ConfigDict,
+) -> tuple[checkpoint.RunCheckpoints, int | None]:
+    """The run's checkpoints and the step to resume from (None: a fresh run).
+
+    Refuses to start fresh over another run's checkpoints: they are never overwritten silently.
+    """
+    ckpts = checkpoint.RunCheckpoints(cfg.run_dir, cfg.keep_checkpoints, cfg.keep_best)
+    latest = ckpts.latest_step()
+    if latest is not None and not cfg.resume:
+        ckpts.close()
+        raise checkpoint.CheckpointError(
+            f"{ckpts.directory} already holds checkpoints (latest step {latest}) and "
+            f"config.resume=False; pass a new --config.run_dir, or drop resume=False to continue"
+        )
+    return ckpts, latest
+
+
+def train_and_evaluate(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Train as configured; returns the last logged metrics record."""
+    validate_config(cfg, num_devices=jax.device_count())
+    model_cfg = model_config(cfg)
+    train_paths = find_split(cfg.data_dir, "train")
+    val_paths = find_split(cfg.data_dir, "val")
+    tokenizer = resolve_tokenizer(cfg)
+    if tokenizer and tokenizer["vocab_size"] != model_cfg.vocab_size:
+        raise ConfigError(
+            "model.vocab_size",
+            f"{model_cfg.vocab_size} differs from the shards' tokenizer {tokenizer['name']!r} "
+            f"({tokenizer['vocab_size']} ids); set --config.model.vocab_size="
+            f"{tokenizer['vocab_size']}",
+        )
+
+    run_dir = Path(cfg.run_dir)
+    is_main = jax.process_index() == 0
+    ckpts, resume_step = open_checkpoints(cfg)  # before anything is written into run_dir
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
+        if tokenizer:
+            (run_dir / "tokenizer.json").write_text(json.dumps(tokenizer, indent=2))
+
+    mesh = sharding.make_mesh(cfg.mesh_data, cfg.mesh_fsdp)
+    model = GPT(model_cfg)
+    schedule = make_lr_schedule(cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.total_steps)
+    tx = make_optimizer(
+        schedule, cfg.weight_decay, cfg.grad_clip, b1=cfg.adam_b1, b2=cfg.adam_b2,
+        freeze=cfg.freeze,
+    )
+
+    # Parameters are born sharded: init runs under jit with the state's output shardings.
+    init_fn = lambda rng: create_train_state(model, tx, rng)
+    rng = jax.random.key(cfg.seed)
+    abstract_state = jax.eval_shape(init_fn, rng)
+    state_shardings = sharding.tree_shardings(abstract_state, mesh)
+    if resume_step is None:
+        state = jax.jit(init_fn, out_shardings=state_shardings)(rng)
+    if resume_step is None and cfg.init_from != "scratch":
+        # fine-tuning: pretrained params, fresh optimizer state
+        from minigpt_jax.init_from import load_init_params
+
+        params = jax.device_put(load_init_params(cfg.init_from, model_cfg), state_shardings.params)
+        opt_state = jax.jit(tx.init, out_shardings=state_shardings.opt_state)(params)
+        state = state.replace(params=params, opt_state=opt_state)
+
+    num_micro = accumulation_steps(cfg.batch_size, cfg.micro_batch_size, jax.device_count())
+    batch_sharding = sharding.batch_sharding(mesh)
+    train_step = jax.jit(
+        make_train_step(model, tx, num_micro, dropout_seed=cfg.seed),
+        in_shardings=(state_shardings, batch_sharding),
+        out_shardings=(state_shardings, sharding.replicated(mesh)),
+        donate_argnums=0,
+    )
+    eval_step = jax.jit(
+        make_eval_step(model),
+        in_shardings=(state_shardings.params, batch_sharding),
+        out_shardings=sharding.replicated(mesh),
+    )
+
+    data = input_pipeline.train_dataset(
+        train_paths,
+        cfg.block_size,
+        cfg.batch_size // jax.process_count(),
+        seed=cfg.seed,
+        vocab_size=model_cfg.vocab_size,
+        shard_index=jax.process_index(),
+        shard_count=jax.process_count(),
+        worker_count=cfg.data_workers,
+    )
+    data_iter = iter(data)
+    if resume_step is not None:
+        state, data_iter = resume(
+            ckpts, resume_step, abstract_state, state_shardings, data_iter, cfg
+        )
+
+    tokens_per_step = cfg.batch_size * cfg.block_size
+    flops_per_step = flops_per_token(model_cfg, cfg.block_size) * tokens_per_step
+    peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else device_peak_flops(cfg.compute_dtype)
+    peak_total = peak * jax.device_count()
+    log = MetricsLog(run_dir / "metrics.jsonl", is_main)
+
+    start_step = int(state.step)
+    progress = tqdm(
+        total=cfg.total_steps, initial=start_step, disable=not is_main, dynamic_ncols=True
+    )
+    config_json, last_record = checkpoint.config_record(cfg), {}
+    t_last, steps_since = None, 0
+    with checkpoint.StopOnSignal() as stop:
+        try:
+            for step in range(start_step + 1, cfg.total_steps + 1):
+                batch = sharding.global_batch(next(data_iter), mesh)
+                state, metrics = train_step(state, batch)
+                steps_since += 1
+                if t_last is None:  # the first step compiles: time from its end
+                    jax.block_until_ready(metrics)
+                    t_last, steps_since = time.perf_counter(), 0
+                progress.update(1)
+
+                is_last = step == cfg.total_steps
+                do_eval = is_last or (cfg.eval_every and step % cfg.eval_every == 0)
+                record = None
+                if do_eval or step % cfg.log_every == 0:
+                    step_metrics = _read_metrics(metrics, step, run_dir)  # waits for the device
+                    now = time.perf_counter()
+                    tokens_per_s = (
+                        steps_since * tokens_per_step / (now - t_last) if steps_since else 0.0
+                    )
+                    record = {
+                        "step": step,
+                        **step_metrics,
+                        "lr": float(schedule(step - 1)),
+                        "tokens_per_s": tokens_per_s,
+                        "mfu": tokens_per_s / tokens_per_step * flops_per_step / peak_total,
+                    }
+                    if do_eval:
+                        record["val_loss"] = evaluate(
+                            eval_step, state.params, cfg, val_paths, model_cfg.vocab_size, mesh
+                        )
+                    log.write(record)
+                    _show(progress, record, is_main)
+                    last_record = record
+                    t_last, steps_since = time.perf_counter(), 0  # eval is not throughput
+
+                # One process's signal alone would hang the others inside a collective save:
+                # multi-host jobs stop at JAX's preemption sync point, which all hosts agree on.
+                stopping = (
+                    stop.requested
+                    if jax.process_count() == 1
+                    else ckpts.manager.reached_preemption(step)
+                )
+                if is_last or stopping or (
+                    cfg.checkpoint_every and step % cfg.checkpoint_every == 0
+                ):
+                    val_loss = record.get("val_loss") if record else None
+                    ckpts.save(step, state, data_iter, config_json, tokenizer, val_loss)
+                if stopping:
+                    tqdm.write(
+                        f"{stop.received or 'preemption'}: saved step {step} to {ckpts.directory}; "
+                        f"run the same command to resume"
+                    )
+                    last_record = {**last_record, "stopped_at": step, "signal": stop.received}
+                    break
+        finally:
+            ckpts.close()  # waits for the save in flight
+            progress.close()
+    return last_record
+
+
+def resume(ckpts, step, abstract_state, state_shardings, data_iter, cfg):
+    """Train state and data position from `step`; a changed batch size keeps the data order."""
+    saved_cfg = ckpts.record(step)["config"]
+    same_data = all(saved_cfg.get(k) == cfg[k] for k in ("block_size", "seed"))
+    state, restored_iter = ckpts.restore(
+        step, abstract_state, state_shardings, data_iter if same_data else None
+    )
+    if not same_data:
+        tqdm.write("block_size or seed changed since the checkpoint: the data order starts afresh")
+    else:
+        data_iter = restored_iter
+        if saved_cfg.get("batch_size") != cfg.batch_size:
+            checkpoint.rescale_data_position(data_iter, saved_cfg["batch_size"], cfg.batch_size)
+    if jax.process_index() == 0:
+        tqdm.write(f"resuming from step {step} ({ckpts.directory / str(step)})")
+        if step >= cfg.total_steps:
+            tqdm.write(f"the run is complete (config.total_steps={cfg.total_steps}); raise "
+                       f"--config.total_steps to train further")
+    return state, data_iter
+
+
+def _read_metrics(metrics, step: int, run_dir: Path) -> dict[str, float]:
+    loss, grad_norm = (float(x) for x in jax.device_get((metrics["loss"], metrics["grad_norm"])))
+    if not math.isfinite(loss):
+        raise FloatingPointError(
+            f"train loss is {loss} at step {step}; lower config.lr, raise config.warmup_steps, "
+            f"or check the data (run_dir {run_dir})"
+        )
+    return {"train_loss": loss, "grad_norm": grad_norm}
+
+
+def _show(progress, record: dict[str, Any], is_main: bool) -> None:
+    progress.set_postfix(
+        loss=f"{record['train_loss']:.4f}",
+        **({"val": f"{record['val_loss']:.4f}"} if "val_loss" in record else {}),
+    )
+    if is_main:
+        fields = (f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
+        tqdm.write(" ".join(fields))
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl parsing with one clear line per mistake (unknown key, bad value, missing file), exit 2."""
+    try:
+        rest = flags.FLAGS(argv)
+        if _CONFIG.value is None:
+            _fail("--config is required, e.g. --config configs/small.py")
+        _CONFIG.value.keys()  # a config file that failed to load raises its OSError here
+        return rest
+    except (flags.Error, AttributeError, KeyError) as e:
+        text = str(e).replace("\\n", " ").strip("'\"")
+        _fail(f"{text} (see minigpt_jax/config.py for every key)")
+    except OSError as e:
+        _fail(f"--config could not be loaded: {str(e).splitlines()[-1].strip()}")
+    return []
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    logging.set_verbosity(logging.WARNING)  # keep JAX's backend probing out of the training log
+    try:
+        sharding.initialize_distributed()
+        record = train_and_evaluate(_CONFIG.value)
+    except (
+        ConfigError,
+        DataError,
+        input_pipeline.ShardError,
+        checkpoint.CheckpointError,
+        sharding.DistributedError,
+    ) as e:
+        _fail(str(e))
+    if record.get("signal") == "SIGINT":
+        sys.exit(130)  # the shell's convention for Ctrl-C; SIGTERM (preemption) exits 0
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=_parse_flags)

@@ -1,0 +1,82 @@
+"""`python -m minigpt_jax.evaluate`: training's val_loss again, plus perplexity and bits/byte."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from conftest import write_random_shards
+
+from minigpt_jax import evaluate, train
+from minigpt_jax.config import default_config, model_fields
+from minigpt_jax.tokenizer import ByteTokenizer
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    data = write_random_shards(root / "data")
+    c = default_config()
+    c.model = model_fields("tiny", vocab_size=257)
+    c.data_dir, c.run_dir, c.tokenizer = str(data), str(root / "run"), "byte"
+    c.total_steps, c.batch_size, c.block_size, c.warmup_steps = 4, 4, 32, 1
+    c.log_every, c.eval_every, c.eval_tokens, c.checkpoint_every = 1, 2, 1024, 2
+    c.peak_tflops = 1.0
+    train.train_and_evaluate(c)
+    lines = (root / "run" / "metrics.jsonl").read_text().splitlines()
+    logged = [json.loads(line) for line in lines]
+    return root / "run", {r["step"]: r["val_loss"] for r in logged if "val_loss" in r}
+
+
+def test_reproduces_the_logged_val_loss(trained_run, capsys):
+    run_dir, val_losses = trained_run
+    for step in (2, 4):
+        result = evaluate.main(["--run_dir", str(run_dir), "--step", str(step)])
+        assert result["loss"] == pytest.approx(val_losses[step], rel=1e-6)
+        assert result["perplexity"] == pytest.approx(math.exp(val_losses[step]))
+        written = json.loads((run_dir / f"eval_step{step}.json").read_text())
+        assert written == result
+    out = capsys.readouterr().out
+    assert f"step 4  loss {val_losses[4]:.4f}" in out
+    best = evaluate.evaluate_checkpoint(run_dir, "best")
+    assert best["step"] == min(val_losses, key=val_losses.get)
+
+
+def test_bits_per_byte_counts_the_evaluated_text(trained_run):
+    run_dir, _ = trained_run
+    result = evaluate.evaluate_checkpoint(run_dir, eval_tokens=512)
+    assert result["tokens"] == 512  # the override: 4 sequences of 32 tokens x 4 batches
+    # Byte tokenizer: every id but end-of-text is one byte of text.
+    assert result["bytes"] <= result["tokens"]
+    expected = result["loss"] * result["tokens"] / math.log(2) / result["bytes"]
+    assert result["bits_per_byte"] == pytest.approx(expected)
+
+
+def test_count_bytes_skips_end_of_text_and_keeps_multibyte_characters():
+    tok = ByteTokenizer()
+    text = "naïve café"
+    ids = np.array([list(text.encode()) + [tok.eot_id]])
+    assert evaluate.count_bytes([ids[:, :5], ids[:, 5:]], tok) == len(text.encode())
+
+
+def test_missing_run_is_one_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(["--run_dir", str(tmp_path / "nope")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no checkpoints here" in err and "Traceback" not in err
+
+
+def test_run_tokenizer_is_found_in_the_data_dir_or_named(tmp_path):
+    from minigpt_jax.checkpoint import CheckpointError, load_run_tokenizer
+
+    byte = ByteTokenizer().identity
+    assert load_run_tokenizer({**byte, "spec": "byte"}).eot_id == 256
+    with pytest.raises(CheckpointError, match="tokenizer file 'tok.json' not found"):
+        load_run_tokenizer({**byte, "spec": "tok.json"}, tmp_path)
+    with pytest.raises(CheckpointError, match="recorded no tokenizer"):
+        load_run_tokenizer(None)
+    with pytest.raises(CheckpointError, match="differs from the run's"):
+        load_run_tokenizer({**byte, "spec": "byte", "sha256": "0" * 64})
