@@ -200,9 +200,14 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--step", default=None, help="a step number, latest (default) or best")
     parser.add_argument("--data_dir", default=None, help="where the run's tokenizer file lives")
     parser.add_argument("--tokenizer", default=None, help="override: byte, gpt2 or a path")
+    parser.add_argument(
+        "--chat", action="store_true",
+        help="wrap --prompt in the chat template that minigpt_jax.sft fine-tunes with",
+    )
     args = parser.parse_args(argv)
 
     from minigpt_jax.checkpoint import CheckpointError, load_params, load_run_tokenizer
+    from minigpt_jax.sft import chat_prompt_tokens, format_chat
     from minigpt_jax.tokenizer import load_tokenizer
 
     try:
@@ -214,7 +219,10 @@ def main(argv: list[str] | None = None) -> list[str]:
             tok = load_run_tokenizer(record["tokenizer"], data_dir)
         model_cfg = record["model"]
         top_k = min(args.top_k, model_cfg.vocab_size) if args.top_k else None
-        prompt_ids = tok.encode(args.prompt) or [tok.eot_id]
+        if args.chat:
+            prompt_ids = chat_prompt_tokens(tok, args.prompt)
+        else:
+            prompt_ids = tok.encode(args.prompt) or [tok.eot_id]
         outs = sample(
             model_cfg,
             params,
@@ -229,7 +237,8 @@ def main(argv: list[str] | None = None) -> list[str]:
     except (CheckpointError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    texts = [args.prompt + tok.decode(ids) for ids in outs]
+    shown_prompt = format_chat(args.prompt) if args.chat else args.prompt
+    texts = [shown_prompt + tok.decode(ids) for ids in outs]
     for i, text in enumerate(texts):
         if args.num_samples > 1:
             print(f"--- sample {i} (step {record['step']})")

@@ -20,7 +20,6 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
@@ -51,22 +50,19 @@ def _fail(message: str) -> None:
 
 
 def resolve_tokenizer(cfg: ml_collections.ConfigDict) -> dict[str, Any] | None:
-    """The run's tokenizer record {spec, identity}, checked against the shards' manifest."""
-    manifest = input_pipeline.read_manifest(cfg.data_dir)
-    data_tok = manifest.get("tokenizer") if manifest else None
-    if not cfg.tokenizer:
-        return data_tok
-    from minigpt_jax.tokenizer import load_tokenizer, same_tokenizer
+    """The run's tokenizer record {spec, identity}, checked against the shards' manifest.
 
-    identity = load_tokenizer(cfg.tokenizer).identity
-    if data_tok is not None and not same_tokenizer(identity, data_tok):
-        raise DataError(
-            f"{Path(cfg.data_dir) / input_pipeline.MANIFEST}: the shards were made with tokenizer "
-            f"{data_tok.get('name')!r} ({data_tok.get('sha256', '')[:12]}), but config.tokenizer="
-            f"{cfg.tokenizer!r} is {identity['name']!r} ({identity['sha256'][:12]}); re-tokenize the "
-            f"data or set config.tokenizer=''"
-        )
-    return {"spec": cfg.tokenizer, **identity}
+    `config.tokenizer=""` takes the shards' own tokenizer; naming one makes shards made with any
+    other tokenizer an error, as are unfinished or incomplete data directories.
+    """
+    from minigpt_jax.data_prep import check_manifest
+    from minigpt_jax.tokenizer import load_tokenizer
+
+    identity = load_tokenizer(cfg.tokenizer).identity if cfg.tokenizer else None
+    manifest = check_manifest(cfg.data_dir, identity)
+    if identity is not None:
+        return {"spec": cfg.tokenizer, **identity}
+    return manifest.get("tokenizer") if manifest else None
 
 
 def find_split(data_dir: str, split: str) -> list[Path]:

@@ -136,3 +136,14 @@ def test_cli_decodes_with_the_runs_tokenizer(params, tmp_path, capsys):
     ids = sample(CFG, params, [list(b"Hello, world!")] * 2, 8, temperature=0, eot_id=256)[0]
     assert texts == ["Hello, world!" + bytes(ids).decode("utf-8", errors="replace")] * 2
     assert "--- sample 1 (step 5)" in capsys.readouterr().out
+
+    from minigpt_jax.sft import chat_prompt_tokens, format_chat
+    from minigpt_jax.tokenizer import ByteTokenizer
+
+    chat = generate.main([
+        "--run_dir", str(run), "--prompt", "2+2?", "--max_new_tokens", "8", "--temperature", "0",
+        "--chat",
+    ])
+    ids = sample(CFG, params, [chat_prompt_tokens(ByteTokenizer(), "2+2?")], 8, temperature=0,
+                 eot_id=256)[0]
+    assert chat == [format_chat("2+2?") + ByteTokenizer().decode(ids)]

@@ -477,7 +477,7 @@ def test_cli_rejects_indivisible_batch_and_mesh_before_compiling(tiny_shards, tm
         env=_env(8), cwd=REPO, capture_output=True, text=True,
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "config.batch_size: 12 sequences per micro-batch cannot be split over 8" in proc.stderr
+    assert "config.batch_size: 12 sequences cannot be split over 8 devices" in proc.stderr
     assert not (run_dir / "metrics.jsonl").exists()
     proc = subprocess.run(
         [sys.executable, "-m", "minigpt_jax.train", "--config", "configs/small.py",

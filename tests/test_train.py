@@ -63,7 +63,8 @@ def test_validation_names_the_key(tiny_shards, tmp_path):
         c = tiny_config(tiny_shards, tmp_path)
         c.model.vocab_size = 50257
         (tiny_shards / "manifest.json").write_text(
-            json.dumps({"tokenizer": {"name": "byte", "vocab_size": 257, "sha256": "x"}})
+            json.dumps({"version": 1, "tokenizer": {"name": "byte", "vocab_size": 257,
+                                                    "sha256": "x", "spec": "byte"}})
         )
         train_and_evaluate(c)
 
@@ -118,3 +119,20 @@ def test_cli_names_a_corrupt_shard(tiny_shards, tmp_path):
                      "--config.block_size=32")
     assert result.returncode == 2
     assert "train_000000.bin: truncated" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_shards_from_another_tokenizer_are_refused(tiny_shards, tmp_path):
+    from minigpt_jax.input_pipeline import ShardError
+    from minigpt_jax.tokenizer import ByteTokenizer
+
+    identity = {**ByteTokenizer().identity, "spec": "byte"}
+    (tiny_shards / "manifest.json").write_text(json.dumps({"version": 1, "tokenizer": identity}))
+    c = tiny_config(tiny_shards, tmp_path / "run", tokenizer="byte", total_steps=1, warmup_steps=0)
+    assert train_and_evaluate(c)["step"] == 1
+    assert json.loads((tmp_path / "run" / "tokenizer.json").read_text())["sha256"] == identity[
+        "sha256"
+    ]
+    identity["sha256"] = "0" * 64  # as if made by a trained BPE
+    (tiny_shards / "manifest.json").write_text(json.dumps({"version": 1, "tokenizer": identity}))
+    with pytest.raises(ShardError, match="made with tokenizer 'byte'.*this run uses 'byte'"):
+        train_and_evaluate(tiny_config(tiny_shards, tmp_path / "run2", tokenizer="byte"))

@@ -1,0 +1,303 @@
+"""Arithmetic task: generator correctness, disjoint splits, parser, votes, verifier, end to end."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minigpt_jax import arithmetic
+from minigpt_jax.arithmetic import (
+    Problem,
+    StepError,
+    check_steps,
+    majority_vote,
+    parse_answer,
+    solution,
+    verified_vote,
+    verify_solution,
+)
+from minigpt_jax.input_pipeline import open_shard, read_manifest
+from minigpt_jax.tokenizer import ByteTokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load_data_script():
+    spec = importlib.util.spec_from_file_location(
+        "make_arithmetic_data", REPO / "scripts" / "make_arithmetic_data.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --- the generator's worked solutions are right, step by step --------------------------------
+
+
+def _independent_check(p: Problem, text: str) -> None:
+    """Re-derive every line with Python integers, independently of `check_steps`."""
+    lines = text.rstrip("\n").split("\n")
+    assert lines[-1] == f"A:{p.answer}"
+    for line in lines[:-1]:
+        if line.startswith("="):
+            continue
+        lhs, rhs = line.split("=")
+        if "/" in lhs:  # "24/6=4r0": 4*6+0 == 24, remainder below the divisor
+            cur, div = map(int, lhs.split("/"))
+            q, r = map(int, rhs.split("r"))
+            assert q * div + r == cur and 0 <= r < div and 0 <= q <= 9, line
+        else:  # every other step is a true integer equation, e.g. "13-8-1=4", "4*8+5=37"
+            lhs = re.sub(r"\b0+(\d)", r"\1", lhs)  # "08-6-0": Python rejects leading zeros
+            assert eval(lhs) == int(rhs), line  # noqa: S307 - digits and + - * only
+    # The final answer is the true result.
+    true = {"+": p.a + p.b, "-": p.a - p.b, "*": p.a * p.b}.get(p.op)
+    if true is not None:
+        assert int(p.answer) == true
+    else:
+        q, r = map(int, p.answer.split("r"))
+        assert q * p.b + r == p.a and 0 <= r < p.b
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_worked_solutions_are_exact_for_many_seeds(seed):
+    rng = random.Random(seed)
+    wide = arithmetic.Mixture(
+        addsub_digit_weights=(1, 1, 1, 1, 1, 1),
+        mul_digit_weights=(1, 1, 1, 1),
+        div_dividend_digit_weights=(1, 1, 1, 1, 1),
+        div_divisor_digit_weights=(1, 1),
+    )
+    for _ in range(60):
+        p = arithmetic.sample_problem(rng, wide)
+        text = solution(p)
+        _independent_check(p, text)
+        assert check_steps(p, text) == p.answer  # the verifier accepts every true solution
+
+
+def test_hand_worked_examples():
+    assert solution(Problem("+", 347, 285)) == "7+5+0=12\n4+8+1=13\n3+2+1=06\nA:632\n"
+    assert solution(Problem("-", 532, 285)) == "12-5-0=7\n13-8-1=4\n05-2-1=2\nA:247\n"
+    assert solution(Problem("/", 847, 6)) == "08/6=1r2\n24/6=4r0\n07/6=1r1\nA:141r1\n"
+    assert solution(Problem("*", 47, 85)) == (
+        "7*5+0=35\n4*5+3=23\n=235\n7*8+0=56\n4*8+5=37\n=3760\n"
+        "5+0+0=05\n3+6+0=09\n2+7+0=09\n0+3+0=03\nA:3995\n"
+    )
+    assert solution(Problem("+", 999, 1)).endswith("9+0+1=10\nA:1000\n")
+    assert solution(Problem("*", 47, 85), steps=False) == "A:3995\n"
+    assert Problem("-", 532, 285).level == "3" and Problem("*", 47, 85).level == "2x2"
+    with pytest.raises(ValueError, match="a >= b"):
+        Problem("-", 1, 2)
+
+
+# --- disjoint train and test ---------------------------------------------------------------------
+
+
+def _documents(path: Path) -> list[str]:
+    text = ByteTokenizer().decode(open_shard(path).tolist())
+    return [d for d in text.split("<|endoftext|>") if d]
+
+
+def test_dataset_train_and_test_are_disjoint(tmp_path):
+    script = _load_data_script()
+    # A small problem space (2-digit add, 1-digit mul): without exclusion, collisions are certain.
+    mix = arithmetic.Mixture(
+        op_weights=(1, 0, 1, 0), addsub_digit_weights=(0, 1), mul_digit_weights=(1,)
+    )
+    spec = (("+", 2, 2, 400), ("*", 1, 1, 30))
+    manifest = script.write_dataset(
+        tmp_path,
+        train_tokens=40_000,
+        val_tokens=4_000,
+        block_size=64,
+        mixture=mix,
+        heldout_spec=spec,
+        long_spec=(("+", 3, 3, 20),),
+    )
+    assert manifest["tokenizer"]["name"] == "byte" and manifest["dtype"] == "uint16"
+    assert read_manifest(tmp_path) == manifest
+    assert {s["split"] for s in manifest["shards"]} == {"train", "val"}
+    tests = [
+        json.loads(x)
+        for f in ("test.jsonl", "test_long.jsonl")
+        for x in (tmp_path / f).read_text().splitlines()
+    ]
+    test_prompts = {t["prompt"] for t in tests}
+    assert len(test_prompts) == 450
+    for split in ("train", "val"):
+        docs = _documents(tmp_path / f"{split}_000000.bin")
+        prompts = {d.split("\n")[0] + "\n" for d in docs}
+        assert len(prompts) > 50
+        assert not prompts & test_prompts
+        for doc in docs:  # whole problems only: packing never cuts one
+            head, rest = doc.split("\n", 1)
+            a, op, b = head.partition("+") if "+" in head else head.partition("*")
+            p = Problem(op, int(a), int(b))
+            assert rest == solution(p)
+    # Every window the trainer reads starts with a problem: packing aligns to block_size.
+    tokens = open_shard(tmp_path / "train_000000.bin")
+    assert tokens.size % 64 == 0 and np.all(tokens[::64] == ByteTokenizer.eot_id)
+
+
+def test_test_sets_are_distinct_and_deterministic():
+    a = arithmetic.test_problems(7, arithmetic.HELDOUT_SPEC)
+    assert a == arithmetic.test_problems(7, arithmetic.HELDOUT_SPEC)
+    assert len(set(a)) == len(a) == sum(n for *_, n in arithmetic.HELDOUT_SPEC)
+    assert all(len(str(p.a)) == 3 and len(str(p.b)) == 3 for p in a if p.level == "3")
+    long = arithmetic.test_problems(8, arithmetic.LONG_SPEC)
+    train_max = arithmetic.Mixture().max_digits()
+    assert all(len(str(p.a)) > train_max[p.op] for p in long)  # longer than training ever shows
+
+
+# --- parser, votes, verifier -------------------------------------------------------------------
+
+
+def test_parse_answer():
+    assert parse_answer("7+5+0=12\nA:632\n") == "632"
+    assert parse_answer("A:0632") == "632"
+    assert parse_answer("A:1\nA:2\n") == "2"  # the last answer line counts
+    assert parse_answer("08/6=1r2\nA:141r1\n") == "141r1"
+    assert parse_answer("A:007r03") == "7r3"
+    assert parse_answer("A:-12") == "-12"
+    for bad in ("", "632", "A:", "A:6 32", "A:63x", "B:12", "xA:12"):
+        assert parse_answer(bad) is None, bad
+
+
+def test_majority_vote():
+    assert majority_vote(["5", "6", "5", None]) == "5"
+    assert majority_vote([None, None]) is None
+    assert majority_vote([]) is None
+    assert majority_vote(["7", "8"]) == "7"  # a tie goes to the first seen
+    assert majority_vote([None, "8", "7", "7", "8"]) == "8"
+
+
+def test_verifier_on_hand_made_samples():
+    p = Problem("+", 347, 285)
+    good = "7+5+0=12\n4+8+1=13\n3+2+1=06\nA:632\n"
+    assert verify_solution(p, good)
+    bad_cases = {
+        "false step": "7+5+0=13\n4+8+1=13\n3+2+1=06\nA:632\n",
+        "carry dropped": "7+5+0=12\n4+8+0=12\n3+2+1=06\nA:622\n",
+        "wrong digit read": "7+5+0=12\n4+9+1=14\n3+2+1=06\nA:642\n",
+        "answer contradicts steps": "7+5+0=12\n4+8+1=13\n3+2+1=06\nA:633\n",
+        "missing column": "7+5+0=12\n4+8+1=13\nA:32\n",
+        "no answer": "7+5+0=12\n4+8+1=13\n3+2+1=06\n",
+        "answer only": "A:632\n",
+    }
+    for name, text in bad_cases.items():
+        assert not verify_solution(p, text), name
+    with pytest.raises(StepError, match="false"):
+        check_steps(p, bad_cases["false step"])
+
+    sub = Problem("-", 532, 285)
+    assert verify_solution(sub, "12-5-0=7\n13-8-1=4\n05-2-1=2\nA:247\n")
+    assert not verify_solution(sub, "12-5-0=7\n03-8-1=4\n05-2-1=2\nA:247\n")  # false equation
+    assert not verify_solution(sub, "02-5-0=7\n13-8-0=5\n05-2-1=2\nA:257\n")
+    div = Problem("/", 847, 6)
+    assert verify_solution(div, "08/6=1r2\n24/6=4r0\n07/6=1r1\nA:141r1\n")
+    assert not verify_solution(div, "08/6=1r2\n24/6=3r6\n67/6=11r1\nA:141r1\n")
+    mul = Problem("*", 47, 85)
+    right = solution(mul)
+    assert verify_solution(mul, right)
+    assert not verify_solution(mul, right.replace("=3760", "=3770"))
+    assert not verify_solution(mul, right.replace("4*8+5=37", "4*8+5=38"))
+
+
+def test_true_step_fraction():
+    assert arithmetic.true_step_fraction("7+5+0=12\n4+8+1=13\n3+2+1=06\nA:632\n") == 1.0
+    assert arithmetic.true_step_fraction("7+5+0=13\n13-8-1=4\n4*8+5=38\nA:1\n") == 1 / 3
+    assert arithmetic.true_step_fraction("24/6=4r0\n=235\n24/6=3r6\nbla\n") == 1 / 3
+    assert arithmetic.true_step_fraction("A:632\n") is None
+
+
+def test_verified_vote_prefers_consistent_solutions():
+    p = Problem("+", 347, 285)
+    right = "7+5+0=12\n4+8+1=13\n3+2+1=06\nA:632\n"
+    wrong = "7+5+0=12\n4+8+0=12\n3+2+1=06\nA:622\n"
+    assert majority_vote([parse_answer(t) for t in (wrong, wrong, right)]) == "622"
+    assert verified_vote(p, [wrong, wrong, right]) == "632"
+    assert verified_vote(p, [wrong, wrong, "A:7\n"]) == "622"  # none verify: plain majority
+
+
+# --- evaluator pieces and end to end -----------------------------------------------------------
+
+
+def test_evaluate_sets_with_an_oracle_and_a_noisy_sampler():
+    """The scoring loop with stand-in samplers whose accuracy is known exactly."""
+    from minigpt_jax.eval_arithmetic import evaluate_sets, markdown_table
+
+    tok = ByteTokenizer()
+    problems = [Problem("+", 100 + i, 200 + i) for i in range(8)]
+    by_prompt = {tuple(tok.encode(p.prompt)): p for p in problems}
+
+    def sampler(prompts, max_new, temperature, seed):
+        out = []
+        for row, prompt in enumerate(prompts):
+            p = by_prompt[tuple(prompt[1:])]
+            text = solution(p)
+            # Greedy is always right; a third of the samples end in a wrong answer, never all
+            # of one problem's: rows i, 8+i, 16+i, 24+i are sample k of problem i.
+            if temperature > 0 and (seed + row) % 3 == 0:
+                text = text.replace(f"A:{p.answer}", "A:1")
+            out.append(tok.encode(text)[:max_new])
+        return out
+
+    results = evaluate_sets(
+        {"heldout": problems},
+        sampler,
+        tok.encode,
+        tok.decode,
+        tok.eot_id,
+        block_size=256,
+        samples=4,
+        temperature=0.7,
+        batch_size=64,
+    )
+    cell = results["heldout"]["add 3"]
+    assert cell["n"] == 8 and cell["greedy"] == 1.0 and cell["greedy_steps_verified"] == 1.0
+    assert cell["sample_accuracy"] == 22 / 32
+    assert cell["majority"][1] == 0.75 and cell["verified"][4] == 1.0
+    assert "| heldout | add 3 | 8 | 1.000 | 1.000 |" in markdown_table(results, 4)
+
+
+@pytest.mark.slow
+def test_tiny_model_trains_and_evaluator_runs(tmp_path):
+    from minigpt_jax.config import default_config, model_fields
+    from minigpt_jax.eval_arithmetic import main as eval_main
+    from minigpt_jax.train import train_and_evaluate
+
+    data = tmp_path / "data"
+    mix = arithmetic.Mixture(
+        op_weights=(1, 1, 0, 1), addsub_digit_weights=(1, 1), div_dividend_digit_weights=(1, 1)
+    )
+    _load_data_script().write_dataset(
+        data,
+        train_tokens=30_000,
+        val_tokens=3_000,
+        block_size=64,
+        mixture=mix,
+        heldout_spec=(("+", 2, 2, 6), ("-", 2, 2, 6), ("/", 2, 1, 6)),
+        long_spec=(("+", 3, 3, 4),),
+    )
+    c = default_config()
+    c.model = model_fields("tiny", vocab_size=257, block_size=64)
+    c.data_dir, c.run_dir = str(data), str(tmp_path / "run")
+    c.total_steps, c.batch_size, c.block_size = 6, 8, 64
+    c.warmup_steps, c.log_every, c.eval_every, c.eval_tokens = 2, 3, 6, 512
+    c.lr, c.peak_tflops, c.checkpoint_every = 3e-3, 1.0, 0
+    last = train_and_evaluate(c)
+    assert last["step"] == 6 and last["train_loss"] < 5.6
+
+    report = eval_main(["--run_dir", c.run_dir, "--samples", "2", "--max_per_cell", "4"])
+    saved = json.loads((tmp_path / "run" / "eval_arithmetic.json").read_text())
+    assert saved["step"] == 6 and saved["worked_steps"] is True
+    assert set(saved["results"]) == {"heldout", "long"}
+    assert set(saved["results"]["heldout"]) == {"add 2", "sub 2", "div 2/1"}
+    for cell in report["results"]["heldout"].values():
+        assert cell["n"] == 4 and 0.0 <= cell["greedy"] <= 1.0
+        assert set(cell["majority"]) == {1, 2} and set(cell["verified"]) == {1, 2}
