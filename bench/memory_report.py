@@ -41,7 +41,7 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=8, help="global sequences per optimizer step")
     p.add_argument(
         "--micro_batch_size", type=int, default=0,
-        help="sequences per device per micro-batch (as config.micro_batch_size); 0: no accumulation",
+        help="sequences per device per micro-batch, as config.micro_batch_size; 0: none",
     )
     p.add_argument("--block_size", type=int, default=1024)
     p.add_argument("--compute_dtype", default="float32", choices=["float32", "bfloat16"])

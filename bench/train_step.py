@@ -97,7 +97,9 @@ def torch_runner(cfg: GPTConfig, batch: int, block: int, threads: int):
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=6e-4, betas=(0.9, 0.95), eps=1e-8,
+        lr=6e-4,
+        betas=(0.9, 0.95),
+        eps=1e-8,
     )
     g = torch.Generator().manual_seed(0)
     windows = torch.randint(0, cfg.vocab_size, (batch, block + 1), generator=g)
@@ -133,8 +135,12 @@ def main() -> None:
     args = p.parse_args()
 
     cfg = GPTConfig(
-        vocab_size=args.vocab, block_size=args.block, n_layer=args.n_layer, n_head=args.n_head,
-        n_embd=args.n_embd, compute_dtype=args.dtype,
+        vocab_size=args.vocab,
+        block_size=args.block,
+        n_layer=args.n_layer,
+        n_head=args.n_head,
+        n_embd=args.n_embd,
+        compute_dtype=args.dtype,
     )
     tokens = args.batch * args.block
     flops = flops_per_token(cfg, args.block) * tokens

@@ -2,8 +2,8 @@
 
 19,073 steps of 524,288 (2^19) tokens = 10B tokens, one epoch. Max lr 6e-4 with 715 warmup steps and
 cosine decay to 6e-5, AdamW (0.9, 0.95), weight decay 0.1, clip 1.0, bf16 compute. 64 sequences per
-micro-batch fit an 80 GB GPU; with fewer devices the step accumulates more micro-batches, with more it
-accumulates fewer: the optimizer sees the same batch either way.
+micro-batch fit an 80 GB GPU; with fewer devices the step accumulates more micro-batches, with more
+it accumulates fewer: the optimizer sees the same batch either way.
 
     python scripts/download_data.py            # ~10B GPT-2 tokens into data/fineweb-edu
     python -m minigpt_jax.train --config configs/gpt2_124m.py

@@ -1,7 +1,8 @@
-"""The training configuration: every key with its default, and the checks that run before any compile.
+"""Every training key with its default, and the checks that run before anything compiles.
 
-Config files in `configs/` start from `default_config()` and change what they need. The dict is locked,
-so a misspelt key in a file or on the command line (`--config.lrr=...`) is an error, not a silent no-op.
+Config files in `configs/` start from `default_config()` and change what they need. The dict is
+locked, so a misspelt key in a file or on the command line (`--config.lrr=...`) is an error, not a
+silent no-op.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class ConfigError(ValueError):
 
 
 def model_fields(preset: str = "small", **overrides) -> ml_collections.ConfigDict:
-    """The `model` block: a preset name plus every GPTConfig field, unset fields following the preset.
+    """The `model` block: a preset plus every GPTConfig field; unset fields follow the preset.
 
     Typed placeholders keep both spellings working from the command line:
     `--config.model.preset=gpt2` switches the size, `--config.model.n_layer=6` changes one field.
@@ -47,7 +48,8 @@ def model_fields(preset: str = "small", **overrides) -> ml_collections.ConfigDic
 
 def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.model = model_fields("small")  # a preset, then any GPTConfig field: model_fields("gpt2", dropout=0.1)
+    # A preset, then any GPTConfig field: model_fields("gpt2", dropout=0.1).
+    c.model = model_fields("small")
     c.tokenizer = ""  # "" takes the tokenizer the shards were made with (their manifest.json)
     c.data_dir = "data/pydoc"
     c.run_dir = "runs/small"

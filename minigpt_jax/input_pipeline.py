@@ -85,14 +85,14 @@ def open_shard(path: str | os.PathLike) -> np.ndarray:
     expected = HEADER_BYTES + count * dtype.itemsize
     if size != expected:
         raise ShardError(
-            f"{path}: truncated or corrupt: the header promises {count} tokens ({expected} bytes) but "
-            f"the file has {size} bytes; delete it and re-run scripts/download_data.py"
+            f"{path}: truncated or corrupt: the header promises {count} tokens ({expected} "
+            f"bytes) but the file has {size} bytes; delete it and re-run scripts/download_data.py"
         )
     return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(count,))
 
 
 def find_shards(data_dir: str | os.PathLike, split: str) -> list[Path]:
-    """`<split>` shards in name order: ours (`train_000000.bin`), llm.c's and build-nanogpt's names."""
+    """`<split>` shards in name order: ours (`train_000000.bin`), llm.c's and build-nanogpt's."""
     pattern = re.compile(rf"(^|_){re.escape(split)}_\d+\.(bin|npy)$")
     return sorted(p for p in Path(data_dir).iterdir() if pattern.search(p.name))
 
@@ -163,8 +163,8 @@ class WindowSource:
         self._masks: list[np.ndarray] | None = None
         if self._starts[-1] == 0:
             raise ShardError(
-                f"{self.paths[0].parent}: the shards hold {sum(counts)} tokens, fewer than one window "
-                f"of {seq_len + 1}; use more data or a smaller block_size"
+                f"{self.paths[0].parent}: the shards hold {sum(counts)} tokens, fewer than one "
+                f"window of {seq_len + 1}; use more data or a smaller block_size"
             )
         self._shards: list[np.ndarray] | None = None
 
@@ -215,12 +215,13 @@ def train_dataset(
     shard_count: int = 1,
     worker_count: int = 0,
     prefetch_batches: int = 4,
-) -> "grain.IterDataset":
+) -> grain.IterDataset:
     """Endless batches of shuffled windows; each epoch is a new permutation without replacement.
 
-    `shard_index`/`shard_count` give each JAX process its own disjoint slice of the windows (multi-host);
-    `batch_size` is this process's share of the global batch. Iterate with `iter(...)`; the iterator's
-    `get_state()`/`set_state()` is a single index, saved with checkpoints for an exact resume.
+    `shard_index`/`shard_count` give each JAX process its own disjoint slice of the windows
+    (multi-host); `batch_size` is this process's share of the global batch. Iterate with
+    `iter(...)`; the iterator's `get_state()`/`set_state()` is a single index, saved with
+    checkpoints for an exact resume.
     """
     import grain  # here, not at module level: data-prep workers write shards without loading Grain
 
@@ -243,7 +244,8 @@ def eval_batches(
     shard_index: int = 0,
     shard_count: int = 1,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """The first `max_tokens` of validation windows in file order: every evaluation sees the same data.
+    """The first `max_tokens` of validation windows in file order: every evaluation sees the same
+    data.
 
     At least one batch is returned even when max_tokens is smaller than a batch.
     """
@@ -255,8 +257,9 @@ def eval_batches(
     num_batches = min(num_batches, len(ds) // batch_size)
     if num_batches == 0:
         raise ShardError(
-            f"{paths[0].parent}: validation shards hold {len(ds)} windows of {seq_len + 1} tokens per "
-            f"process, fewer than one batch of {batch_size}; lower the batch size or add val data"
+            f"{paths[0].parent}: validation shards hold {len(ds)} windows of {seq_len + 1} "
+            f"tokens per process, fewer than one batch of {batch_size}; lower the batch size or "
+            f"add validation data"
         )
     ds = ds[: num_batches * batch_size].batch(batch_size, drop_remainder=True).map(_to_batch)
     return iter(ds.to_iter_dataset())

@@ -1,8 +1,8 @@
 """GPT-2 as a functional Flax model: params pytree in, logits out.
 
-Module and parameter names follow OpenAI's GPT-2 tensors (`wte`, `wpe`, `h_{i}.attn.c_attn`, ...) so that
-importing or exporting Hugging Face weights is a name-for-name copy. Flax `Dense` kernels are laid out
-(in, out), which is exactly GPT-2's `Conv1D` layout: no transposes either way.
+Module and parameter names follow OpenAI's GPT-2 tensors (`wte`, `wpe`, `h_{i}.attn.c_attn`, ...) so
+that importing or exporting Hugging Face weights is a name-for-name copy. Flax `Dense` kernels are
+laid out (in, out), which is exactly GPT-2's `Conv1D` layout: no transposes either way.
 
 Shape suffixes: B batch, T time, D model width, H heads, K head width, V (padded) vocabulary.
 """
@@ -141,8 +141,11 @@ def _cached_attention(
     self_TS = k_col_S[None, :] == q_col_T[:, None]
     mask_BTS = (causal_TS[None] & real_BS[:, None, :]) | self_TS[None]
     y_BTHK = jax.nn.dot_product_attention(
-        q_BTHK, k_BSHK.astype(q_BTHK.dtype), v_BSHK.astype(q_BTHK.dtype),
-        mask=mask_BTS[:, None], implementation="xla",
+        q_BTHK,
+        k_BSHK.astype(q_BTHK.dtype),
+        v_BSHK.astype(q_BTHK.dtype),
+        mask=mask_BTS[:, None],
+        implementation="xla",
     )
     return y_BTHK
 

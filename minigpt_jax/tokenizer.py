@@ -1,8 +1,8 @@
 """One way to name a tokenizer everywhere: `"byte"`, `"gpt2"`, or a path to a tokenizer file.
 
-Every tokenizer offers `encode(text)`, `encode_batch(texts)`, `decode(ids)`, `vocab_size`, `eot_id` and
-`identity` (name, sha256, vocab_size, eot_id): the identity is recorded with shards and runs so that
-training refuses shards made by another tokenizer and generation decodes with the right one.
+Every tokenizer offers `encode(text)`, `encode_batch(texts)`, `decode(ids)`, `vocab_size`, `eot_id`
+and `identity` (name, sha256, vocab_size, eot_id): the identity is recorded with shards and runs so
+that training refuses shards made by another tokenizer and generation decodes with the right one.
 """
 
 from __future__ import annotations
@@ -55,11 +55,16 @@ class ByteTokenizer:
     @property
     def identity(self) -> dict[str, Any]:
         digest = hashlib.sha256(b"minigpt_jax byte tokenizer v1").hexdigest()
-        return {"name": "byte", "sha256": digest, "vocab_size": self.vocab_size, "eot_id": self.eot_id}
+        return {
+            "name": "byte",
+            "sha256": digest,
+            "vocab_size": self.vocab_size,
+            "eot_id": self.eot_id,
+        }
 
 
 def load_tokenizer(spec: str) -> TextTokenizer:
-    """`"byte"` (built in), `"gpt2"` (tiktoken's GPT-2), or a path to a tokenizer or `.tiktoken` file."""
+    """`"byte"` (built in), `"gpt2"` (tiktoken's GPT-2), or a path to a tokenizer/.tiktoken file."""
     if spec == "byte":
         return ByteTokenizer()
     from minigpt_jax.bpe import Tokenizer  # the BPE machinery loads only when asked for

@@ -1,8 +1,8 @@
 """`python -m minigpt_jax.train --config configs/small.py [--config.key=value ...]`
 
-The loop wires the pieces together: config -> shards -> Grain batches -> one jitted, donated train step ->
-metrics. The hot path never waits on the device except every `log_every` steps, when the metrics of the
-step just dispatched are read.
+The loop wires the pieces together: config -> shards -> Grain batches -> one jitted, donated train
+step -> metrics. The hot path never waits on the device except every `log_every` steps, when the
+metrics of the step just dispatched are read.
 
 A run directory with a checkpoint resumes by itself (train state and data position, see
 minigpt_jax/checkpoint.py); SIGTERM or SIGINT saves a checkpoint of the step just taken and exits
@@ -164,7 +164,11 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     model = GPT(model_cfg)
     schedule = make_lr_schedule(cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.total_steps)
     tx = make_optimizer(
-        schedule, cfg.weight_decay, cfg.grad_clip, b1=cfg.adam_b1, b2=cfg.adam_b2,
+        schedule,
+        cfg.weight_decay,
+        cfg.grad_clip,
+        b1=cfg.adam_b1,
+        b2=cfg.adam_b2,
         freeze=cfg.freeze,
     )
 
@@ -268,8 +272,10 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
                     if jax.process_count() == 1
                     else ckpts.manager.reached_preemption(step)
                 )
-                if is_last or stopping or (
-                    cfg.checkpoint_every and step % cfg.checkpoint_every == 0
+                if (
+                    is_last
+                    or stopping
+                    or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
                 ):
                     val_loss = record.get("val_loss") if record else None
                     ckpts.save(step, state, data_iter, config_json, tokenizer, val_loss)
@@ -302,8 +308,10 @@ def resume(ckpts, step, abstract_state, state_shardings, data_iter, cfg):
     if jax.process_index() == 0:
         tqdm.write(f"resuming from step {step} ({ckpts.directory / str(step)})")
         if step >= cfg.total_steps:
-            tqdm.write(f"the run is complete (config.total_steps={cfg.total_steps}); raise "
-                       f"--config.total_steps to train further")
+            tqdm.write(
+                f"the run is complete (config.total_steps={cfg.total_steps}); raise "
+                f"--config.total_steps to train further"
+            )
     return state, data_iter
 
 
@@ -328,7 +336,7 @@ def _show(progress, record: dict[str, Any], is_main: bool) -> None:
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-    """absl parsing with one clear line per mistake (unknown key, bad value, missing file), exit 2."""
+    """absl parsing with one clear line per mistake (unknown key, bad value, no file); exit 2."""
     try:
         rest = flags.FLAGS(argv)
         if _CONFIG.value is None:

@@ -1,9 +1,9 @@
 """Optimizer, train state, and the pure train / eval steps (jitted by the caller with shardings).
 
-Gradient accumulation runs as a `lax.scan` over micro-batches inside the one compiled step rather than
-`optax.MultiSteps`: one dispatch per optimizer step instead of k, no Python between micro-batches, and
-the loss is normalised by the token count of the whole batch, so k micro-batches give the same update
-as one big batch whatever the loss mask.
+Gradient accumulation runs as a `lax.scan` over micro-batches inside the one compiled step rather
+than `optax.MultiSteps`: one dispatch per optimizer step instead of k, no Python between
+micro-batches, and the loss is normalised by the token count of the whole batch, so k micro-batches
+give the same update as one big batch whatever the loss mask.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ def make_lr_schedule(
 ) -> optax.Schedule:
     """Linear warmup to `lr`, then cosine decay to `min_lr` at the last step.
 
-    Shifted by one step (as build-nanogpt and llm.c do) so that the first step already learns and the
-    last step runs at exactly `min_lr`.
+    Shifted by one step (as build-nanogpt and llm.c do) so that the first step already learns and
+    the last step runs at exactly `min_lr`.
     """
     base = optax.warmup_cosine_decay_schedule(
         init_value=0.0,
@@ -49,7 +49,7 @@ def make_lr_schedule(
 
 
 def decay_mask(params: Any) -> Any:
-    """Weight decay on matrices and embeddings (ndim >= 2), never on biases or LayerNorm (nanoGPT)."""
+    """Weight decay on matrices and embeddings (ndim >= 2), never biases or LayerNorm (nanoGPT)."""
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
@@ -94,9 +94,7 @@ def make_optimizer(
     )
 
 
-def create_train_state(
-    model: GPT, tx: optax.GradientTransformation, rng: jax.Array
-) -> TrainState:
+def create_train_state(model: GPT, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
     dummy_BT = jnp.zeros((1, model.config.block_size), jnp.int32)
     params = model.init(rng, dummy_BT)["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
@@ -119,8 +117,8 @@ def summed_cross_entropy(
 def _split_micro_batches(batch: Batch, k: int) -> Batch:
     """(B, ...) -> (k, B/k, ...), micro-batch i taking rows i, i+k, ...
 
-    Strided rather than contiguous so that each device's slice of a batch-sharded array stays on that
-    device: every micro-batch is spread over all devices and no data moves.
+    Strided rather than contiguous so that each device's slice of a batch-sharded array stays on
+    that device: every micro-batch is spread over all devices and no data moves.
     """
 
     def split(x):
@@ -246,4 +244,4 @@ def device_peak_flops(dtype: str = "float32") -> float:
     for name, peaks in _PEAK_FLOPS.items():
         if name.lower() in kind.lower():
             return peaks[dtype]
-    return measure_matmul_peak(dtype)
+    return measure_matmul_peak(dtype, n=1024)  # large enough to saturate a CPU, quick at start-up

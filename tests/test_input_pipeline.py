@@ -70,16 +70,29 @@ def test_wrong_magic_is_named(tmp_path):
 
 
 def test_finds_our_llmc_and_build_nanogpt_names(tmp_path):
-    names = ["train_000001.bin", "train_000000.bin", "fineweb_train_000002.bin",
-             "edufineweb_train_000003.npy", "val_000000.bin", "fineweb_val_000000.bin",
-             "train_000000.bin.tmp", "notes.txt"]
+    names = [
+        "train_000001.bin",
+        "train_000000.bin",
+        "fineweb_train_000002.bin",
+        "edufineweb_train_000003.npy",
+        "val_000000.bin",
+        "fineweb_val_000000.bin",
+        "train_000000.bin.tmp",
+        "notes.txt",
+    ]
     for name in names:
         (tmp_path / name).touch()
     train = [p.name for p in find_shards(tmp_path, "train")]
-    assert train == ["edufineweb_train_000003.npy", "fineweb_train_000002.bin",
-                     "train_000000.bin", "train_000001.bin"]
-    assert [p.name for p in find_shards(tmp_path, "val")] == ["fineweb_val_000000.bin",
-                                                              "val_000000.bin"]
+    assert train == [
+        "edufineweb_train_000003.npy",
+        "fineweb_train_000002.bin",
+        "train_000000.bin",
+        "train_000001.bin",
+    ]
+    assert [p.name for p in find_shards(tmp_path, "val")] == [
+        "fineweb_val_000000.bin",
+        "val_000000.bin",
+    ]
 
 
 def two_shards(tmp_path):
@@ -133,9 +146,11 @@ def test_each_epoch_is_a_permutation_and_the_state_resumes_exactly(tmp_path):
 
 def test_same_seed_same_order_other_seed_other_order(tmp_path):
     paths = two_shards(tmp_path)
+
     def first_six(seed):
         it = iter(train_dataset(paths, seq_len=10, batch_size=1, seed=seed))
         return [int(next(it)["inputs"][0, 0]) for _ in range(6)]
+
     assert first_six(1) == first_six(1)
     assert first_six(1) != first_six(2)
 

@@ -124,8 +124,9 @@ def test_remat_changes_memory_not_results():
         return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
 
     plain = jax.value_and_grad(lambda p: loss(TINY, p))(params)
-    remat = jax.value_and_grad(lambda p: loss(GPTConfig.preset("tiny", vocab_size=257,
-                                                               remat=True), p))(params)
+    remat = jax.value_and_grad(
+        lambda p: loss(GPTConfig.preset("tiny", vocab_size=257, remat=True), p)
+    )(params)
     np.testing.assert_allclose(plain[0], remat[0], rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), plain[1], remat[1])
 
@@ -134,10 +135,12 @@ def test_dropout_is_off_by_default_and_random_when_on():
     params = init(TINY)
     tokens = random_tokens(TINY)
     cfg = GPTConfig.preset("tiny", vocab_size=257, dropout=0.5)
-    a = GPT(cfg).apply({"params": params}, tokens, deterministic=False,
-                       rngs={"dropout": jax.random.key(0)})
-    b = GPT(cfg).apply({"params": params}, tokens, deterministic=False,
-                       rngs={"dropout": jax.random.key(1)})
+    a = GPT(cfg).apply(
+        {"params": params}, tokens, deterministic=False, rngs={"dropout": jax.random.key(0)}
+    )
+    b = GPT(cfg).apply(
+        {"params": params}, tokens, deterministic=False, rngs={"dropout": jax.random.key(1)}
+    )
     assert not np.allclose(a, b)
     np.testing.assert_array_equal(
         GPT(cfg).apply({"params": params}, tokens), GPT(TINY).apply({"params": params}, tokens)

@@ -63,8 +63,12 @@ def test_validation_names_the_key(tiny_shards, tmp_path):
         c = tiny_config(tiny_shards, tmp_path)
         c.model.vocab_size = 50257
         (tiny_shards / "manifest.json").write_text(
-            json.dumps({"version": 1, "tokenizer": {"name": "byte", "vocab_size": 257,
-                                                    "sha256": "x", "spec": "byte"}})
+            json.dumps(
+                {
+                    "version": 1,
+                    "tokenizer": {"name": "byte", "vocab_size": 257, "sha256": "x", "spec": "byte"},
+                }
+            )
         )
         train_and_evaluate(c)
 
@@ -72,18 +76,28 @@ def test_validation_names_the_key(tiny_shards, tmp_path):
 def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "minigpt_jax.train", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=600,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
 @pytest.mark.slow
 def test_cli_trains_on_shards(tiny_shards, tmp_path):
     result = run_cli(
-        "--config", "configs/small.py",
-        f"--config.data_dir={tiny_shards}", f"--config.run_dir={tmp_path / 'run'}",
-        "--config.model.preset=tiny", "--config.total_steps=4", "--config.log_every=2",
-        "--config.batch_size=2", "--config.block_size=32", "--config.warmup_steps=1",
-        "--config.eval_tokens=64", "--config.peak_tflops=1.0",
+        "--config",
+        "configs/small.py",
+        f"--config.data_dir={tiny_shards}",
+        f"--config.run_dir={tmp_path / 'run'}",
+        "--config.model.preset=tiny",
+        "--config.total_steps=4",
+        "--config.log_every=2",
+        "--config.batch_size=2",
+        "--config.block_size=32",
+        "--config.warmup_steps=1",
+        "--config.eval_tokens=64",
+        "--config.peak_tflops=1.0",
     )
     assert result.returncode == 0, result.stderr
     records = read_metrics(tmp_path / "run")
@@ -114,9 +128,14 @@ def test_cli_rejects_a_missing_config_file():
 def test_cli_names_a_corrupt_shard(tiny_shards, tmp_path):
     shard = tiny_shards / "train_000000.bin"
     shard.write_bytes(shard.read_bytes()[:2000])
-    result = run_cli("--config", "configs/small.py", f"--config.data_dir={tiny_shards}",
-                     f"--config.run_dir={tmp_path / 'run'}", "--config.model.preset=tiny",
-                     "--config.block_size=32")
+    result = run_cli(
+        "--config",
+        "configs/small.py",
+        f"--config.data_dir={tiny_shards}",
+        f"--config.run_dir={tmp_path / 'run'}",
+        "--config.model.preset=tiny",
+        "--config.block_size=32",
+    )
     assert result.returncode == 2
     assert "train_000000.bin: truncated" in result.stderr and "Traceback" not in result.stderr
 
@@ -129,9 +148,10 @@ def test_shards_from_another_tokenizer_are_refused(tiny_shards, tmp_path):
     (tiny_shards / "manifest.json").write_text(json.dumps({"version": 1, "tokenizer": identity}))
     c = tiny_config(tiny_shards, tmp_path / "run", tokenizer="byte", total_steps=1, warmup_steps=0)
     assert train_and_evaluate(c)["step"] == 1
-    assert json.loads((tmp_path / "run" / "tokenizer.json").read_text())["sha256"] == identity[
-        "sha256"
-    ]
+    assert (
+        json.loads((tmp_path / "run" / "tokenizer.json").read_text())["sha256"]
+        == identity["sha256"]
+    )
     identity["sha256"] = "0" * 64  # as if made by a trained BPE
     (tiny_shards / "manifest.json").write_text(json.dumps({"version": 1, "tokenizer": identity}))
     with pytest.raises(ShardError, match="made with tokenizer 'byte'.*this run uses 'byte'"):

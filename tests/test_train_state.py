@@ -29,7 +29,9 @@ def batch_of(rows: int, seed: int = 0, with_weights: bool = False):
     windows = rng.integers(0, TINY.vocab_size, (rows, TINY.block_size + 1)).astype(np.int32)
     batch = {"inputs": windows[:, :-1], "targets": windows[:, 1:]}
     if with_weights:  # uneven masks: micro-batches count different numbers of tokens
-        batch["weights"] = (rng.random((rows, TINY.block_size)) < np.linspace(0.1, 0.9, rows)[:, None])
+        batch["weights"] = (
+            rng.random((rows, TINY.block_size)) < np.linspace(0.1, 0.9, rows)[:, None]
+        )
         batch["weights"] = batch["weights"].astype(np.float32)
     return batch
 
@@ -39,7 +41,9 @@ def test_lr_schedule_warmup_then_cosine_to_min():
     np.testing.assert_allclose(schedule(0), 6e-5, rtol=1e-5)  # first step already learns
     np.testing.assert_allclose(schedule(4), 3e-4, rtol=1e-5)
     np.testing.assert_allclose(schedule(9), 6e-4, rtol=1e-5)  # peak at the last warmup step
-    np.testing.assert_allclose(schedule(59), 6e-5 + 0.5 * (6e-4 - 6e-5), rtol=1e-4)  # cosine midpoint
+    np.testing.assert_allclose(
+        schedule(59), 6e-5 + 0.5 * (6e-4 - 6e-5), rtol=1e-4
+    )  # cosine midpoint
     np.testing.assert_allclose(schedule(109), 6e-5, rtol=1e-5)  # last step at min_lr
     np.testing.assert_allclose(schedule(500), 6e-5, rtol=1e-5)
 
