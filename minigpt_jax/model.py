@@ -256,6 +256,8 @@ class GPT(nn.Module):
 
 
 def mask_padded_logits(logits_BTV: jax.Array, vocab_size: int) -> jax.Array:
+    if logits_BTV.shape[-1] == vocab_size:  # nothing padded: skip a pass over B x T x V
+        return logits_BTV
     is_real_V = jnp.arange(logits_BTV.shape[-1]) < vocab_size
     return jnp.where(is_real_V, logits_BTV, -jnp.inf)
 
