@@ -12,7 +12,7 @@ def get_config():
     c.model = model_fields("small", vocab_size=257)  # 4 layers, 4 heads, width 256, context 256
     c.data_dir = "data/pydoc"
     c.run_dir = "runs/small"
-    c.total_steps = 250
+    c.total_steps = 500
     c.batch_size = 8
     c.block_size = 256
     c.lr = 2e-3

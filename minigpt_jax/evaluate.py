@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from absl import logging as absl_logging
 
 from minigpt_jax import sharding
 from minigpt_jax.checkpoint import CheckpointError, load_params, load_run_tokenizer
@@ -97,6 +98,7 @@ def write_json(path: Path, record: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax's notes on read-only restores
     parser = argparse.ArgumentParser(description="Evaluate a checkpoint on the validation shards.")
     parser.add_argument("--run_dir", required=True)
     parser.add_argument("--step", default=None, help="a step number, latest (default) or best")

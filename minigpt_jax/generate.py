@@ -24,6 +24,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging as absl_logging
 
 from minigpt_jax.model import GPT, GPTConfig, KVCache
 
@@ -188,6 +189,7 @@ def sample(
 
 
 def main(argv: list[str] | None = None) -> list[str]:
+    absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax's notes on read-only restores
     parser = argparse.ArgumentParser(description="Sample from a trained run with a KV cache.")
     parser.add_argument("--run_dir", required=True)
     parser.add_argument("--prompt", default="\n", help="text to continue")

@@ -4,10 +4,12 @@
     python scripts/make_arithmetic_data.py --out_dir data/arithmetic_nosteps --no_steps
 
 Each problem is one document, `<eot>` + problem + worked steps + answer line, in the built-in byte
-tokenizer (every digit and operator is one token). Documents are packed whole into chunks of
-`block_size` tokens (the rest of a chunk is `<eot>` padding), so every training window of
-block_size + 1 tokens starts at a problem and none is cut in half: training sees exactly what the
-evaluator's prompts look like. The test problems (`test.jsonl`, and the longer-numbers
+tokenizer (every digit and operator is one token). Each document is padded with `<eot>` to a
+multiple of `--slot` tokens and documents are packed whole into chunks of `block_size` tokens (the
+rest of a chunk is `<eot>` padding), so every problem starts at a multiple of `slot`: with the
+fixed-width format (see minigpt_jax/arithmetic.py) every digit then sits at one of a few absolute
+positions, which a learned position embedding picks up quickly, and the evaluator's prompts (at
+position 0) look exactly like training. The test problems (`test.jsonl`, and the longer-numbers
 `test_long.jsonl`) are drawn first and never appear in the training or validation shards.
 """
 
@@ -28,14 +30,28 @@ from minigpt_jax.tokenizer import ByteTokenizer
 TEST_FILES = {"heldout": "test.jsonl", "long": "test_long.jsonl"}
 
 
+def default_slot(steps: bool) -> int:
+    """Slot size that holds a 3-digit +/- problem: 43 tokens worked, 15 answer-only."""
+    return 64 if steps else 16
+
+
 def pack_documents(
-    problems, steps: bool, block_size: int, target_tokens: int, tokenizer: ByteTokenizer
+    problems,
+    steps: bool,
+    block_size: int,
+    target_tokens: int,
+    tokenizer: ByteTokenizer,
+    slot: int = 1,
 ) -> tuple[np.ndarray, int]:
-    """Documents packed whole into block_size chunks until `target_tokens`; (tokens, #problems)."""
+    """Documents, each `<eot>`-padded to a multiple of `slot`, packed whole into block_size chunks
+    until `target_tokens`; (tokens, #problems)."""
+    if slot < 1 or block_size % slot:
+        raise ValueError(f"slot={slot} must be >= 1 and divide block_size={block_size}")
     eot = tokenizer.eot_id
     chunks, chunk, n_problems, total = [], [], 0, 0
     for problem in problems:
         doc = [eot, *tokenizer.encode(arithmetic.document(problem, steps))]
+        doc += [eot] * (-len(doc) % slot)
         if len(doc) > block_size:
             raise ValueError(
                 f"a {len(doc)}-token problem ({problem.prompt.strip()}) does not fit block_size="
@@ -68,6 +84,7 @@ def write_dataset(
     train_tokens: int = 8_000_000,
     val_tokens: int = 131_072,
     block_size: int = 256,
+    slot: int | None = None,
     seed: int = 0,
     test_seed: int = 1234,
     mixture: arithmetic.Mixture | None = None,
@@ -76,6 +93,7 @@ def write_dataset(
 ) -> dict:
     """Shards, test JSONL and manifest in `out_dir`; returns the manifest."""
     mixture = mixture or arithmetic.Mixture()
+    slot = default_slot(steps) if slot is None else slot
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = ByteTokenizer()
@@ -89,7 +107,7 @@ def write_dataset(
         ("val", val_tokens, seed + 1),
     ):
         stream = arithmetic.training_problems(split_seed, mixture, exclude=tests)
-        tokens, n_problems = pack_documents(stream, steps, block_size, n_tokens, tokenizer)
+        tokens, n_problems = pack_documents(stream, steps, block_size, n_tokens, tokenizer, slot)
         name = f"{split}_000000.bin"
         write_shard(out / name, tokens)
         shards.append({"file": name, "split": split, "tokens": int(tokens.size)})
@@ -105,6 +123,7 @@ def write_dataset(
         "arithmetic": {
             "steps": steps,
             "block_size": block_size,
+            "slot": slot,
             "seed": seed,
             "test_seed": test_seed,
             "mixture": dataclasses.asdict(mixture),
@@ -127,6 +146,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--train_tokens", type=int, default=8_000_000)
     ap.add_argument("--val_tokens", type=int, default=131_072)
     ap.add_argument("--block_size", type=int, default=256, help="match the config's block_size")
+    ap.add_argument(
+        "--slot",
+        type=int,
+        default=None,
+        help="problems start at multiples of this (64; 16 no steps)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--test_seed", type=int, default=1234)
     args = ap.parse_args(argv)
@@ -137,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
             train_tokens=args.train_tokens,
             val_tokens=args.val_tokens,
             block_size=args.block_size,
+            slot=args.slot,
             seed=args.seed,
             test_seed=args.test_seed,
         )

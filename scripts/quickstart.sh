@@ -14,4 +14,4 @@ python scripts/download_data.py --dataset=pydoc --tokenizer_path=byte --out_dir=
 python -m minigpt_jax.train --config configs/small.py "$@"
 python -m minigpt_jax.evaluate --run_dir runs/small
 python -m minigpt_jax.generate --run_dir runs/small --prompt "The with statement" \
-  --max_new_tokens 300 --temperature 0.8 --top_k 40
+  --max_new_tokens 200 --temperature 0.8 --top_k 40
