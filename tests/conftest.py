@@ -57,6 +57,29 @@ def write_random_shards(
     return data_dir
 
 
+def tiny_config(data_dir: Path, run_dir: Path, **overrides):
+    """A 2-layer byte-level run that trains in seconds; `model.<field>=...` sets a model field."""
+    from minigpt_jax.config import default_config, model_fields
+
+    c = default_config()
+    c.model = model_fields("tiny", vocab_size=257)
+    c.data_dir, c.run_dir = str(data_dir), str(run_dir)
+    c.total_steps, c.batch_size, c.block_size = 12, 4, 32
+    c.warmup_steps, c.log_every, c.eval_every, c.eval_tokens = 2, 3, 6, 256
+    c.lr = 3e-3
+    c.peak_tflops = 1.0  # skip measuring the CPU's matmul peak
+    for key, value in overrides.items():
+        if key.startswith("model."):
+            c.model[key.removeprefix("model.")] = value
+        else:
+            c[key] = value
+    return c
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
 @pytest.fixture
 def tiny_shards(tmp_path: Path) -> Path:
     return write_random_shards(tmp_path / "data")

@@ -43,7 +43,7 @@ def _load_data_script():
 def _independent_check(p: Problem, text: str) -> None:
     """Re-derive every line with Python integers, independently of `check_steps`."""
     lines = text.rstrip("\n").split("\n")
-    assert lines[-1] == f"A:{p.answer}"
+    assert lines[-1] == f"A:{p.written_answer}" and parse_answer(lines[-1]) == p.answer
     for line in lines[:-1]:
         if line.startswith("="):
             continue
@@ -80,15 +80,38 @@ def test_worked_solutions_are_exact_for_many_seeds(seed):
         assert check_steps(p, text) == p.answer  # the verifier accepts every true solution
 
 
+def test_fixed_width_layout_puts_every_digit_at_a_constant_offset():
+    """The point of the format: within one (op, digits) cell every document has the same shape, so
+    the digit a step restates is always the same distance from the start of the problem."""
+    rng = random.Random(0)
+    for op, da, db in (("+", 3, 3), ("+", 1, 3), ("-", 3, 2), ("*", 2, 2), ("*", 1, 2)):
+        docs = [arithmetic.document(arithmetic.make_problem(rng, op, da, db)) for _ in range(50)]
+        shapes = {re.sub(r"\d", "9", d) for d in docs}
+        assert len(shapes) == 1, (op, da, db, shapes)
+    p = Problem("+", 347, 85)
+    doc = arithmetic.document(p)  # "347+085\n7+5+0=12\n4+8+1=13\n3+0+1=04\nA:0432\n"
+    for col in range(3):  # column `col` line restates a's and b's digit `col` from the right
+        line = doc.split("\n")[1 + col]
+        assert line[0] == doc[2 - col] and line[2] == doc[6 - col]
+
+
 def test_hand_worked_examples():
-    assert solution(Problem("+", 347, 285)) == "7+5+0=12\n4+8+1=13\n3+2+1=06\nA:632\n"
+    assert solution(Problem("+", 347, 285)) == "7+5+0=12\n4+8+1=13\n3+2+1=06\nA:0632\n"
     assert solution(Problem("-", 532, 285)) == "12-5-0=7\n13-8-1=4\n05-2-1=2\nA:247\n"
     assert solution(Problem("/", 847, 6)) == "08/6=1r2\n24/6=4r0\n07/6=1r1\nA:141r1\n"
     assert solution(Problem("*", 47, 85)) == (
-        "7*5+0=35\n4*5+3=23\n=235\n7*8+0=56\n4*8+5=37\n=3760\n"
+        "7*5+0=35\n4*5+3=23\n=235\n7*8+0=56\n4*8+5=37\n=376\n"
         "5+0+0=05\n3+6+0=09\n2+7+0=09\n0+3+0=03\nA:3995\n"
     )
     assert solution(Problem("+", 999, 1)).endswith("9+0+1=10\nA:1000\n")
+    # Operands are zero-padded to the training width, and wider numbers keep their own width.
+    assert Problem("+", 7, 85).prompt == "007+085\n" and Problem("*", 7, 5).prompt == "07*05\n"
+    assert (
+        Problem("-", 12345, 6).prompt == "12345-00006\n" and Problem("/", 9, 4).prompt == "009/4\n"
+    )
+    assert solution(Problem("*", 47, 5)).endswith(
+        "=000\n5+0+0=05\n3+0+0=03\n2+0+0=02\n0+0+0=00\nA:0235\n"
+    )
     assert solution(Problem("*", 47, 85), steps=False) == "A:3995\n"
     assert Problem("-", 532, 285).level == "3" and Problem("*", 47, 85).level == "2x2"
     with pytest.raises(ValueError, match="a >= b"):
@@ -113,8 +136,8 @@ def test_dataset_train_and_test_are_disjoint(tmp_path):
     manifest = script.write_dataset(
         tmp_path,
         train_tokens=40_000,
-        val_tokens=4_000,
-        block_size=64,
+        val_tokens=12_000,
+        block_size=128,
         mixture=mix,
         heldout_spec=spec,
         long_spec=(("+", 3, 3, 20),),
@@ -138,10 +161,16 @@ def test_dataset_train_and_test_are_disjoint(tmp_path):
             head, rest = doc.split("\n", 1)
             a, op, b = head.partition("+") if "+" in head else head.partition("*")
             p = Problem(op, int(a), int(b))
-            assert rest == solution(p)
-    # Every window the trainer reads starts with a problem: packing aligns to block_size.
+            assert rest == solution(p) and head + "\n" == p.prompt
+    # Every window the trainer reads starts with a problem (packing aligns to block_size) and
+    # every problem starts at a 64-token slot boundary.
+    assert manifest["arithmetic"]["slot"] == 64
     tokens = open_shard(tmp_path / "train_000000.bin")
-    assert tokens.size % 64 == 0 and np.all(tokens[::64] == ByteTokenizer.eot_id)
+    assert tokens.size % 128 == 0 and np.all(tokens[::128] == ByteTokenizer.eot_id)
+    starts = np.flatnonzero(
+        (tokens[:-1] == ByteTokenizer.eot_id) & (tokens[1:] != ByteTokenizer.eot_id)
+    )
+    assert starts.size > 50 and np.all(starts % 64 == 0)
 
 
 def test_test_sets_are_distinct_and_deterministic():
@@ -204,7 +233,7 @@ def test_verifier_on_hand_made_samples():
     mul = Problem("*", 47, 85)
     right = solution(mul)
     assert verify_solution(mul, right)
-    assert not verify_solution(mul, right.replace("=3760", "=3770"))
+    assert not verify_solution(mul, right.replace("=376", "=377"))
     assert not verify_solution(mul, right.replace("4*8+5=37", "4*8+5=38"))
 
 
@@ -243,7 +272,7 @@ def test_evaluate_sets_with_an_oracle_and_a_noisy_sampler():
             # Greedy is always right; a third of the samples end in a wrong answer, never all
             # of one problem's: rows i, 8+i, 16+i, 24+i are sample k of problem i.
             if temperature > 0 and (seed + row) % 3 == 0:
-                text = text.replace(f"A:{p.answer}", "A:1")
+                text = text.replace(f"A:{p.written_answer}", "A:1")
             out.append(tok.encode(text)[:max_new])
         return out
 

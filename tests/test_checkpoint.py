@@ -10,14 +10,14 @@ import textwrap
 import time
 from pathlib import Path
 
+import conftest
 import jax
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, read_metrics
 
 from minigpt_jax import checkpoint, input_pipeline, sharding, train
 from minigpt_jax.checkpoint import CheckpointError, RunCheckpoints, load_params
-from minigpt_jax.config import default_config, model_fields
 from minigpt_jax.model import GPT, GPTConfig
 from minigpt_jax.train_state import create_train_state, make_lr_schedule, make_optimizer
 
@@ -37,18 +37,10 @@ def compilation_cache(tmp_path_factory):
 
 
 def tiny_config(data_dir: Path, run_dir: Path, **overrides):
-    c = default_config()
-    c.model = model_fields("tiny", vocab_size=257)
-    c.data_dir, c.run_dir = str(data_dir), str(run_dir)
-    c.total_steps, c.batch_size, c.block_size, c.warmup_steps = 6, 4, 32, 1
-    c.log_every, c.eval_every, c.eval_tokens, c.checkpoint_every = 1, 3, 512, 3
-    c.peak_tflops = 1.0  # skip the matmul peak measurement
-    for key, value in overrides.items():
-        if key.startswith("model."):
-            c.model[key[len("model."):]] = value
-        else:
-            c[key] = value
-    return c
+    return conftest.tiny_config(data_dir, run_dir, **{
+        "total_steps": 6, "warmup_steps": 1, "log_every": 1, "eval_every": 3,
+        "eval_tokens": 512, "checkpoint_every": 3, "lr": 6e-4, **overrides,
+    })
 
 
 def tiny_state(n_embd: int = 64, seed: int = 0):
@@ -63,10 +55,6 @@ def tiny_state(n_embd: int = 64, seed: int = 0):
 def data_iterator(data_dir: Path, batch_size: int = 4):
     paths = input_pipeline.find_shards(data_dir, "train")
     return iter(input_pipeline.train_dataset(paths, 32, batch_size, seed=0, vocab_size=257))
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_round_trip_every_leaf_while_the_device_copy_is_gone(tiny_shards, tmp_path):
@@ -176,7 +164,7 @@ def test_exact_resume_after_sigterm(tiny_shards, tmp_path, monkeypatch, capsys):
     train.train_and_evaluate(tiny_config(tiny_shards, resumed, **common))
     assert "resuming from step 4" in capsys.readouterr().out
 
-    a, b = metrics(straight), metrics(resumed)
+    a, b = read_metrics(straight), read_metrics(resumed)
     assert [r["step"] for r in b] == list(range(1, 9))
     assert [r["train_loss"] for r in a] == [r["train_loss"] for r in b]
     assert a[-1]["val_loss"] == b[-1]["val_loss"]

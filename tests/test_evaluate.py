@@ -7,10 +7,9 @@ import math
 
 import numpy as np
 import pytest
-from conftest import write_random_shards
+from conftest import read_metrics, tiny_config, write_random_shards
 
 from minigpt_jax import evaluate, train
-from minigpt_jax.config import default_config, model_fields
 from minigpt_jax.tokenizer import ByteTokenizer
 
 
@@ -18,15 +17,12 @@ from minigpt_jax.tokenizer import ByteTokenizer
 def trained_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     data = write_random_shards(root / "data")
-    c = default_config()
-    c.model = model_fields("tiny", vocab_size=257)
-    c.data_dir, c.run_dir, c.tokenizer = str(data), str(root / "run"), "byte"
-    c.total_steps, c.batch_size, c.block_size, c.warmup_steps = 4, 4, 32, 1
-    c.log_every, c.eval_every, c.eval_tokens, c.checkpoint_every = 1, 2, 1024, 2
-    c.peak_tflops = 1.0
+    c = tiny_config(
+        data, root / "run", tokenizer="byte", total_steps=4, warmup_steps=1, log_every=1,
+        eval_every=2, eval_tokens=1024, checkpoint_every=2, lr=6e-4,
+    )
     train.train_and_evaluate(c)
-    lines = (root / "run" / "metrics.jsonl").read_text().splitlines()
-    logged = [json.loads(line) for line in lines]
+    logged = read_metrics(root / "run")
     return root / "run", {r["step"]: r["val_loss"] for r in logged if "val_loss" in r}
 
 

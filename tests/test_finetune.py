@@ -9,9 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import read_metrics, tiny_config
 
 from minigpt_jax import input_pipeline
-from minigpt_jax.config import ConfigError, default_config, model_fields
+from minigpt_jax.config import ConfigError, default_config
 from minigpt_jax.hf import save_hf_gpt2
 from minigpt_jax.init_from import InitSpec, load_init_params, load_model, parse_init_from
 from minigpt_jax.model import GPT, GPTConfig
@@ -224,20 +225,9 @@ def test_init_from_hf_crops_context_and_repads_vocab(tmp_path):
 
 
 def tiny_run(data_dir: Path, run_dir: Path, **overrides):
-    c = default_config()
-    c.model = model_fields("tiny", vocab_size=257)
-    c.data_dir, c.run_dir = str(data_dir), str(run_dir)
-    c.total_steps, c.batch_size, c.block_size = 20, 4, 32
-    c.warmup_steps, c.log_every, c.eval_every, c.eval_tokens = 2, 10, 10, 512
-    c.lr = 3e-3
-    c.peak_tflops = 1.0  # skip measuring the CPU's peak in tests
-    for key, value in overrides.items():
-        c[key] = value
-    return c
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return tiny_config(data_dir, run_dir, **{
+        "total_steps": 20, "log_every": 10, "eval_every": 10, "eval_tokens": 512, **overrides,
+    })
 
 
 @pytest.mark.slow
@@ -249,7 +239,7 @@ def test_fine_tune_from_a_checkpoint_starts_at_its_eval_loss(tiny_shards, tmp_pa
 
     pre_cfg = tiny_run(tiny_shards, tmp_path / "pre")
     train_and_evaluate(pre_cfg)
-    pre_val = metrics(tmp_path / "pre")[-1]["val_loss"]
+    pre_val = read_metrics(tmp_path / "pre")[-1]["val_loss"]
     assert pre_val < 5.55 - 1.0  # ~ln(257) is what an untrained model scores
 
     # The params train.py's hook loads score exactly the checkpoint's logged eval loss.
@@ -268,7 +258,7 @@ def test_fine_tune_from_a_checkpoint_starts_at_its_eval_loss(tiny_shards, tmp_pa
         tiny_shards, tmp_path / "ft", init_from=f"checkpoint:{tmp_path / 'pre'}",
         total_steps=6, lr=1e-3, eval_every=6, freeze="embeddings",
     ))
-    assert metrics(tmp_path / "ft")[-1]["val_loss"] < pre_val + 0.05
+    assert read_metrics(tmp_path / "ft")[-1]["val_loss"] < pre_val + 0.05
     before, _ = load_params(tmp_path / "pre")
     after, _ = load_params(tmp_path / "ft")
     # (init_from zeroes the padded vocabulary rows, which no input reads and no logit shows)
@@ -286,7 +276,7 @@ def test_sft_run_trains_on_responses(sft_shards, tmp_path):
 
     train_and_evaluate(tiny_run(sft_shards, tmp_path / "sft", total_steps=30, eval_every=30,
                                 eval_tokens=256))
-    m = metrics(tmp_path / "sft")
+    m = read_metrics(tmp_path / "sft")
     assert m[-1]["val_loss"] < m[0]["train_loss"] - 1.0
 
 

@@ -4,28 +4,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import read_metrics, tiny_config
 
-from minigpt_jax.config import ConfigError, default_config, model_fields, validate_config
+from minigpt_jax.config import ConfigError, validate_config
 from minigpt_jax.train import train_and_evaluate
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def tiny_config(data_dir: Path, run_dir: Path, **overrides):
-    c = default_config()
-    c.model = model_fields("tiny", vocab_size=257)
-    c.data_dir, c.run_dir = str(data_dir), str(run_dir)
-    c.total_steps, c.batch_size, c.block_size = 12, 4, 32
-    c.warmup_steps, c.log_every, c.eval_every, c.eval_tokens = 2, 3, 6, 256
-    c.lr = 3e-3
-    c.peak_tflops = 1.0  # skip measuring the CPU's peak in tests
-    for key, value in overrides.items():
-        c[key] = value
-    return c
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_training_logs_learns_and_repeats_exactly(tiny_shards, tmp_path):
