@@ -40,15 +40,11 @@ def run(mode: str, steps: int, every: int, data_dir: Path, root: Path) -> dict[s
     model = GPT(cfg)
     tx = make_optimizer(make_lr_schedule(1e-3, 1e-4, 10, steps))
     mesh = sharding.make_mesh()
-    init = lambda rng: create_train_state(model, tx, rng)
-    shardings = sharding.tree_shardings(jax.eval_shape(init, jax.random.key(0)), mesh)
-    state = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
-    step_fn = jax.jit(
-        make_train_step(model, tx),
-        in_shardings=(shardings, sharding.batch_sharding(mesh)),
-        out_shardings=(shardings, sharding.replicated(mesh)),
-        donate_argnums=0,
+    _, _, init, step_fn = sharding.jit_sharded(
+        lambda rng: create_train_state(model, tx, rng), make_train_step(model, tx),
+        jax.random.key(0), mesh,
     )
+    state = init(jax.random.key(0))
     paths = input_pipeline.find_shards(data_dir, "train")
     it = iter(input_pipeline.train_dataset(paths, 256, 16, seed=0, vocab_size=257))
     ckpts = None

@@ -12,7 +12,7 @@ network. The layout follows nanodo's `fsdp.py` and MaxText's `data`/`fsdp` mesh 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -201,3 +201,27 @@ def initialize_distributed() -> bool:
         coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
     )
     return True
+
+
+def jit_sharded(
+    init_fn: Callable[[jax.Array], Any],
+    train_step: Callable[[Any, Any], tuple[Any, Any]],
+    rng: jax.Array,
+    mesh: Mesh,
+) -> tuple[Any, Any, Callable, Callable]:
+    """Jit a train state's init and step over `mesh`: (abstract state, shardings, init, step).
+
+    Init runs under jit with the state's output shardings, so parameters are born sharded and never
+    exist whole on one device; the step takes the batch split over every device and donates the
+    state, so the new state overwrites the old in place.
+    """
+    abstract_state = jax.eval_shape(init_fn, rng)
+    state_shardings = tree_shardings(abstract_state, mesh)
+    init = jax.jit(init_fn, out_shardings=state_shardings)
+    step = jax.jit(
+        train_step,
+        in_shardings=(state_shardings, batch_sharding(mesh)),
+        out_shardings=(state_shardings, replicated(mesh)),
+        donate_argnums=0,
+    )
+    return abstract_state, state_shardings, init, step

@@ -172,13 +172,16 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
         freeze=cfg.freeze,
     )
 
-    # Parameters are born sharded: init runs under jit with the state's output shardings.
-    init_fn = lambda rng: create_train_state(model, tx, rng)
+    num_micro = accumulation_steps(cfg.batch_size, cfg.micro_batch_size, jax.device_count())
     rng = jax.random.key(cfg.seed)
-    abstract_state = jax.eval_shape(init_fn, rng)
-    state_shardings = sharding.tree_shardings(abstract_state, mesh)
+    abstract_state, state_shardings, init, train_step = sharding.jit_sharded(
+        lambda rng: create_train_state(model, tx, rng),
+        make_train_step(model, tx, num_micro, dropout_seed=cfg.seed),
+        rng,
+        mesh,
+    )
     if resume_step is None:
-        state = jax.jit(init_fn, out_shardings=state_shardings)(rng)
+        state = init(rng)
     if resume_step is None and cfg.init_from != "scratch":
         # fine-tuning: pretrained params, fresh optimizer state
         from minigpt_jax.init_from import load_init_params
@@ -187,17 +190,9 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
         opt_state = jax.jit(tx.init, out_shardings=state_shardings.opt_state)(params)
         state = state.replace(params=params, opt_state=opt_state)
 
-    num_micro = accumulation_steps(cfg.batch_size, cfg.micro_batch_size, jax.device_count())
-    batch_sharding = sharding.batch_sharding(mesh)
-    train_step = jax.jit(
-        make_train_step(model, tx, num_micro, dropout_seed=cfg.seed),
-        in_shardings=(state_shardings, batch_sharding),
-        out_shardings=(state_shardings, sharding.replicated(mesh)),
-        donate_argnums=0,
-    )
     eval_step = jax.jit(
         make_eval_step(model),
-        in_shardings=(state_shardings.params, batch_sharding),
+        in_shardings=(state_shardings.params, sharding.batch_sharding(mesh)),
         out_shardings=sharding.replicated(mesh),
     )
 

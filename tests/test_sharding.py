@@ -78,16 +78,11 @@ def _state_and_step(mesh_data: int, mesh_fsdp: int, model_kw: dict | None = None
     model = GPT(GPTConfig.preset("tiny", vocab_size=257, **(model_kw or {})))
     tx = make_optimizer(make_lr_schedule(1e-2, 1e-3, 1, 3))
     mesh = sharding.make_mesh(mesh_data, mesh_fsdp)
-    init_fn = lambda rng: create_train_state(model, tx, rng)
-    shardings = sharding.tree_shardings(jax.eval_shape(init_fn, jax.random.key(0)), mesh)
-    state = jax.jit(init_fn, out_shardings=shardings)(jax.random.key(0))
-    step = jax.jit(
-        make_train_step(model, tx),
-        in_shardings=(shardings, sharding.batch_sharding(mesh)),
-        out_shardings=(shardings, sharding.replicated(mesh)),
-        donate_argnums=0,
+    _, _, init, step = sharding.jit_sharded(
+        lambda rng: create_train_state(model, tx, rng), make_train_step(model, tx),
+        jax.random.key(0), mesh,
     )
-    return mesh, state, step
+    return mesh, init(jax.random.key(0)), step
 
 
 def worker_layout(args: dict) -> dict:
