@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 import numpy as np
 
+from minigpt_jax.files import atomic_write
+
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 # (magic, version) -> token dtype, as llm.c's dev/data/data_common.py writes them.
@@ -45,14 +47,13 @@ def write_shard(path: str | os.PathLike, tokens: np.ndarray) -> None:
     magic, version = _MAGIC_FOR_DTYPE[tokens.dtype]
     header = np.zeros(HEADER_INTS, np.int32)
     header[:3] = (magic, version, tokens.size)
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(header.tobytes())
-        f.write(memoryview(np.ascontiguousarray(tokens)))  # no copy of a 200 MB shard
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            f.write(header.tobytes())
+            f.write(memoryview(np.ascontiguousarray(tokens)))  # no copy of a 200 MB shard
+
+    atomic_write(path, write)
 
 
 def open_shard(path: str | os.PathLike) -> np.ndarray:
@@ -160,37 +161,39 @@ class WindowSource:
         windows = [max(n - 1, 0) // seq_len for n in counts]
         self._starts = np.concatenate([[0], np.cumsum(windows)])
         self.mask_paths = _mask_shards(self.paths, counts)
-        self._masks: list[np.ndarray] | None = None
         if self._starts[-1] == 0:
             raise ShardError(
                 f"{self.paths[0].parent}: the shards hold {sum(counts)} tokens, fewer than one "
                 f"window of {seq_len + 1}; use more data or a smaller block_size"
             )
-        self._shards: list[np.ndarray] | None = None
+        # (token maps, mask maps or None), opened on first use and published in one assignment:
+        # Grain reads from several threads, and none may see the tokens open but not the masks.
+        self._maps: tuple[list[np.ndarray], list[np.ndarray] | None] | None = None
 
     def __len__(self) -> int:
         return int(self._starts[-1])
 
     def __getitem__(self, index: int) -> np.ndarray | dict[str, np.ndarray]:
-        if self._shards is None:
-            self._shards = [open_shard(p) for p in self.paths]
-            self._masks = [open_shard(p) for p in self.mask_paths] if self.mask_paths else None
+        if self._maps is None:
+            masks = [open_shard(p) for p in self.mask_paths] if self.mask_paths else None
+            self._maps = ([open_shard(p) for p in self.paths], masks)
+        shards, masks = self._maps
         shard = int(np.searchsorted(self._starts, index, side="right")) - 1
         start = (int(index) - int(self._starts[shard])) * self.seq_len
-        window = np.asarray(self._shards[shard][start : start + self.seq_len + 1], dtype=np.int32)
+        window = np.asarray(shards[shard][start : start + self.seq_len + 1], dtype=np.int32)
         if self.vocab_size is not None and window.max(initial=0) >= self.vocab_size:
             raise ShardError(
                 f"{self.paths[shard]}: token id {int(window.max())} near token {start} is past the "
                 f"model's vocabulary of {self.vocab_size}; the shards were made with another "
                 f"tokenizer, or set config.model.vocab_size to match them"
             )
-        if self._masks is not None:
-            mask = np.asarray(self._masks[shard][start : start + self.seq_len + 1], np.float32)
+        if masks is not None:
+            mask = np.asarray(masks[shard][start : start + self.seq_len + 1], np.float32)
             return {"tokens": window, "mask": mask}
         return window
 
     def __getstate__(self):
-        return {**self.__dict__, "_shards": None, "_masks": None}
+        return {**self.__dict__, "_maps": None}
 
 
 def _to_batch(windows: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
