@@ -40,6 +40,8 @@ from typing import Any
 
 import regex
 
+from minigpt_jax.files import write_bytes_atomic
+
 EOT_TEXT = "<|endoftext|>"
 # tiktoken's r50k pattern (tiktoken_ext.openai_public.r50k_pat_str): GPT-2's split, made faster.
 GPT2_PATTERN = (
@@ -289,16 +291,6 @@ def parse_tiktoken_bytes(data: bytes, path: str | os.PathLike) -> dict[bytes, in
     return ranks
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """A crash leaves the old file or none, never half of one."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _token_text(tok: bytes) -> str:
     return tok.decode("utf-8", errors="backslashreplace")
 
@@ -504,11 +496,11 @@ class Tokenizer:
         ]
         fields.append(' "merges": [\n' + ",\n".join(merge_lines) + "\n ]")
         text = "{\n" + ",\n".join(fields) + "\n}\n"
-        _write_atomic(Path(path), text.encode("utf-8"))
+        write_bytes_atomic(path, text.encode("utf-8"))
 
     def save_tiktoken(self, path: str | os.PathLike) -> None:
         """tiktoken's rank file (ranks only: the pattern and special tokens are not part of it)."""
-        _write_atomic(Path(path), ranks_to_tiktoken_bytes(self.ranks))
+        write_bytes_atomic(path, ranks_to_tiktoken_bytes(self.ranks))
 
     def _token_bytes(self, token_id: int) -> bytes:
         if not hasattr(self, "_inverse"):

@@ -19,13 +19,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import glob
-import hashlib
 import itertools
 import json
 import math
 import multiprocessing
 import os
-import shutil
 import sys
 import time
 from collections import deque
@@ -35,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from minigpt_jax.files import copy_atomic, sha256_file, write_json_atomic
 from minigpt_jax.input_pipeline import (
     MANIFEST,
     ShardError,
@@ -315,20 +314,6 @@ def encode_stream(
 # Shards
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 class ShardWriter:
     """Cuts one source's token stream into shards at fixed positions and records each one.
 
@@ -417,7 +402,7 @@ class ShardWriter:
         path = self.out_dir / f"{split}_{self.count[split]:06d}.bin"
         write_shard(path, self.buffer[: self.fill])
         self.progress["shards"].append({
-            "file": path.name, "split": split, "tokens": self.fill, "sha256": _sha256(path),
+            "file": path.name, "split": split, "tokens": self.fill, "sha256": sha256_file(path),
             "documents": int(sum(p.size for p in self.doc_pos)),
             "bytes": int(sum(int(b.sum()) for b in self.doc_bytes)),
             "source": self.source, "end": [self.doc, self.offset],
@@ -454,12 +439,6 @@ def _tokenizer_record(args: PrepArgs, tokenizer) -> tuple[dict[str, Any], Path |
     src = Path(args.tokenizer_path)
     suffix = "".join(src.suffixes[-1:]) or ""
     return {**tokenizer.identity, "spec": f"tokenizer{suffix}"}, src
-
-
-def _copy_atomic(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
 
 
 def _check_args(args: PrepArgs) -> None:
@@ -531,8 +510,8 @@ def _finalize(out_dir: Path, progress: dict[str, Any], tokenizer_src: Path | Non
         ],
     }
     if tokenizer_src is not None:
-        _copy_atomic(tokenizer_src, out_dir / progress["tokenizer"]["spec"])
-    _write_json(out_dir / MANIFEST, manifest)
+        copy_atomic(tokenizer_src, out_dir / progress["tokenizer"]["spec"])
+    write_json_atomic(out_dir / MANIFEST, manifest)
     (out_dir / PROGRESS).unlink(missing_ok=True)
     return manifest
 
@@ -579,7 +558,7 @@ def prepare(args: PrepArgs) -> dict[str, Any]:
         stale.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)
     progress = {**progress, "sources": progress.get("sources", {})}
-    _write_json(out_dir / PROGRESS, progress)
+    write_json_atomic(out_dir / PROGRESS, progress)
     try:
         _run_sources(args, out_dir, progress, tokenizer, dtype)
     except PrepError:
@@ -593,7 +572,7 @@ def _run_sources(args: PrepArgs, out_dir: Path, progress: dict, tokenizer, dtype
     from tqdm import tqdm
 
     num_proc = args.num_proc or len(os.sched_getaffinity(0))
-    save = lambda: _write_json(out_dir / PROGRESS, progress)
+    save = lambda: write_json_atomic(out_dir / PROGRESS, progress)
     t0 = time.perf_counter()
     tokens_done = 0
     for source, plan in _plans(args):
@@ -709,7 +688,7 @@ def check_manifest(
                 f"{'missing' if not path.is_file() else 'of another size'}; re-run "
                 f"scripts/download_data.py into a fresh --out_dir"
             )
-        if verify_checksums and _sha256(path) != shard["sha256"]:
+        if verify_checksums and sha256_file(path) != shard["sha256"]:
             raise ShardError(f"{path}: sha256 differs from {MANIFEST}; the file is corrupt")
     return manifest
 

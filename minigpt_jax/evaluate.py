@@ -13,9 +13,7 @@ Prints the numbers and writes them to `<run_dir>/eval_step<N>.json`.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from absl import logging as absl_logging
 
 from minigpt_jax import sharding
 from minigpt_jax.checkpoint import CheckpointError, load_params, load_run_tokenizer
+from minigpt_jax.files import write_json_atomic
 from minigpt_jax.model import GPT
 from minigpt_jax.train import eval_batches, evaluate_sums, find_split
 from minigpt_jax.train_state import make_eval_step
@@ -90,13 +89,6 @@ def evaluate_checkpoint(
     return result
 
 
-def write_json(path: Path, record: dict[str, Any]) -> None:
-    """Atomic: a crash leaves the old file or the new one, never half of one."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax's notes on read-only restores
     parser = argparse.ArgumentParser(description="Evaluate a checkpoint on the validation shards.")
@@ -123,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(line + f"  ({result['tokens']} tokens of {result['data_dir']})")
     if jax.process_index() == 0:
         out = Path(args.run_dir) / f"eval_step{result['step']}.json"
-        write_json(out, result)
+        write_json_atomic(out, result, indent=2)
         print(f"wrote {out}")
     return result
 

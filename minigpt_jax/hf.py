@@ -24,6 +24,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from minigpt_jax.files import atomic_write
 from minigpt_jax.model import GPTConfig, param_shapes
 
 # The names OpenAI published; `gpt2` etc. are aliases the hub still resolves.
@@ -374,14 +375,6 @@ def hf_tensors_from_params(config: GPTConfig, params: Any) -> dict[str, np.ndarr
     return tensors
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_hf_gpt2(
     config: GPTConfig, params: Any, out_dir: str | os.PathLike, eot_id: int | None = None
 ) -> Path:
@@ -395,11 +388,11 @@ def save_hf_gpt2(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors = hf_tensors_from_params(config, params)
-    _atomic_write(
+    atomic_write(
         out / "model.safetensors", lambda p: save_file(tensors, str(p), metadata={"format": "pt"})
     )
     text = json.dumps(hf_config_dict(config, eot_id), indent=2) + "\n"
-    _atomic_write(out / "config.json", lambda p: p.write_text(text))
+    atomic_write(out / "config.json", lambda p: p.write_text(text))
     return out
 
 

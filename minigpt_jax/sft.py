@@ -17,11 +17,9 @@ the model sees exactly the context it was fine-tuned on.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import random
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from minigpt_jax.files import copy_atomic, sha256_file, write_json_atomic
 from minigpt_jax.tokenizer import TextTokenizer, load_tokenizer
 
 CHAT_TEMPLATE = "### Question:\n{prompt}\n\n### Answer:\n"
@@ -107,19 +106,13 @@ def read_examples(path: str | os.PathLike) -> list[tuple[str, str]]:
     return examples
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _tokenizer_record(spec: str, tokenizer: TextTokenizer, out_dir: Path) -> dict[str, Any]:
     """The manifest entry; a tokenizer file is copied beside the shards, as data_prep does."""
     if spec in ("byte", "gpt2"):
         return {**tokenizer.identity, "spec": spec}
     src = Path(spec)
     name = "tokenizer" + "".join(src.suffixes[-1:])
-    tmp = out_dir / (name + ".tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, out_dir / name)
+    copy_atomic(src, out_dir / name)
     return {**tokenizer.identity, "spec": name}
 
 
@@ -137,7 +130,7 @@ def _write_split(
         write_shard(path, tokens[start : start + shard_size])
         shards.append({
             "file": path.name, "split": split, "tokens": int(min(shard_size, tokens.size - start)),
-            "sha256": _sha256(path), "mask": mask_path(path).name,
+            "sha256": sha256_file(path), "mask": mask_path(path).name,
             "documents": documents if i == 0 else 0,
         })
     return shards
@@ -196,9 +189,7 @@ def prepare_sft(
         "target_tokens": {k: v["target_tokens"] for k, v in counts.items()},
         "shards": shards,
     }
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-    os.replace(tmp, out / MANIFEST)
+    write_json_atomic(out / MANIFEST, manifest)
     return manifest
 
 

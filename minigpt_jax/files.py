@@ -1,0 +1,46 @@
+"""Files written so that a crash leaves the old version or the new one, never half of one.
+
+Shards, manifests, tokenizers, exported weights and evaluation records all go through here: written
+under a temporary name, flushed to disk, then renamed over the target in one step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """`write(tmp)` fills a temporary file, which then replaces `path`."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int = 1) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=indent) + "\n"))
+
+
+def copy_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 4 MB blocks (shards are hundreds of MB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
