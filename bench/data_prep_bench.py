@@ -6,11 +6,11 @@ Side by side, interleaved, medians over `--repeats`:
   raw       tiktoken `encode_ordinary_batch(texts, num_threads=num_proc)` on the classics corpus,
             texts already in memory: the tokenizer's ceiling, nothing else.
   prepare   `data_prep.prepare(...)` on the same files (read with `datasets`, tokenized in
-            `num_proc` worker processes, shards written, sha256'd, manifest), in this process.
+            `num_proc` threads, shards written, sha256'd, manifest), in this process.
   command   `python scripts/download_data.py ...` as a fresh process: also interpreter start and
             imports, which a user pays once per run.
 Then the same command on the corpus repeated `--scale` times (written to /tmp), with the peak
-resident memory of the whole process tree (parent + workers, sampled every 20 ms) and of the
+resident memory of the whole process tree (sampled every 20 ms) and of the
 largest single process (getrusage).
 """
 
@@ -158,7 +158,7 @@ def main() -> None:
     print(f"| raw tiktoken encode_ordinary_batch(num_threads={opt.num_proc}) | {med['raw']:.2f} | "
           f"{mb(nbytes, med['raw']):.1f} | 1.00 | {cpu['raw']:.2f} | 1.00 |")
     for key, what in (("prep", f"prepare() in process (read, tokenize in {opt.num_proc} "
-                               f"workers, write shards)"),
+                               f"threads, write shards)"),
                       ("cmd", "scripts/download_data.py, whole process (+ start, imports)")):
         print(f"| {what} | {med[key]:.2f} | {mb(nbytes, med[key]):.1f} | "
               f"{med['raw'] / med[key]:.2f} | {cpu[key]:.2f} | {cpu['raw'] / cpu[key]:.2f} |")
@@ -170,7 +170,7 @@ def main() -> None:
     marginal = (big_cpu - cpu["cmd"]) / (opt.scale - 1)
     print(f"| marginal cost of one more corpus (x{opt.scale} minus x1 command, / {opt.scale - 1}) "
           f"| | | | {marginal:.2f} | {cpu['raw'] / marginal:.2f} |")
-    print(f"peak RSS on x{opt.scale}: process tree (parent + {opt.num_proc} workers) "
+    print(f"peak RSS on x{opt.scale}: process tree "
           f"{big_peak / 2**20:.0f} MiB; largest single process {max_single / 2**20:.0f} MiB")
     print("raw runs (s):", [round(x, 2) for x in raw])
     print("prepare runs (s):", [round(x, 2) for x in prep])

@@ -83,8 +83,8 @@ def activation_bytes(model_cfg, local_batch: int, block_size: int) -> tuple[int,
     # `saved_residuals` is what jax.ad_checkpoint.print_saved_residuals prints, as data.
     from jax._src.ad_checkpoint import saved_residuals
 
+    from minigpt_jax.loss import summed_cross_entropy
     from minigpt_jax.model import GPT, param_shapes
-    from minigpt_jax.train_state import summed_cross_entropy
 
     model = GPT(model_cfg)
     params = param_shapes(model_cfg)

@@ -38,6 +38,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import regex
 
 from minigpt_jax.files import write_bytes_atomic
@@ -536,6 +537,11 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`; special-token strings in it are ordinary text."""
         return self.to_tiktoken().encode_ordinary(text)
+
+    def encode_array(self, text: str) -> np.ndarray:
+        """`encode` as a uint32 array straight from tiktoken's buffer: no Python int per token,
+        and the GIL is released throughout, so threads encode in parallel (data preparation)."""
+        return self.to_tiktoken().encode_to_numpy(text, disallowed_special=())
 
     def encode_batch(self, texts: list[str], num_threads: int = 8) -> list[list[int]]:
         """`encode` of many texts; tiktoken releases the GIL, so threads run in parallel."""

@@ -62,6 +62,10 @@ def default_config() -> ml_collections.ConfigDict:
     # config fits the same memory on 1 GPU or 64 (where it simply accumulates less).
     c.micro_batch_size = 0
     c.block_size = 256  # training sequence length; at most model.block_size
+    # The loss fused with the tied head in this many time slices (at most; a divisor of the
+    # sequence length): the B x T x V logits never exist (13 GB per 64 x 1024 micro-batch at
+    # GPT-2's vocabulary). 0: full logits.
+    c.loss_chunks = 8
 
     c.lr = 6e-4
     c.min_lr = c.get_ref("lr") * 0.1  # follows lr unless set
@@ -138,6 +142,8 @@ def validate_config(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
             f"{c.micro_batch_size} sequences per device do not divide the {per_device} each of "
             f"the {num_devices} devices gets (batch_size={c.batch_size})",
         )
+    if c.loss_chunks < 0:
+        raise ConfigError("loss_chunks", f"{c.loss_chunks}: use 0 (full logits) or a slice count")
     if not 0 <= c.warmup_steps <= c.total_steps:
         raise ConfigError("warmup_steps", f"{c.warmup_steps} is not within [0, total_steps]")
     if c.min_lr > c.lr:

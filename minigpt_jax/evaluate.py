@@ -64,7 +64,7 @@ def evaluate_checkpoint(
     model_cfg = record["model"]
     param_shardings = jax.tree.map(lambda x: x.sharding, params)
     eval_step = jax.jit(
-        make_eval_step(GPT(model_cfg)),
+        make_eval_step(GPT(model_cfg), cfg.get("loss_chunks", 0)),
         in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
         out_shardings=sharding.replicated(mesh),
     )

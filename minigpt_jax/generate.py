@@ -157,8 +157,21 @@ def sample(
         raise ValueError(f"top_k={top_k} must be in [1, vocab_size={model_cfg.vocab_size}]")
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p={top_p} must be in (0, 1]")
+    prompts = [list(p) for p in prompts]
+    if model_cfg.doc_sep_id >= 0:
+        # A document-masked model sees nothing before a prompt's last separator and restarts its
+        # positions there, so dropping those tokens changes nothing; its one document ends at the
+        # next separator, which the decode loop only notices as eot.
+        if eot_id != model_cfg.doc_sep_id:
+            raise ValueError(
+                f"this model separates documents with token {model_cfg.doc_sep_id}: "
+                f"pass eot_id={model_cfg.doc_sep_id} (got {eot_id})"
+            )
+        for i, p in enumerate(prompts):
+            if eot_id in p:
+                prompts[i] = p[len(p) - 1 - p[::-1].index(eot_id) :]
     fits = max_prompt_tokens(model_cfg.block_size, max_new_tokens)
-    prompts = [list(p)[-fits:] for p in prompts]
+    prompts = [p[-fits:] for p in prompts]
     B, P = _bucket(len(prompts)), _bucket(max(len(p) for p in prompts), minimum=8)
     tokens_BP = np.zeros((B, P), np.int32)
     start_B = np.full((B,), P - 1, np.int32)  # batch-padding rows: a one-token prompt of id 0

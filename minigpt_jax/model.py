@@ -49,6 +49,11 @@ class GPTConfig:
     # "auto" picks cudnn on GPU with bf16 compute and xla otherwise.
     attention_impl: str = "auto"
     remat: bool = False  # recompute each block's activations in the backward pass
+    # Packed documents: when >= 0, this token (the tokenizer's end-of-text) starts a document, each
+    # token attends only within its own document and positions restart at 0 there. A short document
+    # packed anywhere in a window then trains exactly as it is prompted at inference, at position 0
+    # (arithmetic, SFT). -1: one causal stream, as GPT-2.
+    doc_sep_id: int = -1
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -57,6 +62,10 @@ class GPTConfig:
             raise ValueError(f"compute_dtype={self.compute_dtype!r}: use one of {sorted(DTYPES)}")
         if self.attention_impl not in ("auto", "xla", "cudnn"):
             raise ValueError(f"attention_impl={self.attention_impl!r}: use auto, xla or cudnn")
+        if self.doc_sep_id >= self.vocab_size:
+            raise ValueError(f"doc_sep_id={self.doc_sep_id} is past vocab_size={self.vocab_size}")
+        if self.doc_sep_id >= 0 and self.attention_impl == "cudnn":
+            raise ValueError("doc_sep_id needs a document mask: use attention_impl 'xla' or 'auto'")
 
     @property
     def padded_vocab_size(self) -> int:
@@ -80,6 +89,8 @@ class GPTConfig:
 def _resolve_attention_impl(config: GPTConfig) -> str:
     if config.attention_impl != "auto":
         return config.attention_impl
+    if config.doc_sep_id >= 0:  # an arbitrary mask: the XLA path takes any
+        return "xla"
     on_gpu = jax.default_backend() == "gpu"
     return "cudnn" if on_gpu and config.compute_dtype == "bfloat16" else "xla"
 
@@ -158,6 +169,7 @@ class CausalSelfAttention(nn.Module):
         self,
         x_BTD: jax.Array,
         deterministic: bool,
+        doc_mask_B1TT: jax.Array | None = None,
         cache: KVCache | None = None,
         layer: int = 0,
     ) -> jax.Array | tuple[jax.Array, tuple[jax.Array, jax.Array]]:
@@ -168,7 +180,12 @@ class CausalSelfAttention(nn.Module):
         q_BTHK, k_BTHK, v_BTHK = (t.reshape(B, T, H, K) for t in jnp.split(qkv_BT3D, 3, axis=-1))
         if cache is None:
             y_BTHK = jax.nn.dot_product_attention(
-                q_BTHK, k_BTHK, v_BTHK, is_causal=True, implementation=_resolve_attention_impl(cfg)
+                q_BTHK,
+                k_BTHK,
+                v_BTHK,
+                mask=doc_mask_B1TT,
+                is_causal=True,
+                implementation=_resolve_attention_impl(cfg),
             )
         else:
             y_BTHK = _cached_attention(q_BTHK, k_BTHK, v_BTHK, cache, layer)
@@ -195,13 +212,18 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x_BTD: jax.Array, deterministic: bool, cache: KVCache | None = None, layer: int = 0
+        self,
+        x_BTD: jax.Array,
+        deterministic: bool,
+        doc_mask_B1TT: jax.Array | None = None,
+        cache: KVCache | None = None,
+        layer: int = 0,
     ) -> jax.Array | tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         attn = CausalSelfAttention(self.config, name="attn")
         if cache is None:
-            x_BTD = x_BTD + attn(_layer_norm("ln_1")(x_BTD), deterministic)
+            x_BTD = x_BTD + attn(_layer_norm("ln_1")(x_BTD), deterministic, doc_mask_B1TT)
         else:
-            y_BTD, kv = attn(_layer_norm("ln_1")(x_BTD), deterministic, cache, layer)
+            y_BTD, kv = attn(_layer_norm("ln_1")(x_BTD), deterministic, cache=cache, layer=layer)
             x_BTD = x_BTD + y_BTD
         x_BTD = x_BTD + MLP(self.config, name="mlp")(_layer_norm("ln_2")(x_BTD), deterministic)
         return x_BTD if cache is None else (x_BTD, kv)
@@ -212,12 +234,18 @@ class GPT(nn.Module):
 
     @nn.compact
     def __call__(
-        self, tokens_BT: jax.Array, deterministic: bool = True, cache: KVCache | None = None
+        self,
+        tokens_BT: jax.Array,
+        deterministic: bool = True,
+        cache: KVCache | None = None,
+        return_hidden: bool = False,
     ) -> jax.Array | tuple[jax.Array, KVCache]:
         """Float32 logits over the padded vocabulary; padded entries are -inf.
 
         With `cache`, the tokens are the next columns of a decode (prefill or one step): returns the
         logits and the cache with these columns written (see `minigpt_jax.generate`).
+        `return_hidden=True` returns the final LayerNorm's float32 output instead of logits, for a
+        loss that applies the tied head itself (`loss.head_cross_entropy`).
         """
         cfg = self.config
         T = tokens_BT.shape[1]
@@ -226,7 +254,11 @@ class GPT(nn.Module):
         embed_init = nn.initializers.normal(0.02)
         wte = nn.Embed(cfg.padded_vocab_size, cfg.n_embd, embedding_init=embed_init, name="wte")
         wpe = nn.Embed(cfg.block_size, cfg.n_embd, embedding_init=embed_init, name="wpe")
-        if cache is None:
+        doc_mask_B1TT = None
+        if cache is None and cfg.doc_sep_id >= 0:
+            pos_BT, doc_mask_B1TT = document_positions_and_mask(tokens_BT, cfg.doc_sep_id)
+            x_BTD = wte(tokens_BT) + wpe(pos_BT)
+        elif cache is None:
             x_BTD = wte(tokens_BT) + wpe(jnp.arange(T))[None]
         else:  # each row counts positions from its own first real column
             col_BT = cache.index + jnp.arange(T)[None]
@@ -237,22 +269,45 @@ class GPT(nn.Module):
         if cache is None:
             block_cls = nn.remat(Block, static_argnums=(2,)) if cfg.remat else Block
             for i in range(cfg.n_layer):
-                x_BTD = block_cls(cfg, name=f"h_{i}")(x_BTD, deterministic)
+                x_BTD = block_cls(cfg, name=f"h_{i}")(x_BTD, deterministic, doc_mask_B1TT)
         else:
             k_LBSHK, v_LBSHK = cache.k_LBSHK, cache.v_LBSHK
             for i in range(cfg.n_layer):
-                x_BTD, (k_BTHK, v_BTHK) = Block(cfg, name=f"h_{i}")(x_BTD, deterministic, cache, i)
+                block = Block(cfg, name=f"h_{i}")
+                x_BTD, (k_BTHK, v_BTHK) = block(x_BTD, deterministic, cache=cache, layer=i)
                 # Only the new columns are written: in a decode loop XLA updates the cache in place.
                 at, dtype = (i, 0, cache.index, 0, 0), k_LBSHK.dtype
                 k_LBSHK = jax.lax.dynamic_update_slice(k_LBSHK, k_BTHK[None].astype(dtype), at)
                 v_LBSHK = jax.lax.dynamic_update_slice(v_LBSHK, v_BTHK[None].astype(dtype), at)
             cache = cache.replace(k_LBSHK=k_LBSHK, v_LBSHK=v_LBSHK, index=cache.index + T)
         x_BTD = _layer_norm("ln_f")(x_BTD)
+        if return_hidden:
+            if cache is not None:
+                raise ValueError("return_hidden is for training and evaluation, not decoding")
+            return x_BTD
 
         # Tied head: the token embedding matrix read backwards, in the compute dtype.
         logits_BTV = wte.attend(x_BTD.astype(cfg.dtype)).astype(jnp.float32)
         logits_BTV = mask_padded_logits(logits_BTV, cfg.vocab_size)
         return logits_BTV if cache is None else (logits_BTV, cache)
+
+
+def document_positions_and_mask(
+    tokens_BT: jax.Array, sep_id: int
+) -> tuple[jax.Array, jax.Array]:
+    """Positions counted from each token's document start, and the causal same-document mask.
+
+    A document starts at each `sep_id` token (tokens before the first one form document 0), so the
+    separator itself is at position 0, as at the start of an inference prompt.
+    """
+    T = tokens_BT.shape[1]
+    t_T = jnp.arange(T)
+    is_sep_BT = tokens_BT == sep_id
+    start_BT = jax.lax.cummax(jnp.where(is_sep_BT, t_T[None], 0), axis=1)
+    doc_BT = jnp.cumsum(is_sep_BT, axis=1)
+    same_doc_BTT = doc_BT[:, :, None] == doc_BT[:, None, :]
+    causal_TT = t_T[:, None] >= t_T[None, :]
+    return t_T[None] - start_BT, (same_doc_BTT & causal_TT[None])[:, None]
 
 
 def mask_padded_logits(logits_BTV: jax.Array, vocab_size: int) -> jax.Array:

@@ -1,8 +1,9 @@
 """One way to name a tokenizer everywhere: `"byte"`, `"gpt2"`, or a path to a tokenizer file.
 
-Every tokenizer offers `encode(text)`, `encode_batch(texts)`, `decode(ids)`, `vocab_size`, `eot_id`
-and `identity` (name, sha256, vocab_size, eot_id): the identity is recorded with shards and runs so
-that training refuses shards made by another tokenizer and generation decodes with the right one.
+Every tokenizer offers `encode(text)`, `encode_array(text)` (the same ids as a numpy array),
+`encode_batch(texts)`, `decode(ids)`, `vocab_size`, `eot_id` and `identity` (name, sha256,
+vocab_size, eot_id): the identity is recorded with shards and runs so that training refuses shards
+made by another tokenizer and generation decodes with the right one.
 """
 
 from __future__ import annotations
@@ -10,12 +11,15 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Protocol
 
+import numpy as np
+
 
 class TextTokenizer(Protocol):
     vocab_size: int
     eot_id: int
 
     def encode(self, text: str) -> list[int]: ...
+    def encode_array(self, text: str) -> np.ndarray: ...
     def encode_batch(self, texts: list[str]) -> list[list[int]]: ...
     def decode(self, ids: list[int]) -> str: ...
     @property
@@ -36,6 +40,9 @@ class ByteTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
+
+    def encode_array(self, text: str) -> np.ndarray:
+        return np.frombuffer(text.encode("utf-8"), np.uint8)
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]

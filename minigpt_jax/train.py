@@ -176,7 +176,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     rng = jax.random.key(cfg.seed)
     abstract_state, state_shardings, init, train_step = sharding.jit_sharded(
         lambda rng: create_train_state(model, tx, rng),
-        make_train_step(model, tx, num_micro, dropout_seed=cfg.seed),
+        make_train_step(model, tx, num_micro, dropout_seed=cfg.seed, loss_chunks=cfg.loss_chunks),
         rng,
         mesh,
     )
@@ -191,7 +191,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
         state = state.replace(params=params, opt_state=opt_state)
 
     eval_step = jax.jit(
-        make_eval_step(model),
+        make_eval_step(model, cfg.loss_chunks),
         in_shardings=(state_shardings.params, sharding.batch_sharding(mesh)),
         out_shardings=sharding.replicated(mesh),
     )

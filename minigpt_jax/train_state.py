@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from minigpt_jax.loss import head_cross_entropy, summed_cross_entropy
 from minigpt_jax.model import GPT, GPTConfig, count_params
 
 Batch = Mapping[str, jax.Array]  # inputs_BT, targets_BT, optional weights_BT (loss mask)
@@ -100,18 +101,39 @@ def create_train_state(model: GPT, tx: optax.GradientTransformation, rng: jax.Ar
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
-def summed_cross_entropy(
-    logits_BTV: jax.Array, targets_BT: jax.Array, weights_BT: jax.Array | None = None
+def batch_loss(
+    model: GPT,
+    params: Any,
+    batch: Batch,
+    loss_chunks: int = 0,
+    deterministic: bool = True,
+    rngs: dict[str, jax.Array] | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """(sum of per-token losses, number of counted tokens), in float32.
-
-    Sums rather than means so that micro-batches and eval batches combine exactly.
-    """
-    losses_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, targets_BT)
-    if weights_BT is None:
-        return losses_BT.sum(), jnp.asarray(losses_BT.size, jnp.float32)
-    weights_BT = weights_BT.astype(jnp.float32)
-    return (losses_BT * weights_BT).sum(), weights_BT.sum()
+    """(summed loss, counted tokens) of a batch: through full logits when `loss_chunks` is 0, else
+    through the fused head in that many time slices (no B x T x V logits; see minigpt_jax.loss)."""
+    cfg = model.config
+    weights = batch.get("weights")
+    if not loss_chunks:
+        logits_BTV = model.apply(
+            {"params": params}, batch["inputs"], deterministic=deterministic, rngs=rngs
+        )
+        return summed_cross_entropy(logits_BTV, batch["targets"], weights)
+    x_BTD = model.apply(
+        {"params": params},
+        batch["inputs"],
+        deterministic=deterministic,
+        rngs=rngs,
+        return_hidden=True,
+    )
+    return head_cross_entropy(
+        x_BTD,
+        params["wte"]["embedding"],
+        batch["targets"],
+        weights,
+        vocab_size=cfg.vocab_size,
+        chunks=loss_chunks,
+        dtype=cfg.dtype,
+    )
 
 
 def _split_micro_batches(batch: Batch, k: int) -> Batch:
@@ -134,18 +156,17 @@ def make_train_step(
     tx: optax.GradientTransformation,
     num_micro_batches: int = 1,
     dropout_seed: int = 0,
+    loss_chunks: int = 0,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-    """A pure `(state, batch) -> (state, metrics)` step; the caller jits it (with donation)."""
+    """A pure `(state, batch) -> (state, metrics)` step; the caller jits it (with donation).
+
+    `loss_chunks` > 0 fuses the head with the loss (see `batch_loss`).
+    """
     use_dropout = model.config.dropout > 0
 
     def loss_and_count(params, micro: Batch, rng):
-        logits_BTV = model.apply(
-            {"params": params},
-            micro["inputs"],
-            deterministic=not use_dropout,
-            rngs={"dropout": rng} if use_dropout else None,
-        )
-        return summed_cross_entropy(logits_BTV, micro["targets"], micro.get("weights"))
+        rngs = {"dropout": rng} if use_dropout else None
+        return batch_loss(model, params, micro, loss_chunks, not use_dropout, rngs)
 
     grad_fn = jax.value_and_grad(loss_and_count, has_aux=True)
 
@@ -185,12 +206,11 @@ def make_train_step(
     return train_step
 
 
-def make_eval_step(model: GPT) -> Callable[[Any, Batch], Metrics]:
+def make_eval_step(model: GPT, loss_chunks: int = 0) -> Callable[[Any, Batch], Metrics]:
     """A pure `(params, batch) -> {loss_sum, tokens}` step; sums so batches average exactly."""
 
     def eval_step(params, batch: Batch) -> Metrics:
-        logits_BTV = model.apply({"params": params}, batch["inputs"], deterministic=True)
-        loss_sum, tokens = summed_cross_entropy(logits_BTV, batch["targets"], batch.get("weights"))
+        loss_sum, tokens = batch_loss(model, params, batch, loss_chunks)
         return {"loss_sum": loss_sum, "tokens": tokens}
 
     return eval_step

@@ -4,13 +4,14 @@
     python scripts/make_arithmetic_data.py --out_dir data/arithmetic_nosteps --no_steps
 
 Each problem is one document, `<eot>` + problem + worked steps + answer line, in the built-in byte
-tokenizer (every digit and operator is one token). Each document is padded with `<eot>` to a
-multiple of `--slot` tokens and documents are packed whole into chunks of `block_size` tokens (the
-rest of a chunk is `<eot>` padding), so every problem starts at a multiple of `slot`: with the
-fixed-width format (see minigpt_jax/arithmetic.py) every digit then sits at one of a few absolute
-positions, which a learned position embedding picks up quickly, and the evaluator's prompts (at
-position 0) look exactly like training. The test problems (`test.jsonl`, and the longer-numbers
-`test_long.jsonl`) are drawn first and never appear in the training or validation shards.
+tokenizer (every digit and operator is one token). Documents are packed whole and densely into
+chunks of `block_size` tokens (the rest of a chunk is `<eot>` padding); the config's model separates
+documents at `<eot>` (`model.doc_sep_id`), so every problem is trained at positions 0, 1, ... seeing
+only itself, exactly as the evaluator prompts it. A loss-mask shard beside each token shard counts
+the solution and the `<eot>` that ends it, not the prompt: the operands are random by construction,
+so their loss cannot fall and would only add noise to the gradients. The test problems
+(`test.jsonl`, and the longer-numbers `test_long.jsonl`) are drawn first and never appear in the
+training or validation shards.
 """
 
 from __future__ import annotations
@@ -24,15 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from minigpt_jax import arithmetic
-from minigpt_jax.input_pipeline import MANIFEST, write_shard
+from minigpt_jax.input_pipeline import MANIFEST, mask_path, write_shard
 from minigpt_jax.tokenizer import ByteTokenizer
 
 TEST_FILES = {"heldout": "test.jsonl", "long": "test_long.jsonl"}
-
-
-def default_slot(steps: bool) -> int:
-    """Slot size that holds a 3-digit +/- problem: 43 tokens worked, 15 answer-only."""
-    return 64 if steps else 16
 
 
 def pack_documents(
@@ -41,33 +37,47 @@ def pack_documents(
     block_size: int,
     target_tokens: int,
     tokenizer: ByteTokenizer,
-    slot: int = 1,
-) -> tuple[np.ndarray, int]:
-    """Documents, each `<eot>`-padded to a multiple of `slot`, packed whole into block_size chunks
-    until `target_tokens`; (tokens, #problems)."""
-    if slot < 1 or block_size % slot:
-        raise ValueError(f"slot={slot} must be >= 1 and divide block_size={block_size}")
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Documents packed whole into block_size chunks until `target_tokens`: (tokens, loss mask,
+    #problems). The mask is 1 on each solution and on the `<eot>` after it (the next document's
+    first token, or the chunk's first padding token)."""
     eot = tokenizer.eot_id
-    chunks, chunk, n_problems, total = [], [], 0, 0
+    tokens: list[int] = []
+    mask: list[int] = []
+    chunk: list[int] = []
+    chunk_mask: list[int] = []
+    n_problems = 0
+    last_chunk_full = False  # then the next chunk's first <eot> ends its last document
+
+    def close_chunk() -> None:
+        nonlocal last_chunk_full
+        pad = block_size - len(chunk)
+        tokens.extend(chunk + [eot] * pad)
+        mask.extend(chunk_mask + [1] * min(pad, 1) + [0] * max(pad - 1, 0))
+        last_chunk_full = pad == 0
+
     for problem in problems:
-        doc = [eot, *tokenizer.encode(arithmetic.document(problem, steps))]
-        doc += [eot] * (-len(doc) % slot)
+        prompt = tokenizer.encode(problem.prompt)
+        answer = tokenizer.encode(arithmetic.solution(problem, steps))
+        doc = [eot, *prompt, *answer]
         if len(doc) > block_size:
             raise ValueError(
                 f"a {len(doc)}-token problem ({problem.prompt.strip()}) does not fit block_size="
                 f"{block_size}; raise --block_size or use fewer digits"
             )
         if len(chunk) + len(doc) > block_size:
-            chunks.append(chunk + [eot] * (block_size - len(chunk)))
-            total += block_size
-            chunk = []
-            if total >= target_tokens:
+            close_chunk()
+            chunk, chunk_mask = [], []
+            if len(tokens) >= target_tokens:
                 break
-        chunk.extend(doc)
+        # The leading <eot> ends the previous document; after padding it ends nothing.
+        ends_previous = bool(chunk) or last_chunk_full
+        chunk_mask += [int(ends_previous)] + [0] * len(prompt) + [1] * len(answer)
+        chunk += doc
         n_problems += 1
     else:
         raise ValueError("the problem stream ended early")
-    return np.asarray(chunks, np.uint16).reshape(-1), n_problems
+    return np.asarray(tokens, np.uint16), np.asarray(mask, np.uint16), n_problems
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:
@@ -84,7 +94,6 @@ def write_dataset(
     train_tokens: int = 8_000_000,
     val_tokens: int = 131_072,
     block_size: int = 256,
-    slot: int | None = None,
     seed: int = 0,
     test_seed: int = 1234,
     mixture: arithmetic.Mixture | None = None,
@@ -93,7 +102,6 @@ def write_dataset(
 ) -> dict:
     """Shards, test JSONL and manifest in `out_dir`; returns the manifest."""
     mixture = mixture or arithmetic.Mixture()
-    slot = default_slot(steps) if slot is None else slot
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = ByteTokenizer()
@@ -107,10 +115,19 @@ def write_dataset(
         ("val", val_tokens, seed + 1),
     ):
         stream = arithmetic.training_problems(split_seed, mixture, exclude=tests)
-        tokens, n_problems = pack_documents(stream, steps, block_size, n_tokens, tokenizer, slot)
+        tokens, mask, n_problems = pack_documents(stream, steps, block_size, n_tokens, tokenizer)
         name = f"{split}_000000.bin"
+        write_shard(mask_path(out / name), mask)  # first: a token shard always has its mask
         write_shard(out / name, tokens)
-        shards.append({"file": name, "split": split, "tokens": int(tokens.size)})
+        shards.append(
+            {
+                "file": name,
+                "split": split,
+                "tokens": int(tokens.size),
+                "mask": mask_path(out / name).name,
+                "target_tokens": int(mask.sum()),
+            }
+        )
         counts[split] = n_problems
     for key, problems in (("heldout", heldout), ("long", long)):
         _write_jsonl(out / TEST_FILES[key], [p.to_json() for p in problems])
@@ -123,7 +140,6 @@ def write_dataset(
         "arithmetic": {
             "steps": steps,
             "block_size": block_size,
-            "slot": slot,
             "seed": seed,
             "test_seed": test_seed,
             "mixture": dataclasses.asdict(mixture),
@@ -146,12 +162,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--train_tokens", type=int, default=8_000_000)
     ap.add_argument("--val_tokens", type=int, default=131_072)
     ap.add_argument("--block_size", type=int, default=256, help="match the config's block_size")
-    ap.add_argument(
-        "--slot",
-        type=int,
-        default=None,
-        help="problems start at multiples of this (64; 16 no steps)",
-    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--test_seed", type=int, default=1234)
     args = ap.parse_args(argv)
@@ -162,7 +172,6 @@ def main(argv: list[str] | None = None) -> None:
             train_tokens=args.train_tokens,
             val_tokens=args.val_tokens,
             block_size=args.block_size,
-            slot=args.slot,
             seed=args.seed,
             test_seed=args.test_seed,
         )

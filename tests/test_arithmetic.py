@@ -162,15 +162,29 @@ def test_dataset_train_and_test_are_disjoint(tmp_path):
             a, op, b = head.partition("+") if "+" in head else head.partition("*")
             p = Problem(op, int(a), int(b))
             assert rest == solution(p) and head + "\n" == p.prompt
-    # Every window the trainer reads starts with a problem (packing aligns to block_size) and
-    # every problem starts at a 64-token slot boundary.
-    assert manifest["arithmetic"]["slot"] == 64
+    # Every window the trainer reads starts with a problem (packing aligns to block_size).
     tokens = open_shard(tmp_path / "train_000000.bin")
-    assert tokens.size % 128 == 0 and np.all(tokens[::128] == ByteTokenizer.eot_id)
-    starts = np.flatnonzero(
-        (tokens[:-1] == ByteTokenizer.eot_id) & (tokens[1:] != ByteTokenizer.eot_id)
-    )
-    assert starts.size > 50 and np.all(starts % 64 == 0)
+    mask = open_shard(tmp_path / "train_000000.mask.bin")
+    eot = ByteTokenizer.eot_id
+    assert tokens.size % 128 == 0 and np.all(tokens[::128] == eot)
+    assert manifest["shards"][0]["target_tokens"] == int(mask.sum())
+    # The loss counts each solution and the <eot> that ends it; never a prompt, never padding.
+    checked = 0
+    for c in range(0, tokens.size, 128):
+        chunk, chunk_mask = tokens[c : c + 128], mask[c : c + 128]
+        starts = np.flatnonzero(chunk == eot)
+        starts = [int(i) for i in starts if i + 1 < 128 and chunk[i + 1] != eot]
+        for j, start in enumerate(starts):
+            doc = ByteTokenizer().decode(chunk[start + 1 :].tolist()).split("<|endoftext|>")[0]
+            body = start + 1 + doc.index("\n") + 1  # first solution token
+            end = start + 1 + len(doc)  # the <eot> after the solution
+            assert j == 0 or chunk_mask[start] == 1
+            assert not chunk_mask[start + 1 : body].any()
+            assert chunk_mask[body:end].all()
+            if j == len(starts) - 1 and end < 128:
+                assert chunk_mask[end] == 1 and not chunk_mask[end + 1 :].any()
+            checked += 1
+    assert checked > 50
 
 
 def test_test_sets_are_distinct_and_deterministic():

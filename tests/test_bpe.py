@@ -105,6 +105,7 @@ def test_round_trip_and_encoders_agree(tok, gpt2, text):
         ids = t.encode(text)
         assert t.decode(ids) == text
         assert t.encode_reference(text) == ids
+        assert t.encode_array(text).tolist() == ids  # the data-prep path
         assert all(0 <= i < t.vocab_size and i != t.eot_id for i in ids)
 
 
@@ -118,6 +119,7 @@ def test_round_trip_examples(tok, text):
     assert tok.decode(ids) == text
     assert tok.encode_reference(text) == ids
     assert tok.encode_batch([text, text]) == [ids, ids]
+    assert tok.encode_array(text).tolist() == ids  # <|endoftext|> in text stays text here too
 
 
 def test_endoftext_in_text_is_ordinary_text(tok, gpt2):

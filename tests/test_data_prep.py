@@ -177,15 +177,26 @@ def test_shuffle_with_seed_is_a_deterministic_permutation(tmp_path, corpus, text
 # Determinism and resume
 
 
-def test_same_bytes_twice_and_with_worker_processes(tmp_path, corpus, gpt2_env, monkeypatch):
-    monkeypatch.setattr(data_prep, "_TASK_CHARS", 3_000)  # many tasks: the pool really runs
-    run(tmp_path / "one", [corpus], tokenizer_path="gpt2", shard_size=2_000, val_tokens=1_000)
-    run(tmp_path / "again", [corpus], tokenizer_path="gpt2", shard_size=2_000, val_tokens=1_000)
-    run(tmp_path / "two", [corpus], tokenizer_path="gpt2", shard_size=2_000, val_tokens=1_000,
-        num_proc=2)
+def test_same_bytes_twice_with_threads_and_with_processes(tmp_path, corpus, gpt2_env, monkeypatch):
+    monkeypatch.setattr(data_prep, "_TASK_CHARS", 3_000)  # many tasks: the workers really run
+    args = dict(tokenizer_path="gpt2", shard_size=2_000, val_tokens=1_000)
+    run(tmp_path / "one", [corpus], **args)
+    run(tmp_path / "again", [corpus], **args)
+    run(tmp_path / "threads", [corpus], num_proc=2, **args)
+    monkeypatch.setattr(data_prep, "_THREADED_BATCHES", 4)  # a "large" input: spawned processes
+    spawned = []
+    real_pool = data_prep.multiprocessing.get_context("spawn").Pool
+    monkeypatch.setattr(
+        data_prep.multiprocessing.get_context("spawn"),
+        "Pool",
+        lambda *a, **k: spawned.append(1) or real_pool(*a, **k),
+    )
+    run(tmp_path / "processes", [corpus], num_proc=2, **args)
+    assert spawned
     one = all_bytes(tmp_path / "one")
     assert len(one) > 5
-    assert one == all_bytes(tmp_path / "again") == all_bytes(tmp_path / "two")
+    assert one == all_bytes(tmp_path / "again") == all_bytes(tmp_path / "threads")
+    assert one == all_bytes(tmp_path / "processes")
 
 
 @pytest.mark.parametrize("streaming", [True, False])

@@ -147,3 +147,17 @@ def test_cli_decodes_with_the_runs_tokenizer(params, tmp_path, capsys):
     ids = sample(CFG, params, [chat_prompt_tokens(ByteTokenizer(), "2+2?")], 8, temperature=0,
                  eot_id=256)[0]
     assert chat == [format_chat("2+2?") + ByteTokenizer().decode(ids)]
+
+
+def test_document_masked_model_samples_only_its_last_document(params):
+    """Earlier documents in a prompt cannot reach a document-masked model, so they are dropped and
+    the continuation is that of the last document alone, which greedy recompute confirms."""
+    doc_cfg = CFG.__class__(**{**CFG.__dict__, "doc_sep_id": 256})
+    sep = 256
+    last = [sep, *prompts_of([9], seed=3)[0]]
+    with_history = [*prompts_of([7], seed=4)[0], sep, 5, 6, *last]
+    got = sample(doc_cfg, params, [with_history, last], 8, temperature=0, eot_id=sep)
+    assert got[0] == got[1]
+    assert got[1] == greedy_recomputed(params, last, 8)[: len(got[1])]
+    with pytest.raises(ValueError, match="eot_id=256"):
+        sample(doc_cfg, params, [last], 8, temperature=0)

@@ -158,3 +158,34 @@ def test_bad_model_config_is_rejected():
         GPTConfig.preset("tiny", n_head=3)
     with pytest.raises(ValueError, match="unknown model preset"):
         GPTConfig.preset("gpt5")
+
+
+def test_packed_documents_see_only_themselves_from_position_zero():
+    """With doc_sep_id, a document packed after others gets exactly the logits it gets alone at
+    position 0; without it, the same packing changes them (the check is not vacuous)."""
+    sep = 256
+    doc_cfg = GPTConfig.preset("tiny", vocab_size=257, doc_sep_id=sep)
+    params = init(doc_cfg)
+    rng = np.random.default_rng(0)
+    first = [sep, *rng.integers(0, 256, 13)]
+    second = [sep, *rng.integers(0, 256, 20)]
+    packed = jnp.asarray([first + second])
+    alone = jnp.asarray([second])
+    got = GPT(doc_cfg).apply({"params": params}, packed)[0, len(first) :]
+    want = GPT(doc_cfg).apply({"params": params}, alone)[0]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    # The first document is unchanged by what follows it, and equals the plain causal model.
+    plain = GPT(TINY).apply({"params": params}, packed)[0]
+    np.testing.assert_allclose(
+        GPT(doc_cfg).apply({"params": params}, packed)[0, : len(first)],
+        plain[: len(first)],
+        atol=1e-5,
+    )
+    assert not np.allclose(plain[len(first) :], want, atol=1e-3)
+
+
+def test_document_separator_must_be_a_token_and_rules_out_cudnn():
+    with pytest.raises(ValueError, match="doc_sep_id=300 is past vocab_size=257"):
+        GPTConfig.preset("tiny", vocab_size=257, doc_sep_id=300)
+    with pytest.raises(ValueError, match="document mask"):
+        GPTConfig.preset("tiny", vocab_size=257, doc_sep_id=256, attention_impl="cudnn")

@@ -489,8 +489,8 @@ def test_remat_gives_the_same_gradients_and_saves_fewer_activations():
     loss and gradients, and far fewer residuals kept for the backward pass."""
     import jax
 
+    from minigpt_jax.loss import summed_cross_entropy
     from minigpt_jax.model import GPT, GPTConfig
-    from minigpt_jax.train_state import summed_cross_entropy
 
     batch = _fixed_batches(1, batch=4, seq=64)[0]
     results = {}

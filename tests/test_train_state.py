@@ -80,6 +80,45 @@ def test_gradient_accumulation_equals_one_big_batch(with_weights):
     assert int(one.step) == int(four.step) == 1
 
 
+@pytest.mark.parametrize("with_weights", [False, True])
+def test_fused_head_loss_equals_full_logits(with_weights):
+    """The fused head + loss (time slices, gradients formed in the forward pass) takes the same
+    step as the full-logits loss, with accumulation and masks; eval sums agree too. 257 -> 320
+    padded vocabulary, so the padded rows are exercised."""
+    model, tx, state = setup()
+    batch = batch_of(8, with_weights=with_weights)
+    full, m_full = jax.jit(make_train_step(model, tx, 2))(state, batch)
+    fused, m_fused = jax.jit(make_train_step(model, tx, 2, loss_chunks=4))(state, batch)
+    np.testing.assert_allclose(m_full["loss"], m_fused["loss"], rtol=1e-5)
+    np.testing.assert_allclose(m_full["grad_norm"], m_fused["grad_norm"], rtol=1e-4)
+    close = lambda a, b: np.testing.assert_allclose(a, b, atol=2e-6)  # noqa: E731
+    jax.tree.map(close, full.params, fused.params)
+    e_full = jax.jit(make_eval_step(model))(state.params, batch)
+    e_fused = jax.jit(make_eval_step(model, loss_chunks=5))(state.params, batch)  # -> 4 slices
+    np.testing.assert_allclose(e_full["loss_sum"], e_fused["loss_sum"], rtol=1e-5)
+    assert float(e_full["tokens"]) == float(e_fused["tokens"])
+
+
+def test_fused_head_loss_in_bfloat16_tracks_float32():
+    from minigpt_jax.loss import head_cross_entropy
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 16, 64)), jnp.float32)
+    wte = jnp.asarray(0.05 * rng.normal(size=(320, 64)), jnp.float32)
+    targets = jnp.asarray(rng.integers(0, 257, (2, 16)), jnp.int32)
+
+    def loss(x, wte, dtype):
+        return head_cross_entropy(x, wte, targets, vocab_size=257, chunks=4, dtype=dtype)[0]
+
+    (l32, g32), (l16, g16) = (
+        jax.value_and_grad(loss, (0, 1))(x, wte, d) for d in (jnp.float32, jnp.bfloat16)
+    )
+    np.testing.assert_allclose(l16, l32, rtol=1e-2)
+    assert g16[1].dtype == jnp.float32  # gradients come back in the parameters' dtype
+    np.testing.assert_allclose(g16[1], g32[1], atol=2e-2)
+    np.testing.assert_array_equal(g32[1][257:], 0.0)  # padded rows never get a gradient
+
+
 def test_micro_batches_must_divide_the_batch():
     model, tx, state = setup()
     with pytest.raises(ValueError, match="micro-batches"):
