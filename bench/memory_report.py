@@ -46,6 +46,12 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--block_size", type=int, default=1024)
     p.add_argument("--compute_dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--remat", action="store_true", help="compile the step with per-block remat")
+    p.add_argument(
+        "--loss_chunks",
+        type=int,
+        default=0,
+        help="0: full logits (the tables in BENCHMARKS.md); 8: the training default, fused",
+    )
     p.add_argument("--out", default="", help="also write the markdown table here")
     args = p.parse_args(argv)
     if args.mesh_data is not None or args.mesh_fsdp is not None:
@@ -105,7 +111,9 @@ def activation_bytes(model_cfg, local_batch: int, block_size: int) -> tuple[int,
     return total, square
 
 
-def step_memory(model_cfg, mesh, batch_size: int, micro_batch_size: int, block_size: int) -> dict:
+def step_memory(
+    model_cfg, mesh, batch_size: int, micro_batch_size: int, block_size: int, loss_chunks: int = 0
+) -> dict:
     """Per-device bytes of one jitted, donated train step on `mesh`, from abstract inputs only."""
     import jax
     import jax.numpy as jnp
@@ -135,7 +143,7 @@ def step_memory(model_cfg, mesh, batch_size: int, micro_batch_size: int, block_s
     }
     num_micro = accumulation_steps(batch_size, micro_batch_size, mesh.size)
     step = jax.jit(
-        make_train_step(model, tx, num_micro),
+        make_train_step(model, tx, num_micro, loss_chunks=loss_chunks),
         in_shardings=(shardings, batch_sh),
         out_shardings=(shardings, sharding.replicated(mesh)),
         donate_argnums=0,
@@ -201,7 +209,14 @@ def main(argv: list[str] | None = None) -> None:
     for mesh_data, mesh_fsdp in args.meshes:
         mesh = sharding.make_mesh(mesh_data, mesh_fsdp)
         t0 = time.perf_counter()
-        m = step_memory(model_cfg, mesh, args.batch_size, args.micro_batch_size, args.block_size)
+        m = step_memory(
+            model_cfg,
+            mesh,
+            args.batch_size,
+            args.micro_batch_size,
+            args.block_size,
+            args.loss_chunks,
+        )
         m["compile_s"] = time.perf_counter() - t0
         m["mesh"] = f"data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}"
         rows.append(m)

@@ -298,25 +298,29 @@ def encode_stream(
     Either way the output is the same bytes.
     """
     batches = iter(batches)
-    head = list(itertools.islice(batches, _THREADED_BATCHES))
     if num_proc <= 1:
-        for texts in itertools.chain(head, batches):
+        for texts in batches:
             yield encode_documents(tokenizer, texts, dtype)
         return
+    head = deque(itertools.islice(batches, _THREADED_BATCHES))
+    everything = itertools.chain(_drain(head), batches)  # the look-ahead is freed as it goes
     if len(head) < _THREADED_BATCHES:
+        tokenizer.encode("warm up")  # build tiktoken's tables once, not in every thread
         with ThreadPoolExecutor(num_proc, thread_name_prefix="tokenize") as threads:
             futures = (
-                threads.submit(encode_documents, tokenizer, texts, dtype) for texts in head
+                threads.submit(encode_documents, tokenizer, texts, dtype) for texts in everything
             )
             yield from (f.result() for f in _bounded(futures, 2 * num_proc))
         return
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(num_proc, _init_worker, (tokenizer, dtype.str)) as processes:
-        results = (
-            processes.apply_async(_encode_in_worker, (texts,))
-            for texts in itertools.chain(head, batches)
-        )
+        results = (processes.apply_async(_encode_in_worker, (texts,)) for texts in everything)
         yield from (r.get() for r in _bounded(results, 2 * num_proc))
+
+
+def _drain(items: deque) -> Iterator:
+    while items:
+        yield items.popleft()
 
 
 def _bounded(submitted: Iterator, in_flight: int) -> Iterator:

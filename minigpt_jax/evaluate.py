@@ -31,13 +31,19 @@ from minigpt_jax.train import eval_batches, evaluate_sums, find_split
 from minigpt_jax.train_state import make_eval_step
 
 
-def count_bytes(target_batches: list[np.ndarray], tokenizer: Any) -> int:
-    """Bytes of the evaluated text: the targets in order, end-of-text markers left out.
+def count_bytes(
+    target_batches: list[np.ndarray], tokenizer: Any, weight_batches: list[np.ndarray] | None = None
+) -> int:
+    """Bytes of the evaluated text: the targets in order (only those the loss counts, when the
+    shards have loss masks), end-of-text markers left out.
 
     Raw token bytes where the tokenizer gives them (BPE `decode_bytes`; the byte tokenizer's ids
     are bytes), so invalid UTF-8 is not inflated into 3-byte replacement characters.
     """
-    ids = np.concatenate([b.reshape(-1) for b in target_batches]).tolist()
+    ids_N = np.concatenate([b.reshape(-1) for b in target_batches])
+    if weight_batches is not None:
+        ids_N = ids_N[np.concatenate([w.reshape(-1) for w in weight_batches]) > 0]
+    ids = ids_N.tolist()
     ids = [i for i in ids if i != tokenizer.eot_id]
     if tokenizer.identity.get("name") == "byte":
         return len(ids)
@@ -83,7 +89,8 @@ def evaluate_checkpoint(
     if tokenizer is None and record["tokenizer"]:
         tokenizer = load_run_tokenizer(record["tokenizer"], cfg.data_dir)
     if tokenizer is not None and jax.process_count() == 1:
-        n_bytes = count_bytes([b["targets"] for b in batches], tokenizer)
+        weights = [b["weights"] for b in batches] if "weights" in batches[0] else None
+        n_bytes = count_bytes([b["targets"] for b in batches], tokenizer, weights)
         result["bytes"] = n_bytes
         result["bits_per_byte"] = loss_sum / math.log(2) / n_bytes
     return result

@@ -172,6 +172,8 @@ def sample(
                 prompts[i] = p[len(p) - 1 - p[::-1].index(eot_id) :]
     fits = max_prompt_tokens(model_cfg.block_size, max_new_tokens)
     prompts = [p[-fits:] for p in prompts]
+    if model_cfg.doc_sep_id >= 0:  # every training document starts with its separator
+        prompts = [p if p[0] == eot_id else [eot_id, *p[-(fits - 1) :]] for p in prompts]
     B, P = _bucket(len(prompts)), _bucket(max(len(p) for p in prompts), minimum=8)
     tokens_BP = np.zeros((B, P), np.int32)
     start_B = np.full((B,), P - 1, np.int32)  # batch-padding rows: a one-token prompt of id 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -473,6 +474,13 @@ def export_run(run_dir: str, out_dir: str, step: str | None = None) -> Path:
     if step is not None and step not in ("latest", "best"):
         step = int(step)
     params, record = load_params(run_dir, None if step == "latest" else step)
+    if record["model"].doc_sep_id >= 0:
+        warnings.warn(
+            f"{run_dir}: trained with document masking (doc_sep_id={record['model'].doc_sep_id}); "
+            f"transformers' GPT-2 has none, so it matches this model only on one document per "
+            f"input, starting with that token",
+            stacklevel=2,
+        )
     eot = (record.get("tokenizer") or {}).get("eot_id")
     return save_hf_gpt2(record["model"], jax.device_get(params), out_dir, eot_id=eot)
 

@@ -62,8 +62,11 @@ class GPTConfig:
             raise ValueError(f"compute_dtype={self.compute_dtype!r}: use one of {sorted(DTYPES)}")
         if self.attention_impl not in ("auto", "xla", "cudnn"):
             raise ValueError(f"attention_impl={self.attention_impl!r}: use auto, xla or cudnn")
-        if self.doc_sep_id >= self.vocab_size:
-            raise ValueError(f"doc_sep_id={self.doc_sep_id} is past vocab_size={self.vocab_size}")
+        if not -1 <= self.doc_sep_id < self.vocab_size:
+            raise ValueError(
+                f"doc_sep_id={self.doc_sep_id}: use -1 (off) or a token id below "
+                f"vocab_size={self.vocab_size}"
+            )
         if self.doc_sep_id >= 0 and self.attention_impl == "cudnn":
             raise ValueError("doc_sep_id needs a document mask: use attention_impl 'xla' or 'auto'")
 
@@ -286,8 +289,14 @@ class GPT(nn.Module):
                 raise ValueError("return_hidden is for training and evaluation, not decoding")
             return x_BTD
 
-        # Tied head: the token embedding matrix read backwards, in the compute dtype.
-        logits_BTV = wte.attend(x_BTD.astype(cfg.dtype)).astype(jnp.float32)
+        # Tied head: the token embedding matrix read backwards, multiplied in the compute dtype and
+        # accumulated in float32 (as `loss.head_cross_entropy` does).
+        logits_BTV = jnp.einsum(
+            "btd,vd->btv",
+            x_BTD.astype(cfg.dtype),
+            wte.embedding.astype(cfg.dtype),
+            preferred_element_type=jnp.float32,
+        )
         logits_BTV = mask_padded_logits(logits_BTV, cfg.vocab_size)
         return logits_BTV if cache is None else (logits_BTV, cache)
 

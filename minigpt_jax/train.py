@@ -60,6 +60,14 @@ def resolve_tokenizer(cfg: ml_collections.ConfigDict) -> dict[str, Any] | None:
 
     identity = load_tokenizer(cfg.tokenizer).identity if cfg.tokenizer else None
     manifest = check_manifest(cfg.data_dir, identity)
+    packed = (manifest or {}).get("arithmetic", {}).get("block_size")
+    if packed is not None and packed != cfg.block_size:
+        # Windows must line up with the chunks the documents were packed into, or they cut them.
+        raise ConfigError(
+            "block_size",
+            f"{cfg.data_dir} packs whole documents into {packed}-token chunks; train with "
+            f"--config.block_size={packed} or re-make the data with --block_size={cfg.block_size}",
+        )
     if identity is not None:
         return {"spec": cfg.tokenizer, **identity}
     return manifest.get("tokenizer") if manifest else None

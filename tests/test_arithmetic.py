@@ -310,7 +310,7 @@ def test_evaluate_sets_with_an_oracle_and_a_noisy_sampler():
 
 @pytest.mark.slow
 def test_tiny_model_trains_and_evaluator_runs(tmp_path):
-    from minigpt_jax.config import default_config, model_fields
+    from minigpt_jax.config import ConfigError, default_config, model_fields
     from minigpt_jax.eval_arithmetic import main as eval_main
     from minigpt_jax.train import train_and_evaluate
 
@@ -328,11 +328,14 @@ def test_tiny_model_trains_and_evaluator_runs(tmp_path):
         long_spec=(("+", 3, 3, 4),),
     )
     c = default_config()
-    c.model = model_fields("tiny", vocab_size=257, block_size=64)
+    c.model = model_fields("tiny", vocab_size=257, block_size=64, doc_sep_id=256)
     c.data_dir, c.run_dir = str(data), str(tmp_path / "run")
-    c.total_steps, c.batch_size, c.block_size = 6, 8, 64
+    c.total_steps, c.batch_size, c.block_size = 6, 8, 32
     c.warmup_steps, c.log_every, c.eval_every, c.eval_tokens = 2, 3, 6, 512
     c.lr, c.peak_tflops, c.checkpoint_every = 3e-3, 1.0, 0
+    with pytest.raises(ConfigError, match="64-token chunks"):  # windows would cut documents
+        train_and_evaluate(c)
+    c.block_size = 64
     last = train_and_evaluate(c)
     assert last["step"] == 6 and last["train_loss"] < 5.6
 

@@ -57,6 +57,15 @@ def test_count_bytes_skips_end_of_text_and_keeps_multibyte_characters():
     assert evaluate.count_bytes([ids[:, :5], ids[:, 5:]], tok) == len(text.encode())
 
 
+def test_count_bytes_counts_only_weighted_targets():
+    """With loss masks the loss covers only some targets: bits per byte divides by their bytes."""
+    tok = ByteTokenizer()
+    ids = np.asarray([tok.encode("prompt:answer")])
+    weights = np.zeros_like(ids)
+    weights[:, 7:] = 1
+    assert evaluate.count_bytes([ids], tok, [weights]) == len("answer")
+
+
 def test_missing_run_is_one_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         evaluate.main(["--run_dir", str(tmp_path / "nope")])

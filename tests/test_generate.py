@@ -159,5 +159,7 @@ def test_document_masked_model_samples_only_its_last_document(params):
     got = sample(doc_cfg, params, [with_history, last], 8, temperature=0, eot_id=sep)
     assert got[0] == got[1]
     assert got[1] == greedy_recomputed(params, last, 8)[: len(got[1])]
+    # A prompt without its separator gets one: documents start with it in training.
+    assert sample(doc_cfg, params, [last[1:]], 8, temperature=0, eot_id=sep) == [got[1]]
     with pytest.raises(ValueError, match="eot_id=256"):
         sample(doc_cfg, params, [last], 8, temperature=0)

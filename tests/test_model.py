@@ -185,7 +185,8 @@ def test_packed_documents_see_only_themselves_from_position_zero():
 
 
 def test_document_separator_must_be_a_token_and_rules_out_cudnn():
-    with pytest.raises(ValueError, match="doc_sep_id=300 is past vocab_size=257"):
-        GPTConfig.preset("tiny", vocab_size=257, doc_sep_id=300)
+    for bad in (300, -2):
+        with pytest.raises(ValueError, match=f"doc_sep_id={bad}: use -1"):
+            GPTConfig.preset("tiny", vocab_size=257, doc_sep_id=bad)
     with pytest.raises(ValueError, match="document mask"):
         GPTConfig.preset("tiny", vocab_size=257, doc_sep_id=256, attention_impl="cudnn")

@@ -99,6 +99,28 @@ def test_fused_head_loss_equals_full_logits(with_weights):
     assert float(e_full["tokens"]) == float(e_fused["tokens"])
 
 
+def test_fused_head_loss_equals_full_logits_in_bfloat16():
+    """Both paths run the head's matmuls in the compute dtype with float32 accumulation."""
+    from minigpt_jax.train_state import batch_loss
+
+    cfg = GPTConfig.preset("tiny", vocab_size=257, block_size=32, compute_dtype="bfloat16")
+    model = GPT(cfg)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 32), jnp.int32))["params"]
+    batch = batch_of(4)
+
+    def loss(p, chunks):
+        total, count = batch_loss(model, p, batch, chunks)
+        return total / count
+
+    (full, g_full), (fused, g_fused) = (
+        jax.value_and_grad(loss)(params, n) for n in (0, 4)
+    )
+    np.testing.assert_allclose(full, fused, rtol=1e-3)
+    np.testing.assert_allclose(
+        g_full["wte"]["embedding"], g_fused["wte"]["embedding"], atol=1e-3, rtol=5e-2
+    )
+
+
 def test_fused_head_loss_in_bfloat16_tracks_float32():
     from minigpt_jax.loss import head_cross_entropy
 
