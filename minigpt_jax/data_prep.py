@@ -291,10 +291,11 @@ def encode_stream(
     memory stays bounded.
 
     An input that ends within `_THREADED_BATCHES` tasks (64 MB of text) is encoded in threads:
-    tiktoken releases the GIL, and a thread starts at once, where a process costs ~0.3 s (an
-    interpreter, imports, the tokenizer's tables): most of the budget of a corpus that raw tiktoken
-    encodes in a second. A larger input gets spawned processes (not forked: safe beside threads and
-    JAX), which measured ~15% faster at scale because the reading thread shares no GIL with them.
+    tiktoken releases the GIL, and a thread starts at once, where a process costs ~0.2 CPU-s (an
+    interpreter, imports, the tokenizer's tables; BENCHMARKS.md): much of the budget of a corpus
+    that raw tiktoken encodes in a second. A larger input gets spawned processes (not forked: safe
+    beside threads and JAX), which measured ~15% faster at scale because the reading thread shares
+    no GIL with them.
     Either way the output is the same bytes.
     """
     batches = iter(batches)

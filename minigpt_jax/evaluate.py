@@ -41,10 +41,10 @@ def count_bytes(
     are bytes), so invalid UTF-8 is not inflated into 3-byte replacement characters.
     """
     ids_N = np.concatenate([b.reshape(-1) for b in target_batches])
+    counted_N = ids_N != tokenizer.eot_id
     if weight_batches is not None:
-        ids_N = ids_N[np.concatenate([w.reshape(-1) for w in weight_batches]) > 0]
-    ids = ids_N.tolist()
-    ids = [i for i in ids if i != tokenizer.eot_id]
+        counted_N &= np.concatenate([w.reshape(-1) for w in weight_batches]) > 0
+    ids = ids_N[counted_N].tolist()
     if tokenizer.identity.get("name") == "byte":
         return len(ids)
     if hasattr(tokenizer, "decode_bytes"):

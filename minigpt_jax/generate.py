@@ -129,6 +129,18 @@ def _decode(
     return jax.lax.while_loop(keep_going, step, carry)[2]
 
 
+def last_document(prompt: list[int], sep: int, fits: int) -> list[int]:
+    """What a document-masked model sees of a prompt: its last document, which starts with `sep`
+    (as every training document does; added if missing), cut to its last `fits` tokens.
+
+    The model attends to nothing before a separator and restarts positions there, so dropping the
+    earlier documents changes nothing.
+    """
+    start = len(prompt) - prompt[::-1].index(sep) if sep in prompt else 0  # after the separator
+    body = prompt[start:]
+    return [sep, *body[max(len(body) - (fits - 1), 0) :]]
+
+
 def sample(
     model_cfg: GPTConfig,
     params: Any,
@@ -157,23 +169,16 @@ def sample(
         raise ValueError(f"top_k={top_k} must be in [1, vocab_size={model_cfg.vocab_size}]")
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p={top_p} must be in (0, 1]")
-    prompts = [list(p) for p in prompts]
-    if model_cfg.doc_sep_id >= 0:
-        # A document-masked model sees nothing before a prompt's last separator and restarts its
-        # positions there, so dropping those tokens changes nothing; its one document ends at the
-        # next separator, which the decode loop only notices as eot.
-        if eot_id != model_cfg.doc_sep_id:
-            raise ValueError(
-                f"this model separates documents with token {model_cfg.doc_sep_id}: "
-                f"pass eot_id={model_cfg.doc_sep_id} (got {eot_id})"
-            )
-        for i, p in enumerate(prompts):
-            if eot_id in p:
-                prompts[i] = p[len(p) - 1 - p[::-1].index(eot_id) :]
     fits = max_prompt_tokens(model_cfg.block_size, max_new_tokens)
-    prompts = [p[-fits:] for p in prompts]
-    if model_cfg.doc_sep_id >= 0:  # every training document starts with its separator
-        prompts = [p if p[0] == eot_id else [eot_id, *p[-(fits - 1) :]] for p in prompts]
+    if model_cfg.doc_sep_id < 0:
+        prompts = [list(p)[-fits:] for p in prompts]
+    elif eot_id != model_cfg.doc_sep_id:  # its one document ends at the next separator
+        raise ValueError(
+            f"this model separates documents with token {model_cfg.doc_sep_id}: "
+            f"pass eot_id={model_cfg.doc_sep_id} (got {eot_id})"
+        )
+    else:
+        prompts = [last_document(list(p), eot_id, fits) for p in prompts]
     B, P = _bucket(len(prompts)), _bucket(max(len(p) for p in prompts), minimum=8)
     tokens_BP = np.zeros((B, P), np.int32)
     start_B = np.full((B,), P - 1, np.int32)  # batch-padding rows: a one-token prompt of id 0

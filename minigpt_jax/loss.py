@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from minigpt_jax.model import tied_head_logits
+
 
 def summed_cross_entropy(
     logits_BTV: jax.Array, targets_BT: jax.Array, weights_BT: jax.Array | None = None
@@ -67,16 +69,6 @@ def _time_slices(x, chunks: int):
     return x.reshape(B, chunks, T // chunks, *x.shape[2:]).swapaxes(0, 1)
 
 
-def _slice_logits(x_BCD, wte_VD, vocab_size: int, dtype) -> jax.Array:
-    logits_BCV = jnp.einsum(
-        "bcd,vd->bcv", x_BCD.astype(dtype), wte_VD.astype(dtype),
-        preferred_element_type=jnp.float32,
-    )
-    if wte_VD.shape[0] == vocab_size:
-        return logits_BCV
-    return jnp.where(jnp.arange(wte_VD.shape[0]) < vocab_size, logits_BCV, -jnp.inf)
-
-
 def _slice_loss(logits_BCV, targets_BC, weights_BC):
     """Per-token losses and the softmax, sharing one max and one exp pass over the slice."""
     max_BC1 = logits_BCV.max(-1, keepdims=True)
@@ -93,7 +85,7 @@ def _fused(x_BTD, wte_VD, targets_BT, weights_BT, vocab_size, chunks, dtype):
 
     def body(total, xs):
         x_BCD, t_BC, w_BC = xs
-        loss, _ = _slice_loss(_slice_logits(x_BCD, wte_VD, vocab_size, dtype), t_BC, w_BC)
+        loss, _ = _slice_loss(tied_head_logits(x_BCD, wte_VD, vocab_size, dtype), t_BC, w_BC)
         return total + loss, None
 
     xs = tuple(_time_slices(a, chunks) for a in (x_BTD, targets_BT, weights_BT))
@@ -108,7 +100,7 @@ def _fused_fwd(x_BTD, wte_VD, targets_BT, weights_BT, vocab_size, chunks, dtype)
         total, dwte_VD = carry
         x_BCD, t_BC, w_BC = xs
         loss, softmax_BCV = _slice_loss(
-            _slice_logits(x_BCD, wte_VD, vocab_size, dtype), t_BC, w_BC
+            tied_head_logits(x_BCD, wte_VD, vocab_size, dtype), t_BC, w_BC
         )
         dlogits_BCV = (softmax_BCV - jax.nn.one_hot(t_BC, V, dtype=jnp.float32)) * w_BC[..., None]
         dlogits_BCV = dlogits_BCV.astype(dtype)

@@ -289,15 +289,7 @@ class GPT(nn.Module):
                 raise ValueError("return_hidden is for training and evaluation, not decoding")
             return x_BTD
 
-        # Tied head: the token embedding matrix read backwards, multiplied in the compute dtype and
-        # accumulated in float32 (as `loss.head_cross_entropy` does).
-        logits_BTV = jnp.einsum(
-            "btd,vd->btv",
-            x_BTD.astype(cfg.dtype),
-            wte.embedding.astype(cfg.dtype),
-            preferred_element_type=jnp.float32,
-        )
-        logits_BTV = mask_padded_logits(logits_BTV, cfg.vocab_size)
+        logits_BTV = tied_head_logits(x_BTD, wte.embedding, cfg.vocab_size, cfg.dtype)
         return logits_BTV if cache is None else (logits_BTV, cache)
 
 
@@ -317,6 +309,15 @@ def document_positions_and_mask(
     same_doc_BTT = doc_BT[:, :, None] == doc_BT[:, None, :]
     causal_TT = t_T[:, None] >= t_T[None, :]
     return t_T[None] - start_BT, (same_doc_BTT & causal_TT[None])[:, None]
+
+
+def tied_head_logits(x_BTD: jax.Array, wte_VD: jax.Array, vocab_size: int, dtype) -> jax.Array:
+    """The token embedding read backwards: multiplied in `dtype`, accumulated in float32, padded
+    vocabulary entries -inf. The model's head and the fused loss (`loss.py`) both use it."""
+    logits_BTV = jnp.einsum(
+        "btd,vd->btv", x_BTD.astype(dtype), wte_VD.astype(dtype), preferred_element_type=jnp.float32
+    )
+    return mask_padded_logits(logits_BTV, vocab_size)
 
 
 def mask_padded_logits(logits_BTV: jax.Array, vocab_size: int) -> jax.Array:

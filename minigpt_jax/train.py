@@ -50,7 +50,8 @@ def _fail(message: str) -> None:
 
 
 def resolve_tokenizer(cfg: ml_collections.ConfigDict) -> dict[str, Any] | None:
-    """The run's tokenizer record {spec, identity}, checked against the shards' manifest.
+    """The run's tokenizer record {spec, identity}, checked against the shards' manifest (which
+    must also match the run's packing, see `check_packing`).
 
     `config.tokenizer=""` takes the shards' own tokenizer; naming one makes shards made with any
     other tokenizer an error, as are unfinished or incomplete data directories.
@@ -60,17 +61,21 @@ def resolve_tokenizer(cfg: ml_collections.ConfigDict) -> dict[str, Any] | None:
 
     identity = load_tokenizer(cfg.tokenizer).identity if cfg.tokenizer else None
     manifest = check_manifest(cfg.data_dir, identity)
+    check_packing(cfg, manifest)
+    if identity is not None:
+        return {"spec": cfg.tokenizer, **identity}
+    return manifest.get("tokenizer") if manifest else None
+
+
+def check_packing(cfg: ml_collections.ConfigDict, manifest: dict[str, Any] | None) -> None:
+    """Windows must line up with the chunks whole documents were packed into, or they cut them."""
     packed = (manifest or {}).get("arithmetic", {}).get("block_size")
     if packed is not None and packed != cfg.block_size:
-        # Windows must line up with the chunks the documents were packed into, or they cut them.
         raise ConfigError(
             "block_size",
             f"{cfg.data_dir} packs whole documents into {packed}-token chunks; train with "
             f"--config.block_size={packed} or re-make the data with --block_size={cfg.block_size}",
         )
-    if identity is not None:
-        return {"spec": cfg.tokenizer, **identity}
-    return manifest.get("tokenizer") if manifest else None
 
 
 def find_split(data_dir: str, split: str) -> list[Path]:

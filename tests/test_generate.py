@@ -163,3 +163,12 @@ def test_document_masked_model_samples_only_its_last_document(params):
     assert sample(doc_cfg, params, [last[1:]], 8, temperature=0, eot_id=sep) == [got[1]]
     with pytest.raises(ValueError, match="eot_id=256"):
         sample(doc_cfg, params, [last], 8, temperature=0)
+
+
+def test_last_document_keeps_the_separator_and_fits():
+    from minigpt_jax.generate import last_document
+
+    assert last_document([1, 9, 2, 3, 9, 4, 5], 9, 8) == [9, 4, 5]
+    assert last_document([4, 5], 9, 8) == [9, 4, 5]  # a missing separator is added
+    assert last_document([9, 1, 2, 3, 4], 9, 3) == [9, 3, 4]  # cut from the left, separator kept
+    assert last_document([9, 1, 2], 9, 1) == [9]
