@@ -20,9 +20,9 @@ from minigpt_jax.bpe import (
     GPT2_PATTERN,
     GPT2_RANKS_SHA256,
     Tokenizer,
-    TokenizerFileError,
     count_chunks,
 )
+from minigpt_jax.errors import TokenizerError
 
 CLASSICS = ("austen", "shakespeare", "kjv", "web")
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_tokenizer.py"
@@ -177,7 +177,7 @@ def test_gpt2_constructor_offline(gpt2_tiktoken_path, tok, tmp_path, monkeypatch
     # A rank file that is not GPT-2's is refused by name.
     other = tmp_path / "other.tiktoken"
     tok.save_tiktoken(other)
-    with pytest.raises(TokenizerFileError, match="other.tiktoken"):
+    with pytest.raises(TokenizerError, match="other.tiktoken"):
         Tokenizer.gpt2(other)
 
 
@@ -339,7 +339,7 @@ def _damaged(tok: Tokenizer, tmp_path) -> dict[str, bytes]:
 def test_bad_files_rejected_with_their_name(tok, tmp_path):
     for name, data in _damaged(tok, tmp_path).items():
         (tmp_path / name).write_bytes(data)
-        with pytest.raises(TokenizerFileError, match=name.replace(".", r"\.")):
+        with pytest.raises(TokenizerError, match=name.replace(".", r"\.")):
             Tokenizer.load(tmp_path / name)
-    with pytest.raises(TokenizerFileError, match="not found"):
+    with pytest.raises(TokenizerError, match="not found"):
         Tokenizer.load(tmp_path / "missing.json")
