@@ -34,7 +34,7 @@ import heapq
 import json
 import os
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,77 +61,6 @@ GPT2_EOT_ID = 50256
 GPT2_ENV = "MINIGPT_GPT2_TIKTOKEN"
 FILE_FORMAT = "minigpt_jax-bpe"
 FILE_VERSION = 1
-
-
-# ----------------------------------------------------------------------------------------------
-# Reading documents
-
-
-def iter_documents(paths: Iterable[str | os.PathLike], text_field: str = "text") -> Iterator[str]:
-    """Stream documents from `.txt`, `.jsonl` (field `text_field`) and `.parquet` files.
-
-    A `.txt` file streams in blocks of whole lines (~1 MB): a large file never sits in memory.
-    """
-    for path in map(Path, paths):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: input file not found")
-        suffix = path.suffix.lower()
-        if suffix == ".txt":
-            yield from _iter_txt(path)
-        elif suffix in (".jsonl", ".json"):
-            yield from _iter_jsonl(path, text_field)
-        elif suffix == ".parquet":
-            yield from _iter_parquet(path, text_field)
-        else:
-            raise ValueError(
-                f"{path}: unsupported input type {suffix!r}; use .txt, .jsonl or .parquet"
-            )
-
-
-def _iter_txt(path: Path, block_chars: int = 1 << 20) -> Iterator[str]:
-    block: list[str] = []
-    size = 0
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            block.append(line)
-            size += len(line)
-            if size >= block_chars:
-                yield "".join(block)
-                block, size = [], 0
-    if block:
-        yield "".join(block)
-
-
-def _iter_jsonl(path: Path, text_field: str) -> Iterator[str]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                text = json.loads(line)[text_field]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(
-                    f"{path}:{lineno}: expected a JSON object with a string field {text_field!r} "
-                    f"({type(e).__name__}: {e}); pass --text_field to name another field"
-                ) from e
-            if not isinstance(text, str):
-                raise ValueError(f"{path}:{lineno}: field {text_field!r} is not a string")
-            yield text
-
-
-def _iter_parquet(path: Path, text_field: str) -> Iterator[str]:
-    import pyarrow.parquet as pq  # installed with `datasets`; needed only for parquet input
-
-    pf = pq.ParquetFile(path)
-    if text_field not in pf.schema_arrow.names:
-        raise ValueError(
-            f"{path}: no column {text_field!r} (columns: {pf.schema_arrow.names}); "
-            f"pass --text_field to name the text column"
-        )
-    for batch in pf.iter_batches(columns=[text_field], batch_size=1024):
-        for text in batch.column(0).to_pylist():
-            if text is not None:
-                yield text
 
 
 # ----------------------------------------------------------------------------------------------

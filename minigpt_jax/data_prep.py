@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import glob
 import itertools
 import json
 import math
@@ -34,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from minigpt_jax.documents import PYDOC, expand_files, load_documents, text_batches
 from minigpt_jax.errors import DataError, TokenizerError, exit_on_user_error
 from minigpt_jax.files import copy_atomic, sha256_file, write_json_atomic
 from minigpt_jax.shards import (
@@ -47,20 +47,11 @@ from minigpt_jax.shards import (
 )
 from minigpt_jax.tokenizer import data_dir_tokenizer, load_tokenizer
 
-PYDOC = "pydoc"
-# Local file suffix -> `datasets` builder: the same loaders the hub uses for these formats.
-_BUILDERS = {
-    ".jsonl": "json", ".json": "json", ".jsonl.gz": "json", ".json.gz": "json",
-    ".txt": "text", ".txt.gz": "text", ".parquet": "parquet", ".csv": "csv",
-}
 # Arguments that decide the bytes of the output; a rerun must match them to resume.
 _OUTPUT_ARGS = (
     "dataset", "name", "split", "val_split", "data_files", "val_data_files", "text_field",
     "sample_by", "shard_size", "val_tokens", "tokens_threshold", "seed",
 )
-# Characters of text per tokenizer task: big enough that task overhead is noise, small enough that
-# the last tasks of a small corpus do not leave a core idle for long.
-_TASK_CHARS = 1 << 19
 # Inputs of fewer tasks than this are tokenized in threads, larger ones in processes (see
 # encode_stream).
 _THREADED_BATCHES = 128
@@ -96,151 +87,6 @@ class PrepArgs:
             stem = Path(self.data_files[0]).name.split(".")[0] or "local"
             return Path("data") / stem
         return Path("data") / self.dataset.rstrip("/").split("/")[-1]
-
-
-# ------------------------------------------------------------------------------------------------
-# Documents
-
-
-def _expand_files(patterns: tuple[str, ...], flag: str) -> list[str]:
-    files: list[str] = []
-    for pattern in patterns:
-        matches = sorted(glob.glob(os.path.expanduser(pattern)))
-        if not matches:
-            raise DataError(f"--{flag}: {pattern} matches no file")
-        files += [str(Path(m).resolve()) for m in matches]
-    for f in files:
-        if os.path.isfile(f) and os.path.getsize(f) == 0:  # `datasets` fails on these obscurely
-            raise DataError(f"--{flag}: {f} is empty: no documents; leave it out")
-    return files
-
-
-def _builder_for(files: list[str], flag: str) -> str:
-    builders = set()
-    for f in files:
-        name = Path(f).name.lower()
-        suffix = next((s for s in _BUILDERS if name.endswith(s)), None)
-        if suffix is None:
-            raise DataError(
-                f"--{flag}: {f}: unsupported file type; use .jsonl/.json, .txt, .parquet or .csv"
-            )
-        builders.add(_BUILDERS[suffix])
-    if len(builders) > 1:
-        raise DataError(f"--{flag}: mixes file types {sorted(builders)}; use one type per flag")
-    return builders.pop()
-
-
-def _pydoc_documents() -> dict[str, list[str]]:
-    """The reference text that ships inside CPython (pydoc's topics), one document per topic."""
-    from pydoc_data.topics import topics
-
-    return {"text": [topics[key] for key in sorted(topics)]}
-
-
-def load_documents(args: PrepArgs, role: str):
-    """The `datasets` dataset (or IterableDataset) of the `role` ("train" or "val") source."""
-    import datasets
-
-    files = args.val_data_files if role == "val" else args.data_files
-    split = args.val_split if role == "val" else args.split
-    try:
-        if files:
-            flag = "val_data_files" if role == "val" else "data_files"
-            builder = _builder_for(list(files), flag)
-            kwargs = {"sample_by": args.sample_by} if builder == "text" else {}
-            ds = datasets.load_dataset(
-                builder, data_files=list(files), split="train", streaming=args.streaming,
-                cache_dir=args.cache_dir, **kwargs,
-            )
-        elif args.dataset == PYDOC:
-            ds = datasets.Dataset.from_dict(_pydoc_documents())
-            ds = ds.to_iterable_dataset() if args.streaming else ds
-        else:
-            _log(args, f"loading {args.dataset} ({args.name or 'default'}, {split}) from the "
-                       f"Hugging Face hub{' (streaming)' if args.streaming else ''}")
-            ds = datasets.load_dataset(
-                args.dataset, name=args.name, split=split, streaming=args.streaming,
-                cache_dir=args.cache_dir,
-            )
-    except (ConnectionError, datasets.exceptions.DatasetNotFoundError) as e:
-        config = f" (config {args.name!r})" if args.name else ""
-        raise DataError(
-            f"cannot reach dataset {args.dataset!r}{config} on the Hugging Face hub: {e}. This "
-            f"machine may be offline or the name may be wrong. Prepare local files instead: "
-            f"--data_files=PATH[,PATH...] (.jsonl with a {args.text_field!r} field, .txt "
-            f"or .parquet), or --dataset=pydoc for the small corpus built into Python"
-        ) from e
-    except DataError:
-        raise
-    except StopIteration as e:  # the json builder's feature inference on a file of blank lines
-        raise DataError(f"{list(files) or args.dataset}: no documents") from e
-    except datasets.exceptions.DatasetGenerationError as e:
-        raise DataError(f"cannot read {list(files) or args.dataset}: {e.__cause__ or e}") from e
-    except ValueError as e:  # an unknown split or config name
-        raise DataError(f"dataset {args.dataset!r}: {e}") from e
-    if args.seed is None:
-        return ds
-    if isinstance(ds, datasets.Dataset):
-        return ds.shuffle(seed=args.seed)
-    return ds.shuffle(seed=args.seed, buffer_size=10_000)
-
-
-def text_batches(ds, text_field: str, skip: int, where: str) -> Iterator[list[str]]:
-    """Lists of document texts (~_TASK_CHARS characters each), starting after `skip` documents."""
-    import datasets
-
-    columns = ds.column_names
-    if columns is not None and text_field not in columns:
-        raise DataError(
-            f"{where}: no field {text_field!r} (fields: {columns}); pass --text_field=NAME"
-        )
-    if columns is not None and len(columns) > 1:
-        ds = ds.select_columns([text_field])  # never decode the columns we do not tokenize
-    if skip and isinstance(ds, datasets.Dataset):
-        ds, skip = ds.skip(skip), 0  # a slice of the index: no document is read
-    # Streaming sources skip by reading: IterableDataset.skip after a shuffle changes the order.
-    batch: list[str] = []
-    chars = 0
-    index = 0
-    for rows in _read_rows(ds, where):
-        if text_field not in rows:
-            raise DataError(
-                f"{where}: no field {text_field!r} (fields: {list(rows)}); pass --text_field=NAME"
-            )
-        texts = rows[text_field]
-        if skip:
-            drop = min(skip, len(texts))
-            texts, skip = texts[drop:], skip - drop
-        for text in texts:
-            if not isinstance(text, str):
-                raise DataError(
-                    f"{where}: document {index} has {type(text).__name__} in field {text_field!r}, "
-                    f"not text; clean the input or pick another --text_field"
-                )
-            index += 1
-            batch.append(text)
-            chars += len(text)
-            if chars >= _TASK_CHARS:
-                yield batch
-                batch, chars = [], 0
-    if batch:
-        yield batch
-
-
-def _read_rows(ds, where: str) -> Iterator[dict[str, list]]:
-    """`ds.iter`, with a malformed file (seen only while streaming it) as one clear error."""
-    import datasets
-    import pyarrow as pa
-
-    rows = iter(ds.iter(batch_size=256))
-    while True:
-        try:
-            batch = next(rows)
-        except StopIteration:
-            return
-        except (pa.ArrowInvalid, datasets.exceptions.DatasetGenerationError) as e:
-            raise DataError(f"{where}: cannot read it: {e.__cause__ or e}") from e
-        yield batch
 
 
 # ------------------------------------------------------------------------------------------------
@@ -541,8 +387,8 @@ def prepare(args: PrepArgs) -> dict[str, Any]:
     """Make (or finish) the shards `args` describe; returns the manifest."""
     _check_args(args)
     out_dir = args.resolved_out_dir()
-    data_files = _expand_files(args.data_files, "data_files")
-    val_files = _expand_files(args.val_data_files, "val_data_files")
+    data_files = expand_files(args.data_files, "data_files")
+    val_files = expand_files(args.val_data_files, "val_data_files")
     args = dataclasses.replace(args, data_files=tuple(data_files), val_data_files=tuple(val_files))
     try:
         tokenizer = load_tokenizer(args.tokenizer_path)

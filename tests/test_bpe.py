@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import pickle
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import tiktoken
@@ -22,10 +20,10 @@ from minigpt_jax.bpe import (
     Tokenizer,
     count_chunks,
 )
-from minigpt_jax.errors import TokenizerError
+from minigpt_jax.documents import iter_documents
+from minigpt_jax.errors import DataError, TokenizerError
 
 CLASSICS = ("austen", "shakespeare", "kjv", "web")
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_tokenizer.py"
 
 
 @pytest.fixture(scope="module")
@@ -263,7 +261,7 @@ def test_gpt4_pattern_splits_digits_in_threes(austen):
     assert t.encode_reference("Don'T 12345 x\r\n\r\ny") == t.encode("Don'T 12345 x\r\n\r\ny")
 
 
-def test_train_from_files_equals_train_from_documents(austen, tmp_path):
+def test_iter_documents_reads_each_format(austen, tmp_path):
     docs = austen[:4]
     (tmp_path / "a.jsonl").write_text("".join(json.dumps({"body": d}) + "\n" for d in docs))
     (tmp_path / "a.txt").write_text(docs[0])
@@ -271,21 +269,17 @@ def test_train_from_files_equals_train_from_documents(austen, tmp_path):
     import pyarrow.parquet as pq
 
     pq.write_table(pa.table({"body": docs}), tmp_path / "a.parquet")
-    want = Tokenizer.train(docs, vocab_size=400).ranks
     for name in ("a.jsonl", "a.parquet"):
-        assert Tokenizer.train_from_files([tmp_path / name], 400, text_field="body").ranks == want
-    assert Tokenizer.train_from_files([tmp_path / "a.txt"], 400).ranks == \
-        Tokenizer.train(docs[:1], vocab_size=400).ranks
-    with pytest.raises(ValueError, match=r"a\.jsonl:1: .*'text'"):
-        Tokenizer.train_from_files([tmp_path / "a.jsonl"], 400)
-    with pytest.raises(ValueError, match="a.parquet: no column 'text'"):
-        Tokenizer.train_from_files([tmp_path / "a.parquet"], 400)
+        assert list(iter_documents([tmp_path / name], text_field="body")) == docs
+    assert list(iter_documents([tmp_path / "a.txt"])) == docs[:1]
+    for name in ("a.jsonl", "a.parquet"):
+        with pytest.raises(DataError, match=name.replace(".", r"\.") + ": no field 'text'"):
+            list(iter_documents([tmp_path / name]))
 
 
 def test_train_script(tmp_path, capsys, shared_data):
-    spec = importlib.util.spec_from_file_location("train_tokenizer", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    from minigpt_jax import train_tokenizer as script
+
     out = tmp_path / "tok.json"
     t = script.main(["--input", str(shared_data / "classics" / "kjv.jsonl"), "--vocab_size", "300",
               "--out", str(out), "--heldout_mb", "0.05"])
