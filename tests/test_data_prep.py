@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import REPO, read_jsonl_texts
 
-from minigpt_jax import data_prep
+from minigpt_jax import data_prep, documents
 from minigpt_jax.data_prep import PrepArgs, prepare
 from minigpt_jax.errors import DataError
 from minigpt_jax.shards import check_manifest, find_shards, manifest_tokenizer_spec, open_shard
@@ -179,7 +179,7 @@ def test_shuffle_with_seed_is_a_deterministic_permutation(tmp_path, corpus, text
 
 
 def test_same_bytes_twice_with_threads_and_with_processes(tmp_path, corpus, gpt2_env, monkeypatch):
-    monkeypatch.setattr(data_prep, "_TASK_CHARS", 3_000)  # many tasks: the workers really run
+    monkeypatch.setattr(documents, "_TASK_CHARS", 3_000)  # many tasks: the workers really run
     args = dict(tokenizer_path="gpt2", shard_size=2_000, val_tokens=1_000)
     run(tmp_path / "one", [corpus], **args)
     run(tmp_path / "again", [corpus], **args)
@@ -203,7 +203,7 @@ def test_same_bytes_twice_with_threads_and_with_processes(tmp_path, corpus, gpt2
 @pytest.mark.parametrize("streaming", [True, False])
 def test_interrupted_run_resumes_to_the_same_bytes(tmp_path, corpus, monkeypatch, streaming):
     """Streaming sources resume by reading past the finished documents, Arrow ones by index."""
-    monkeypatch.setattr(data_prep, "_TASK_CHARS", 5_000)
+    monkeypatch.setattr(documents, "_TASK_CHARS", 5_000)
     prep = functools.partial(run, streaming=streaming, cache_dir=str(tmp_path / "cache"))
     prep(tmp_path / "ref", [corpus], shard_size=3_000, val_tokens=4_000)
     real_flush = data_prep.ShardWriter.flush

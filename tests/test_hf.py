@@ -259,7 +259,9 @@ def test_imported_gpt2_evaluates_and_exports_through_the_run_commands(tmp_path, 
     expected = sum(float(m["loss_sum"]) for m in sums) / sum(float(m["tokens"]) for m in sums)
     assert result["step"] == 0 and result["loss"] == pytest.approx(expected, rel=1e-5)
 
-    assert main(["import", str(tmp_path / "hf"), "--run_dir", str(run)]) == 2  # never overwrites
+    with pytest.raises(SystemExit) as refused:  # never overwrites
+        main(["import", str(tmp_path / "hf"), "--run_dir", str(run)])
+    assert refused.value.code == 2
     assert main(["export", "--run_dir", str(run), "--out_dir", str(tmp_path / "back")]) == 0
     assert (tmp_path / "back" / "model.safetensors").read_bytes() == (
         tmp_path / "hf" / "model.safetensors"
