@@ -21,7 +21,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from minigpt_jax import input_pipeline, sharding
+from minigpt_jax import input_pipeline, sharding, shards
 from minigpt_jax.checkpoint import RunCheckpoints, config_record
 from minigpt_jax.model import GPT, GPTConfig
 from minigpt_jax.train_state import (
@@ -45,7 +45,7 @@ def run(mode: str, steps: int, every: int, data_dir: Path, root: Path) -> dict[s
         jax.random.key(0), mesh,
     )
     state = init(jax.random.key(0))
-    paths = input_pipeline.find_shards(data_dir, "train")
+    paths = shards.find_shards(data_dir, "train")
     it = iter(input_pipeline.train_dataset(paths, 256, 16, seed=0, vocab_size=257))
     ckpts = None
     if mode != "none":

@@ -78,7 +78,7 @@ def train(cfg) -> list[dict]:
 
 def zero_shot_loss(cfg, init_from: str) -> float:
     """The pretrained model on held-out Shakespeare before any fine-tuning step."""
-    from minigpt_jax import input_pipeline
+    from minigpt_jax import input_pipeline, shards
     from minigpt_jax.config import model_config
     from minigpt_jax.init_from import load_init_params
     from minigpt_jax.model import GPT
@@ -88,7 +88,7 @@ def zero_shot_loss(cfg, init_from: str) -> float:
     params = load_init_params(init_from, model_cfg)
     eval_step = jax.jit(make_eval_step(GPT(model_cfg)))
     batches = input_pipeline.eval_batches(
-        input_pipeline.find_shards(cfg.data_dir, "val"), cfg.block_size, cfg.batch_size,
+        shards.find_shards(cfg.data_dir, "val"), cfg.block_size, cfg.batch_size,
         cfg.eval_tokens, model_cfg.vocab_size,
     )
     sums = [eval_step(params, b) for b in batches]

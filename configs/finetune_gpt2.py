@@ -7,7 +7,7 @@ rate for a few steps is all it takes; the 1024-token context of GPT-2 is kept.
     python scripts/download_data.py --data_files ../shared/data/classics/shakespeare.jsonl \
         --tokenizer_path=gpt2 --val_tokens=131072 --out_dir=data/shakespeare
     python -m minigpt_jax.train --config configs/finetune_gpt2.py
-    # gpt2-medium/-large/-xl: --config.model=gpt2-xl --config.init_from=hf:gpt2-xl
+    # gpt2-medium/-large/-xl: --config.model.preset=gpt2-xl --config.init_from=hf:gpt2-xl
 """
 
 from minigpt_jax.config import default_config, model_fields

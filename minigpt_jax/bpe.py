@@ -34,16 +34,17 @@ import heapq
 import json
 import os
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import regex
 
+from minigpt_jax.errors import TokenizerError
 from minigpt_jax.files import write_bytes_atomic
+from minigpt_jax.tokenizer import EOT_TEXT
 
-EOT_TEXT = "<|endoftext|>"
 # tiktoken's r50k pattern (tiktoken_ext.openai_public.r50k_pat_str): GPT-2's split, made faster.
 GPT2_PATTERN = (
     r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
@@ -60,81 +61,6 @@ GPT2_EOT_ID = 50256
 GPT2_ENV = "MINIGPT_GPT2_TIKTOKEN"
 FILE_FORMAT = "minigpt_jax-bpe"
 FILE_VERSION = 1
-
-
-class TokenizerFileError(ValueError):
-    """A tokenizer file that cannot be used; the message names the file and what to do."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Reading documents
-
-
-def iter_documents(paths: Iterable[str | os.PathLike], text_field: str = "text") -> Iterator[str]:
-    """Stream documents from `.txt`, `.jsonl` (field `text_field`) and `.parquet` files.
-
-    A `.txt` file streams in blocks of whole lines (~1 MB): a large file never sits in memory.
-    """
-    for path in map(Path, paths):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: input file not found")
-        suffix = path.suffix.lower()
-        if suffix == ".txt":
-            yield from _iter_txt(path)
-        elif suffix in (".jsonl", ".json"):
-            yield from _iter_jsonl(path, text_field)
-        elif suffix == ".parquet":
-            yield from _iter_parquet(path, text_field)
-        else:
-            raise ValueError(
-                f"{path}: unsupported input type {suffix!r}; use .txt, .jsonl or .parquet"
-            )
-
-
-def _iter_txt(path: Path, block_chars: int = 1 << 20) -> Iterator[str]:
-    block: list[str] = []
-    size = 0
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            block.append(line)
-            size += len(line)
-            if size >= block_chars:
-                yield "".join(block)
-                block, size = [], 0
-    if block:
-        yield "".join(block)
-
-
-def _iter_jsonl(path: Path, text_field: str) -> Iterator[str]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                text = json.loads(line)[text_field]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(
-                    f"{path}:{lineno}: expected a JSON object with a string field {text_field!r} "
-                    f"({type(e).__name__}: {e}); pass --text_field to name another field"
-                ) from e
-            if not isinstance(text, str):
-                raise ValueError(f"{path}:{lineno}: field {text_field!r} is not a string")
-            yield text
-
-
-def _iter_parquet(path: Path, text_field: str) -> Iterator[str]:
-    import pyarrow.parquet as pq  # installed with `datasets`; needed only for parquet input
-
-    pf = pq.ParquetFile(path)
-    if text_field not in pf.schema_arrow.names:
-        raise ValueError(
-            f"{path}: no column {text_field!r} (columns: {pf.schema_arrow.names}); "
-            f"pass --text_field to name the text column"
-        )
-    for batch in pf.iter_batches(columns=[text_field], batch_size=1024):
-        for text in batch.column(0).to_pylist():
-            if text is not None:
-                yield text
 
 
 # ----------------------------------------------------------------------------------------------
@@ -277,18 +203,18 @@ def parse_tiktoken_bytes(data: bytes, path: str | os.PathLike) -> dict[bytes, in
             tok = base64.b64decode(tok_b64, validate=True)
             rank = int(rank_str)
         except ValueError as e:  # also binascii.Error
-            raise TokenizerFileError(
+            raise TokenizerError(
                 f"{path}:{lineno}: not a `base64 rank` line of a .tiktoken file ({e}); "
                 f"the file is damaged or not a tokenizer"
             ) from e
         if tok in ranks:
-            raise TokenizerFileError(f"{path}:{lineno}: token {tok!r} appears twice")
+            raise TokenizerError(f"{path}:{lineno}: token {tok!r} appears twice")
         ranks[tok] = rank
     if sorted(ranks.values()) != list(range(len(ranks))):
-        raise TokenizerFileError(f"{path}: ranks must be 0..{len(ranks) - 1}, each exactly once")
+        raise TokenizerError(f"{path}: ranks must be 0..{len(ranks) - 1}, each exactly once")
     missing = [b for b in range(256) if bytes([b]) not in ranks]
     if missing:
-        raise TokenizerFileError(f"{path}: the single bytes {missing[:8]}... have no rank")
+        raise TokenizerError(f"{path}: the single bytes {missing[:8]}... have no rank")
     return ranks
 
 
@@ -364,17 +290,6 @@ class Tokenizer:
         return cls(ranks, pat, special_ids, name=name)
 
     @classmethod
-    def train_from_files(
-        cls,
-        paths: Iterable[str | os.PathLike],
-        vocab_size: int,
-        text_field: str = "text",
-        **kwargs: Any,
-    ) -> Tokenizer:
-        """`train` on the documents of `.txt`, `.jsonl` and `.parquet` files (streamed)."""
-        return cls.train(iter_documents(paths, text_field), vocab_size, **kwargs)
-
-    @classmethod
     def gpt2(cls, path: str | os.PathLike | None = None) -> Tokenizer:
         """GPT-2's tokenizer: from a local `gpt2.tiktoken` (argument or $MINIGPT_GPT2_TIKTOKEN),
         else from tiktoken, which downloads and caches it."""
@@ -382,7 +297,7 @@ class Tokenizer:
         if path is not None:
             tok = cls.load(path)
             if not tok.is_gpt2:
-                raise TokenizerFileError(
+                raise TokenizerError(
                     f"{path}: sha256 {tok.ranks_sha256} is not GPT-2's rank file "
                     f"({GPT2_RANKS_SHA256}); point it at GPT-2's gpt2.tiktoken (r50k_base)"
                 )
@@ -412,7 +327,7 @@ class Tokenizer:
         """
         path = Path(path)
         if not path.is_file():
-            raise TokenizerFileError(
+            raise TokenizerError(
                 f"{path}: tokenizer file not found; train one with scripts/train_tokenizer.py"
             )
         data = path.read_bytes()
@@ -420,8 +335,8 @@ class Tokenizer:
             return cls._from_json(data, path)
         try:
             ranks = parse_tiktoken_bytes(data, path)
-        except TokenizerFileError as e:
-            raise TokenizerFileError(
+        except TokenizerError as e:
+            raise TokenizerError(
                 f"{e} (neither a minigpt_jax tokenizer file nor a .tiktoken rank file)"
             ) from None
         if hashlib.sha256(data).hexdigest() == GPT2_RANKS_SHA256:
@@ -430,8 +345,8 @@ class Tokenizer:
 
     @classmethod
     def _from_json(cls, data: bytes, path: Path) -> Tokenizer:
-        def bad(why: str) -> TokenizerFileError:
-            return TokenizerFileError(
+        def bad(why: str) -> TokenizerError:
+            return TokenizerError(
                 f"{path}: damaged tokenizer file ({why}); "
                 "re-create it with scripts/train_tokenizer.py"
             )
@@ -441,9 +356,9 @@ class Tokenizer:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise bad(f"not valid JSON: {e}") from e
         if not isinstance(spec, dict) or spec.get("format") != FILE_FORMAT:
-            raise TokenizerFileError(f"{path}: not a {FILE_FORMAT} file (no matching 'format' key)")
+            raise TokenizerError(f"{path}: not a {FILE_FORMAT} file (no matching 'format' key)")
         if spec.get("version") != FILE_VERSION:
-            raise TokenizerFileError(
+            raise TokenizerError(
                 f"{path}: tokenizer file version {spec.get('version')!r}; this code reads version "
                 f"{FILE_VERSION} (upgrade minigpt_jax or re-create the file)"
             )
@@ -466,7 +381,7 @@ class Tokenizer:
                 raise bad("two merges spell the same token")
             regex.compile(spec["pattern"])
             return cls(ranks, spec["pattern"], spec["special_tokens"], name=spec.get("name"))
-        except TokenizerFileError:
+        except TokenizerError:
             raise
         except (KeyError, TypeError, ValueError, regex.error) as e:
             raise bad(f"{type(e).__name__}: {e}") from e

@@ -16,30 +16,24 @@ goes on while a background thread writes them. The last `keep_checkpoints` are k
 
 from __future__ import annotations
 
-import json
 import math
-import signal
-import threading
 from pathlib import Path
 from typing import Any
 
 import grain.checkpoint as grain_ckpt
 import jax
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from minigpt_jax import sharding
+from minigpt_jax.config import model_config_from_record
+from minigpt_jax.errors import CheckpointError
 from minigpt_jax.model import GPT, GPTConfig
 
 CHECKPOINT_SUBDIR = "checkpoints"
 STATE, DATA, CONFIG, TOKENIZER = "state", "data", "config", "tokenizer"
 Step = int | str | None  # None: latest; an int: that step; "best": lowest val_loss
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing or does not fit; the message names the directory and the fix."""
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -277,12 +271,6 @@ def rescale_data_position(data_iter: Any, saved_batch_size: int, batch_size: int
     data_iter.set_state({"next_index": state["next_index"] * saved_batch_size // batch_size})
 
 
-def model_config_from_record(record: dict[str, Any]) -> GPTConfig:
-    from minigpt_jax.config import model_config
-
-    return model_config(ml_collections.ConfigDict(record["config"]))
-
-
 def load_params(
     run_dir: str | Path,
     step: Step = None,
@@ -311,85 +299,3 @@ def load_params(
     finally:
         ckpts.close()
     return params, {**record, "model": model_cfg}
-
-
-def load_run_tokenizer(
-    tokenizer_record: dict[str, Any] | None, data_dir: str | Path | None = None
-):
-    """The run's tokenizer from its record {spec, sha256, ...}; file specs may live in data_dir.
-
-    The sha256 of what loads must match the record, so generation never decodes with another
-    vocabulary than the model learned.
-    """
-    from minigpt_jax.tokenizer import load_tokenizer, same_tokenizer
-
-    if not tokenizer_record or not tokenizer_record.get("spec"):
-        raise CheckpointError(
-            "the run recorded no tokenizer (no config.tokenizer and no manifest.json in its "
-            "data_dir); pass --tokenizer byte|gpt2|<path>"
-        )
-    spec = str(tokenizer_record["spec"])
-    if spec in ("byte", "gpt2"):
-        candidates = [spec]
-    else:  # a data-prep helper copies tokenizer files into the data dir under this name
-        candidates = [str(Path(data_dir) / spec)] if data_dir else []
-        candidates.append(spec)
-    mismatched = []
-    for candidate in candidates:
-        if candidate not in ("byte", "gpt2") and not Path(candidate).is_file():
-            continue
-        tok = load_tokenizer(candidate)
-        if not tokenizer_record.get("sha256") or same_tokenizer(tok.identity, tokenizer_record):
-            return tok
-        mismatched.append(f"{candidate} (sha256 {tok.identity['sha256'][:12]})")
-    if mismatched:
-        raise CheckpointError(
-            f"tokenizer {', '.join(mismatched)} differs from the run's (sha256 "
-            f"{tokenizer_record['sha256'][:12]}); pass --tokenizer with the run's own file"
-        )
-    raise CheckpointError(
-        f"tokenizer file {spec!r} not found (looked in: {', '.join(candidates)}); pass "
-        f"--tokenizer <path> or --data_dir with the run's data"
-    )
-
-
-def config_record(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The config as plain JSON (references resolved), as the checkpoint stores it."""
-    return json.loads(cfg.to_json_best_effort())
-
-
-class StopOnSignal:
-    """SIGTERM / SIGINT become a request the train loop reads after each step: save, then exit.
-
-    The handler only sets a flag (nothing is written from inside a signal handler) and puts the
-    previous handlers back, so a second Ctrl-C or SIGTERM acts at once; a kill during the final save
-    still leaves the previous checkpoint intact. Installs only from the main thread (Python's rule).
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self):
-        self.received: str | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopOnSignal:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        del frame
-        self.received = signal.Signals(signum).name
-        self._restore()
-
-    def _restore(self) -> None:
-        for s, previous in self._previous.items():
-            signal.signal(s, previous)
-        self._previous = {}
-
-    def __exit__(self, *exc: Any) -> None:
-        self._restore()
-
-    @property
-    def requested(self) -> bool:
-        return self.received is not None

@@ -8,23 +8,20 @@ silent no-op.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
+from typing import Any
 
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from minigpt_jax.errors import ConfigError
+from minigpt_jax.files import write_json_atomic
+from minigpt_jax.init_from import frozen_modules, parse_init_from
 from minigpt_jax.model import GPTConfig
 
 # Model fields the run sets elsewhere: compute_dtype is the run's dtype policy (top-level key).
 _RUN_LEVEL_MODEL_FIELDS = ("compute_dtype",)
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message names the key."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(f"config.{key}: {message}")
-        self.key = key
 
 
 def model_fields(preset: str = "small", **overrides) -> ml_collections.ConfigDict:
@@ -106,6 +103,28 @@ def model_config(c: ml_collections.ConfigDict) -> GPTConfig:
         raise ConfigError("model", str(e)) from e
 
 
+def model_config_from_record(record: dict[str, Any]) -> GPTConfig:
+    """The GPTConfig of a checkpoint's record (its config as plain JSON)."""
+    return model_config(ml_collections.ConfigDict(record["config"]))
+
+
+def config_record(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The config as plain JSON (references resolved), as checkpoints and run dirs hold it."""
+    return json.loads(cfg.to_json_best_effort())
+
+
+def write_run_files(
+    run_dir: str | Path, cfg: ml_collections.ConfigDict, tokenizer: dict[str, Any] | None
+) -> None:
+    """A run directory's `config.json` and `tokenizer.json` (its tokenizer record), for people and
+    tools; the checkpoints keep their own copies."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_dir / "config.json", config_record(cfg), indent=2)
+    if tokenizer:
+        write_json_atomic(run_dir / "tokenizer.json", tokenizer, indent=2)
+
+
 def accumulation_steps(batch_size: int, micro_batch_size: int, num_devices: int) -> int:
     """Micro-batches per optimizer step, from the per-device micro-batch size."""
     per_device = batch_size // num_devices
@@ -150,12 +169,8 @@ def validate_config(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         raise ConfigError("min_lr", f"{c.min_lr} is above lr={c.lr}")
     if c.eval_every < 0 or c.checkpoint_every < 0:
         raise ConfigError("eval_every", "eval_every and checkpoint_every must be >= 0")
-    if c.freeze not in ("none", "embeddings"):
-        raise ConfigError("freeze", f"{c.freeze!r}: use 'none' or 'embeddings'")
-    if not (c.init_from == "scratch" or c.init_from.startswith(("checkpoint:", "hf:"))):
-        raise ConfigError(
-            "init_from", f"{c.init_from!r}: use scratch, checkpoint:<run_dir>[@step] or hf:<dir>"
-        )
+    frozen_modules(c.freeze)
+    parse_init_from(c.init_from)
     data_dir = Path(c.data_dir)
     if not data_dir.is_dir():
         raise ConfigError(

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import glob
 import itertools
 import json
 import math
@@ -34,39 +33,28 @@ from typing import Any
 
 import numpy as np
 
+from minigpt_jax.documents import PYDOC, expand_files, load_documents, text_batches
+from minigpt_jax.errors import DataError, TokenizerError, exit_on_user_error
 from minigpt_jax.files import copy_atomic, sha256_file, write_json_atomic
-from minigpt_jax.input_pipeline import (
+from minigpt_jax.shards import (
     MANIFEST,
-    ShardError,
-    read_manifest,
+    MANIFEST_VERSION,
+    PROGRESS,
+    check_manifest,
     token_dtype,
+    write_manifest,
     write_shard,
 )
-from minigpt_jax.tokenizer import load_tokenizer, same_tokenizer
+from minigpt_jax.tokenizer import data_dir_tokenizer, load_tokenizer
 
-PROGRESS = "progress.json"
-VERSION = 1
-PYDOC = "pydoc"
-# Local file suffix -> `datasets` builder: the same loaders the hub uses for these formats.
-_BUILDERS = {
-    ".jsonl": "json", ".json": "json", ".jsonl.gz": "json", ".json.gz": "json",
-    ".txt": "text", ".txt.gz": "text", ".parquet": "parquet", ".csv": "csv",
-}
 # Arguments that decide the bytes of the output; a rerun must match them to resume.
 _OUTPUT_ARGS = (
     "dataset", "name", "split", "val_split", "data_files", "val_data_files", "text_field",
     "sample_by", "shard_size", "val_tokens", "tokens_threshold", "seed",
 )
-# Characters of text per tokenizer task: big enough that task overhead is noise, small enough that
-# the last tasks of a small corpus do not leave a core idle for long.
-_TASK_CHARS = 1 << 19
 # Inputs of fewer tasks than this are tokenized in threads, larger ones in processes (see
 # encode_stream).
 _THREADED_BATCHES = 128
-
-
-class PrepError(ValueError):
-    """Input or arguments that cannot make shards; the message says what to do instead."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,151 +87,6 @@ class PrepArgs:
             stem = Path(self.data_files[0]).name.split(".")[0] or "local"
             return Path("data") / stem
         return Path("data") / self.dataset.rstrip("/").split("/")[-1]
-
-
-# ------------------------------------------------------------------------------------------------
-# Documents
-
-
-def _expand_files(patterns: tuple[str, ...], flag: str) -> list[str]:
-    files: list[str] = []
-    for pattern in patterns:
-        matches = sorted(glob.glob(os.path.expanduser(pattern)))
-        if not matches:
-            raise PrepError(f"--{flag}: {pattern} matches no file")
-        files += [str(Path(m).resolve()) for m in matches]
-    for f in files:
-        if os.path.isfile(f) and os.path.getsize(f) == 0:  # `datasets` fails on these obscurely
-            raise PrepError(f"--{flag}: {f} is empty: no documents; leave it out")
-    return files
-
-
-def _builder_for(files: list[str], flag: str) -> str:
-    builders = set()
-    for f in files:
-        name = Path(f).name.lower()
-        suffix = next((s for s in _BUILDERS if name.endswith(s)), None)
-        if suffix is None:
-            raise PrepError(
-                f"--{flag}: {f}: unsupported file type; use .jsonl/.json, .txt, .parquet or .csv"
-            )
-        builders.add(_BUILDERS[suffix])
-    if len(builders) > 1:
-        raise PrepError(f"--{flag}: mixes file types {sorted(builders)}; use one type per flag")
-    return builders.pop()
-
-
-def _pydoc_documents() -> dict[str, list[str]]:
-    """The reference text that ships inside CPython (pydoc's topics), one document per topic."""
-    from pydoc_data.topics import topics
-
-    return {"text": [topics[key] for key in sorted(topics)]}
-
-
-def load_documents(args: PrepArgs, role: str):
-    """The `datasets` dataset (or IterableDataset) of the `role` ("train" or "val") source."""
-    import datasets
-
-    files = args.val_data_files if role == "val" else args.data_files
-    split = args.val_split if role == "val" else args.split
-    try:
-        if files:
-            flag = "val_data_files" if role == "val" else "data_files"
-            builder = _builder_for(list(files), flag)
-            kwargs = {"sample_by": args.sample_by} if builder == "text" else {}
-            ds = datasets.load_dataset(
-                builder, data_files=list(files), split="train", streaming=args.streaming,
-                cache_dir=args.cache_dir, **kwargs,
-            )
-        elif args.dataset == PYDOC:
-            ds = datasets.Dataset.from_dict(_pydoc_documents())
-            ds = ds.to_iterable_dataset() if args.streaming else ds
-        else:
-            _log(args, f"loading {args.dataset} ({args.name or 'default'}, {split}) from the "
-                       f"Hugging Face hub{' (streaming)' if args.streaming else ''}")
-            ds = datasets.load_dataset(
-                args.dataset, name=args.name, split=split, streaming=args.streaming,
-                cache_dir=args.cache_dir,
-            )
-    except (ConnectionError, datasets.exceptions.DatasetNotFoundError) as e:
-        config = f" (config {args.name!r})" if args.name else ""
-        raise PrepError(
-            f"cannot reach dataset {args.dataset!r}{config} on the Hugging Face hub: {e}. This "
-            f"machine may be offline or the name may be wrong. Prepare local files instead: "
-            f"--data_files=PATH[,PATH...] (.jsonl with a {args.text_field!r} field, .txt "
-            f"or .parquet), or --dataset=pydoc for the small corpus built into Python"
-        ) from e
-    except PrepError:
-        raise
-    except StopIteration as e:  # the json builder's feature inference on a file of blank lines
-        raise PrepError(f"{list(files) or args.dataset}: no documents") from e
-    except datasets.exceptions.DatasetGenerationError as e:
-        raise PrepError(f"cannot read {list(files) or args.dataset}: {e.__cause__ or e}") from e
-    except ValueError as e:  # an unknown split or config name
-        raise PrepError(f"dataset {args.dataset!r}: {e}") from e
-    if args.seed is None:
-        return ds
-    if isinstance(ds, datasets.Dataset):
-        return ds.shuffle(seed=args.seed)
-    return ds.shuffle(seed=args.seed, buffer_size=10_000)
-
-
-def text_batches(ds, text_field: str, skip: int, where: str) -> Iterator[list[str]]:
-    """Lists of document texts (~_TASK_CHARS characters each), starting after `skip` documents."""
-    import datasets
-
-    columns = ds.column_names
-    if columns is not None and text_field not in columns:
-        raise PrepError(
-            f"{where}: no field {text_field!r} (fields: {columns}); pass --text_field=NAME"
-        )
-    if columns is not None and len(columns) > 1:
-        ds = ds.select_columns([text_field])  # never decode the columns we do not tokenize
-    if skip and isinstance(ds, datasets.Dataset):
-        ds, skip = ds.skip(skip), 0  # a slice of the index: no document is read
-    # Streaming sources skip by reading: IterableDataset.skip after a shuffle changes the order.
-    batch: list[str] = []
-    chars = 0
-    index = 0
-    for rows in _read_rows(ds, where):
-        if text_field not in rows:
-            raise PrepError(
-                f"{where}: no field {text_field!r} (fields: {list(rows)}); pass --text_field=NAME"
-            )
-        texts = rows[text_field]
-        if skip:
-            drop = min(skip, len(texts))
-            texts, skip = texts[drop:], skip - drop
-        for text in texts:
-            if not isinstance(text, str):
-                raise PrepError(
-                    f"{where}: document {index} has {type(text).__name__} in field {text_field!r}, "
-                    f"not text; clean the input or pick another --text_field"
-                )
-            index += 1
-            batch.append(text)
-            chars += len(text)
-            if chars >= _TASK_CHARS:
-                yield batch
-                batch, chars = [], 0
-    if batch:
-        yield batch
-
-
-def _read_rows(ds, where: str) -> Iterator[dict[str, list]]:
-    """`ds.iter`, with a malformed file (seen only while streaming it) as one clear error."""
-    import datasets
-    import pyarrow as pa
-
-    rows = iter(ds.iter(batch_size=256))
-    while True:
-        try:
-            batch = next(rows)
-        except StopIteration:
-            return
-        except (pa.ArrowInvalid, datasets.exceptions.DatasetGenerationError) as e:
-            raise PrepError(f"{where}: cannot read it: {e.__cause__ or e}") from e
-        yield batch
 
 
 # ------------------------------------------------------------------------------------------------
@@ -456,28 +299,19 @@ def _input_sizes(files: list[str]) -> list[dict[str, Any]]:
     return [{"path": f, "bytes": os.path.getsize(f)} for f in files]
 
 
-def _tokenizer_record(args: PrepArgs, tokenizer) -> tuple[dict[str, Any], Path | None]:
-    """The manifest's tokenizer entry, and the file to copy beside the shards (if any)."""
-    if args.tokenizer_path in ("byte", "gpt2"):
-        return {**tokenizer.identity, "spec": args.tokenizer_path}, None
-    src = Path(args.tokenizer_path)
-    suffix = "".join(src.suffixes[-1:]) or ""
-    return {**tokenizer.identity, "spec": f"tokenizer{suffix}"}, src
-
-
 def _check_args(args: PrepArgs) -> None:
     if args.shard_size <= 0:
-        raise PrepError(f"--shard_size={args.shard_size}: must be a positive number of tokens")
+        raise DataError(f"--shard_size={args.shard_size}: must be a positive number of tokens")
     if args.val_tokens is not None and args.val_tokens < 0:
-        raise PrepError(f"--val_tokens={args.val_tokens}: must be >= 0")
+        raise DataError(f"--val_tokens={args.val_tokens}: must be >= 0")
     if args.tokens_threshold is not None and args.tokens_threshold < args.shard_size:
-        raise PrepError(
+        raise DataError(
             f"--tokens_threshold={args.tokens_threshold:,} is below one shard "
             f"(--shard_size={args.shard_size:,}): raise it, or lower --shard_size to at most "
             f"the threshold"
         )
     if args.val_split and (args.data_files or args.dataset == PYDOC):
-        raise PrepError("--val_split names a hub split; with local files use --val_data_files")
+        raise DataError("--val_split names a hub split; with local files use --val_data_files")
 
 
 def _plans(args: PrepArgs) -> list[tuple[str, list[tuple[str, float]]]]:
@@ -500,14 +334,14 @@ def _start(out_dir: Path, fresh: dict[str, Any]) -> tuple[dict[str, Any], str]:
         old = json.loads(path.read_text())
         if key(old) != key(fresh):
             differ = [k for k in ("args", "inputs", "tokenizer") if old.get(k) != fresh.get(k)]
-            raise PrepError(
+            raise DataError(
                 f"{path}: {out_dir} holds a run with other {', '.join(differ)} (there: "
                 f"{ {k: old.get(k) for k in differ} }); pass another --out_dir or delete {out_dir}"
             )
         return old, ("complete" if path == manifest_path else "resume")
     strays = sorted(p.name for p in out_dir.glob("*_[0-9]*.bin")) if out_dir.is_dir() else []
     if strays:
-        raise PrepError(
+        raise DataError(
             f"{out_dir}: holds shards {strays[:3]} but no {PROGRESS} or {MANIFEST}; "
             f"pass another --out_dir or delete them"
         )
@@ -519,23 +353,20 @@ def _finalize(out_dir: Path, progress: dict[str, Any], tokenizer_src: Path | Non
     splits = ("train", "val")
     total_tokens = sum(s["tokens"] for s in shards)
     total_bytes = sum(s["bytes"] for s in shards)
-    manifest = {
-        "version": VERSION,
-        "tokenizer": progress["tokenizer"],
-        "dtype": progress["dtype"],
-        "args": progress["args"],
-        "inputs": progress["inputs"],
-        "documents": {sp: sum(s["documents"] for s in shards if s["split"] == sp) for sp in splits},
-        "tokens": {sp: sum(s["tokens"] for s in shards if s["split"] == sp) for sp in splits},
-        "input_bytes": total_bytes,
-        "bytes_per_token": round(total_bytes / max(total_tokens, 1), 4),
-        "shards": [
-            {k: s[k] for k in ("file", "split", "tokens", "sha256", "documents")} for s in shards
-        ],
-    }
     if tokenizer_src is not None:
         copy_atomic(tokenizer_src, out_dir / progress["tokenizer"]["spec"])
-    write_json_atomic(out_dir / MANIFEST, manifest)
+    manifest = write_manifest(
+        out_dir,
+        progress["tokenizer"],
+        progress["dtype"],
+        [{k: s[k] for k in ("file", "split", "tokens", "sha256", "documents")} for s in shards],
+        args=progress["args"],
+        inputs=progress["inputs"],
+        documents={sp: sum(s["documents"] for s in shards if s["split"] == sp) for sp in splits},
+        tokens={sp: sum(s["tokens"] for s in shards if s["split"] == sp) for sp in splits},
+        input_bytes=total_bytes,
+        bytes_per_token=round(total_bytes / max(total_tokens, 1), 4),
+    )
     (out_dir / PROGRESS).unlink(missing_ok=True)
     return manifest
 
@@ -556,18 +387,18 @@ def prepare(args: PrepArgs) -> dict[str, Any]:
     """Make (or finish) the shards `args` describe; returns the manifest."""
     _check_args(args)
     out_dir = args.resolved_out_dir()
-    data_files = _expand_files(args.data_files, "data_files")
-    val_files = _expand_files(args.val_data_files, "val_data_files")
+    data_files = expand_files(args.data_files, "data_files")
+    val_files = expand_files(args.val_data_files, "val_data_files")
     args = dataclasses.replace(args, data_files=tuple(data_files), val_data_files=tuple(val_files))
     try:
         tokenizer = load_tokenizer(args.tokenizer_path)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise PrepError(f"--tokenizer_path={args.tokenizer_path}: {e}") from e
-    tok_record, tok_src = _tokenizer_record(args, tokenizer)
+    except (OSError, TokenizerError, RuntimeError) as e:
+        raise DataError(f"--tokenizer_path={args.tokenizer_path}: {e}") from e
+    tok_record, tok_src = data_dir_tokenizer(args.tokenizer_path, tokenizer)
 
     dtype = token_dtype(tokenizer.vocab_size)
     fresh = {
-        "version": VERSION, "tokenizer": tok_record, "dtype": dtype.name,
+        "version": MANIFEST_VERSION, "tokenizer": tok_record, "dtype": dtype.name,
         "args": _output_args(args, data_files, val_files),
         "inputs": _input_sizes(data_files + val_files), "shards": [],
     }
@@ -585,7 +416,7 @@ def prepare(args: PrepArgs) -> dict[str, Any]:
     write_json_atomic(out_dir / PROGRESS, progress)
     try:
         _run_sources(args, out_dir, progress, tokenizer, dtype)
-    except PrepError:
+    except DataError:
         if state == "new":
             _remove_run(out_dir, progress, created_dir)
         raise
@@ -625,12 +456,12 @@ def _run_sources(args: PrepArgs, out_dir: Path, progress: dict, tokenizer, dtype
             bar.close()
         writer.finish(default_val=args.val_tokens is None)
         if docs == 0 and not any(s["source"] == source for s in progress["shards"]):
-            raise PrepError(f"{where}: no documents; check the files or the split name")
+            raise DataError(f"{where}: no documents; check the files or the split name")
         progress["sources"][source] = {"done": True}
         save()
     if not any(s["split"] == "train" for s in progress["shards"]):
         val = sum(s["tokens"] for s in progress["shards"] if s["split"] == "val")
-        raise PrepError(
+        raise DataError(
             f"{_describe(args, 'train')}: only {val:,} tokens, all held out as validation "
             f"(--val_tokens={args.val_tokens if args.val_tokens is not None else args.shard_size:,}"
             f"); lower --val_tokens or use more data"
@@ -662,65 +493,6 @@ def _summary(args: PrepArgs, out_dir: Path, progress: dict, tokens: int, seconds
          f"{out_dir}: {docs:,} documents -> {total['train']:,} train + {total['val']:,} val tokens "
          f"in {len(shards)} shards, {nbytes / max(sum(total.values()), 1):.3f} bytes/token; "
          f"this run {tokens:,} tokens in {seconds:.1f}s ({tokens / max(seconds, 1e-9):,.0f} tok/s)")
-
-
-# ------------------------------------------------------------------------------------------------
-# What training calls
-
-
-def check_manifest(
-    data_dir: str | os.PathLike, tokenizer_identity: dict[str, Any] | None,
-    verify_checksums: bool = False,
-) -> dict[str, Any] | None:
-    """The data directory's manifest, after checking it fits the run; None if it has none.
-
-    Raises one error when the preparation is unfinished, a listed shard is missing or has the wrong
-    size, or the shards' tokenizer differs from `tokenizer_identity` (the run's).
-    """
-
-    data_dir = Path(data_dir)
-    manifest = read_manifest(data_dir)
-    if manifest is None:
-        if (data_dir / PROGRESS).is_file():
-            raise ShardError(
-                f"{data_dir}: data preparation is unfinished ({PROGRESS}, no {MANIFEST}); rerun "
-                f"scripts/download_data.py with the same arguments to finish it"
-            )
-        return None
-    if manifest.get("version") != VERSION:
-        raise ShardError(
-            f"{data_dir / MANIFEST}: manifest version {manifest.get('version')!r}, this code reads "
-            f"version {VERSION}; re-create the data with scripts/download_data.py"
-        )
-    theirs = manifest.get("tokenizer", {})
-    if tokenizer_identity is not None and not same_tokenizer(theirs, tokenizer_identity):
-        raise ShardError(
-            f"{data_dir / MANIFEST}: the shards were made with tokenizer {theirs.get('name')!r} "
-            f"(vocab {theirs.get('vocab_size')}, sha256 {str(theirs.get('sha256'))[:12]}), but "
-            f"this run uses {tokenizer_identity.get('name')!r} (vocab "
-            f"{tokenizer_identity.get('vocab_size')}, sha256 "
-            f"{str(tokenizer_identity.get('sha256'))[:12]}); re-tokenize the data with "
-            f"--tokenizer_path, or train with the shards' tokenizer ({theirs.get('spec')!r})"
-        )
-    itemsize = np.dtype(manifest.get("dtype", "uint16")).itemsize
-    for shard in manifest.get("shards", []):
-        path = data_dir / shard["file"]
-        expected = 1024 + shard["tokens"] * itemsize
-        if not path.is_file() or path.stat().st_size != expected:
-            raise ShardError(
-                f"{path}: listed in {MANIFEST} with {shard['tokens']} tokens but "
-                f"{'missing' if not path.is_file() else 'of another size'}; re-run "
-                f"scripts/download_data.py into a fresh --out_dir"
-            )
-        if verify_checksums and sha256_file(path) != shard["sha256"]:
-            raise ShardError(f"{path}: sha256 differs from {MANIFEST}; the file is corrupt")
-    return manifest
-
-
-def manifest_tokenizer_spec(data_dir: str | os.PathLike, manifest: dict[str, Any]) -> str:
-    """What `load_tokenizer` takes to rebuild the shards' tokenizer ("byte", "gpt2" or a path)."""
-    spec = manifest["tokenizer"]["spec"]
-    return spec if spec in ("byte", "gpt2") else str(Path(data_dir) / spec)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -781,9 +553,6 @@ def parse_args(argv: list[str] | None = None) -> PrepArgs:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
+    with exit_on_user_error():
         prepare(parse_args(argv))
-    except PrepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     return 0

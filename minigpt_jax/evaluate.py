@@ -1,7 +1,8 @@
 """`python -m minigpt_jax.evaluate --run_dir DIR [--step N|best] [--data_dir D] [--eval_tokens K]`
 
-Evaluates a checkpoint exactly as training does (the same `train.evaluate` batches and jitted eval
-step, so the number matches the run's logged val_loss) and adds what compares across tokenizers:
+Owns the evaluation loop training uses (`eval_batches`, `evaluate_sums`, `evaluate`), so a
+checkpoint is scored exactly as training scored it (the same batches and jitted eval step: the
+number matches the run's logged val_loss) and adds what compares across tokenizers:
 perplexity per token, and bits per byte = total loss in bits / UTF-8 bytes of the evaluated text.
 The bytes come from decoding the evaluated target tokens with the run's own tokenizer (end-of-text
 markers count zero bytes). The eval windows are consecutive, so their targets are one contiguous
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,48 @@ import ml_collections
 import numpy as np
 from absl import logging as absl_logging
 
-from minigpt_jax import sharding
-from minigpt_jax.checkpoint import CheckpointError, load_params, load_run_tokenizer
+from minigpt_jax import input_pipeline, sharding
+from minigpt_jax.checkpoint import load_params
+from minigpt_jax.config import accumulation_steps
+from minigpt_jax.errors import exit_on_user_error
 from minigpt_jax.files import write_json_atomic
 from minigpt_jax.model import GPT
-from minigpt_jax.train import eval_batches, evaluate_sums, find_split
+from minigpt_jax.shards import find_split
+from minigpt_jax.tokenizer import load_run_tokenizer, load_tokenizer
 from minigpt_jax.train_state import make_eval_step
+
+
+def eval_batches(
+    cfg: ml_collections.ConfigDict, val_paths: list[Path], vocab_size: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """This process's validation batches: the first `eval_tokens` of the val shards, in order."""
+    num_micro = accumulation_steps(cfg.batch_size, cfg.micro_batch_size, jax.device_count())
+    per_process = cfg.batch_size // num_micro // jax.process_count()  # a micro-batch's memory
+    return input_pipeline.eval_batches(
+        val_paths,
+        cfg.block_size,
+        per_process,
+        cfg.eval_tokens,
+        vocab_size,
+        shard_index=jax.process_index(),
+        shard_count=jax.process_count(),
+    )
+
+
+def evaluate_sums(eval_step, params, batches, mesh) -> tuple[float, float]:
+    """(summed loss, token count) over `batches`; sums so that any split averages exactly."""
+    sums = [eval_step(params, sharding.global_batch(b, mesh)) for b in batches]
+    loss_sum = sum(float(m["loss_sum"]) for m in sums)
+    tokens = sum(float(m["tokens"]) for m in sums)
+    return loss_sum, tokens
+
+
+def evaluate(eval_step, params, cfg, val_paths, vocab_size, mesh) -> float:
+    """Mean validation loss per token over the first `eval_tokens` of the val shards."""
+    loss_sum, tokens = evaluate_sums(
+        eval_step, params, eval_batches(cfg, val_paths, vocab_size), mesh
+    )
+    return loss_sum / tokens
 
 
 def count_bytes(
@@ -106,16 +143,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--tokenizer", default=None, help="override: byte, gpt2 or a path")
     args = parser.parse_args(argv)
 
-    from minigpt_jax.input_pipeline import ShardError
-    from minigpt_jax.tokenizer import load_tokenizer
-    from minigpt_jax.train import DataError
-
-    try:
+    with exit_on_user_error(OSError):
         tok = load_tokenizer(args.tokenizer) if args.tokenizer else None
         result = evaluate_checkpoint(args.run_dir, args.step, args.data_dir, args.eval_tokens, tok)
-    except (CheckpointError, DataError, ShardError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     line = f"step {result['step']}  loss {result['loss']:.4f}  ppl {result['perplexity']:.3f}"
     if "bits_per_byte" in result:
         line += f"  bits/byte {result['bits_per_byte']:.4f}"

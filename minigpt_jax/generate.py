@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import sys
 from typing import Any
 
 import jax
@@ -224,15 +223,16 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--tokenizer", default=None, help="override: byte, gpt2 or a path")
     parser.add_argument(
         "--chat", action="store_true",
-        help="wrap --prompt in the chat template that minigpt_jax.sft fine-tunes with",
+        help="wrap --prompt in the chat template of minigpt_jax.sft_data's fine-tuning data",
     )
     args = parser.parse_args(argv)
 
-    from minigpt_jax.checkpoint import CheckpointError, load_params, load_run_tokenizer
-    from minigpt_jax.sft import chat_prompt_tokens, format_chat
-    from minigpt_jax.tokenizer import load_tokenizer
+    from minigpt_jax.checkpoint import load_params
+    from minigpt_jax.errors import exit_on_user_error
+    from minigpt_jax.sft_data import chat_prompt_tokens, format_chat
+    from minigpt_jax.tokenizer import load_run_tokenizer, load_tokenizer
 
-    try:
+    with exit_on_user_error(ValueError, OSError):  # sample's ValueErrors are bad arguments
         params, record = load_params(args.run_dir, args.step)
         if args.tokenizer:
             tok = load_tokenizer(args.tokenizer)
@@ -256,9 +256,6 @@ def main(argv: list[str] | None = None) -> list[str]:
             seed=args.seed,
             eot_id=tok.eot_id,
         )
-    except (CheckpointError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     shown_prompt = format_chat(args.prompt) if args.chat else args.prompt
     texts = [shown_prompt + tok.decode(ids) for ids in outs]
     for i, text in enumerate(texts):

@@ -8,7 +8,7 @@ on export; and the Flax format (`flax_model.msgpack`), whose `FlaxConv1D` kernel
 (out, in) and so are transposed on import.
 
 Every check a foreign directory can fail (architecture, activation, shapes, missing or extra
-tensors) raises one `HFFormatError` that names the file and the key.
+tensors) raises one `CheckpointError` that names the file and the key.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from minigpt_jax.files import atomic_write
+from minigpt_jax.errors import CheckpointError, exit_on_user_error
+from minigpt_jax.files import atomic_write, write_json_atomic
 from minigpt_jax.model import GPTConfig, param_shapes
 
 # The names OpenAI published; `gpt2` etc. are aliases the hub still resolves.
@@ -49,10 +50,6 @@ _WEIGHT_FILES = (
     "pytorch_model.bin.index.json",
     "flax_model.msgpack",
 )
-
-
-class HFFormatError(ValueError):
-    """A directory that is not a GPT-2 we can import; the message names the file and what to do."""
 
 
 # --- names ---------------------------------------------------------------------------------------
@@ -85,16 +82,16 @@ def _expected_hf_shapes(config: GPTConfig) -> dict[str, tuple[tuple[str, ...], t
 def _read_config(directory: Path) -> dict[str, Any]:
     path = directory / "config.json"
     if not path.is_file():
-        raise HFFormatError(
+        raise CheckpointError(
             f"{path}: not found; a Hugging Face model directory holds config.json next to "
             f"model.safetensors (save one with `model.save_pretrained(dir)`)"
         )
     try:
         hf = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise HFFormatError(f"{path}: not valid JSON ({e})") from e
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(hf, dict):
-        raise HFFormatError(f"{path}: expected a JSON object, got {type(hf).__name__}")
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(hf).__name__}")
     return hf
 
 
@@ -102,14 +99,14 @@ def _check_config(hf: Mapping[str, Any], path: Path) -> None:
     """Reject every GPT-2 variant whose forward pass differs from ours, before reading weights."""
     model_type = hf.get("model_type")
     if model_type != "gpt2":
-        raise HFFormatError(
+        raise CheckpointError(
             f"{path}: model_type is {model_type!r}; only GPT-2 (model_type 'gpt2', "
             f"architectures {list(_ARCHITECTURES)}) can be imported"
         )
     architectures = hf.get("architectures") or []
     unknown = [a for a in architectures if a not in _ARCHITECTURES]
     if unknown:
-        raise HFFormatError(
+        raise CheckpointError(
             f"{path}: architectures {unknown} are not a plain GPT-2 language model; "
             f"only {list(_ARCHITECTURES)} import"
         )
@@ -129,10 +126,10 @@ def _check_config(hf: Mapping[str, Any], path: Path) -> None:
     ]
     for key, ok, rule in checks:
         if not ok:
-            raise HFFormatError(f"{path}: {key}={hf.get(key)!r} {rule} to match this GPT-2")
+            raise CheckpointError(f"{path}: {key}={hf.get(key)!r} {rule} to match this GPT-2")
     for key in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
         if not isinstance(hf.get(key), int) or hf[key] <= 0:
-            raise HFFormatError(f"{path}: {key}={hf.get(key)!r} must be a positive integer")
+            raise CheckpointError(f"{path}: {key}={hf.get(key)!r} must be a positive integer")
 
 
 def config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> GPTConfig:
@@ -173,7 +170,7 @@ def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
     try:
         import torch
     except ImportError as e:
-        raise HFFormatError(
+        raise CheckpointError(
             f"{path}: reading pytorch_model.bin needs torch (`pip install torch`); or convert it "
             f"once to model.safetensors, which imports without torch"
         ) from e
@@ -201,12 +198,12 @@ def _read_index(path: Path, reader) -> dict[str, np.ndarray]:
     try:
         weight_map = json.loads(path.read_text())["weight_map"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise HFFormatError(f"{path}: not a sharded-weights index with a weight_map ({e})") from e
+        raise CheckpointError(f"{path}: not a sharded-weights index with a weight_map ({e})") from e
     tensors: dict[str, np.ndarray] = {}
     for name in sorted(set(weight_map.values())):
         shard = path.parent / name
         if not shard.is_file():
-            raise HFFormatError(f"{path}: names shard {name}, which is not in {path.parent}")
+            raise CheckpointError(f"{path}: names shard {name}, which is not in {path.parent}")
         tensors.update(reader(shard))
     return tensors
 
@@ -225,13 +222,13 @@ def _read_weights(directory: Path) -> tuple[Path, dict[str, np.ndarray]]:
         if path.is_file():
             try:
                 return path, readers[name](path)
-            except HFFormatError:
+            except CheckpointError:
                 raise
             except Exception as e:  # a truncated or foreign file: name it, whatever the reader said
-                raise HFFormatError(
+                raise CheckpointError(
                     f"{path}: cannot be read as weights ({type(e).__name__}: {e})"
                 ) from e
-    raise HFFormatError(
+    raise CheckpointError(
         f"{directory}: no weights file; expected one of {', '.join(_WEIGHT_FILES)}"
     )
 
@@ -253,7 +250,7 @@ def params_from_hf_tensors(
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
     if missing or extra:
-        raise HFFormatError(
+        raise CheckpointError(
             f"{source}: the tensors do not match GPT-2 with n_layer={config.n_layer}: "
             f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected {extra[:5]}{'...' if len(extra) > 5 else ''}"
@@ -262,14 +259,14 @@ def params_from_hf_tensors(
     for name, (path, shape) in expected.items():
         value = tensors[name]
         if tuple(value.shape) != shape:
-            raise HFFormatError(
+            raise CheckpointError(
                 f"{source}: tensor {name} has shape {tuple(value.shape)}, but config.json implies "
                 f"{shape}; the config and the weights disagree"
             )
         flat[path] = value
     wte = flat[("wte", "embedding")]
     if head is not None and (head.shape != wte.shape or not np.array_equal(head, wte)):
-        raise HFFormatError(
+        raise CheckpointError(
             f"{source}: lm_head.weight differs from the token table; this GPT-2 ties them "
             f"(tie_word_embeddings) and cannot import an untied head"
         )
@@ -293,7 +290,7 @@ def resolve_hf_dir(dir_or_name: str | os.PathLike) -> Path:
     name = str(dir_or_name)
     repo_id = HUB_NAMES.get(name, name)
     if name not in HUB_NAMES and not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
-        raise HFFormatError(
+        raise CheckpointError(
             f"{name}: no such directory, and not a hub name ({', '.join(HUB_NAMES)} or owner/name)"
         )
     try:
@@ -303,7 +300,7 @@ def resolve_hf_dir(dir_or_name: str | os.PathLike) -> Path:
             snapshot_download(repo_id, allow_patterns=["config.json", "model.safetensors"])
         )
     except Exception as e:  # offline, unknown repo, no huggingface_hub: one message for all
-        raise HFFormatError(
+        raise CheckpointError(
             f"{name}: could not fetch {repo_id!r} from the Hugging Face hub ({type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else ''}). Where the network allows, run "
             f"`hf download {repo_id} config.json model.safetensors --local-dir DIR` and pass "
@@ -392,8 +389,7 @@ def save_hf_gpt2(
     atomic_write(
         out / "model.safetensors", lambda p: save_file(tensors, str(p), metadata={"format": "pt"})
     )
-    text = json.dumps(hf_config_dict(config, eot_id), indent=2) + "\n"
-    atomic_write(out / "config.json", lambda p: p.write_text(text))
+    write_json_atomic(out / "config.json", hf_config_dict(config, eot_id), indent=2)
     return out
 
 
@@ -423,13 +419,13 @@ def import_as_run(
     import ml_collections
 
     from minigpt_jax import checkpoint
-    from minigpt_jax.config import default_config
+    from minigpt_jax.config import config_record, default_config, write_run_files
 
     config, params = load_hf_gpt2(dir_or_name)
     if like_run:
         path = Path(like_run) / "config.json"
         if not path.is_file():
-            raise HFFormatError(f"{path}: not found; --like_run takes a training run directory")
+            raise CheckpointError(f"{path}: not found; --like_run takes a training run directory")
         cfg = ml_collections.ConfigDict(json.loads(path.read_text()))
     else:
         cfg = default_config()
@@ -443,27 +439,25 @@ def import_as_run(
     spec = tokenizer or _default_tokenizer_spec(config)
     record = None
     if spec:
-        from minigpt_jax.tokenizer import load_tokenizer
+        from minigpt_jax.tokenizer import load_tokenizer, tokenizer_record
 
         tok = load_tokenizer(spec)
         if tok.vocab_size != config.vocab_size:
-            raise HFFormatError(
+            raise CheckpointError(
                 f"tokenizer {spec!r} has {tok.vocab_size} ids, the model {config.vocab_size}"
             )
-        record = {**tok.identity, "spec": spec}
+        record = tokenizer_record(spec, tok)
     run = Path(run_dir)
     ckpts = checkpoint.RunCheckpoints(run, async_save=False)
     try:
         if ckpts.latest_step() is not None:
-            raise HFFormatError(f"{run}: already holds checkpoints; pick a new --run_dir")
+            raise CheckpointError(f"{run}: already holds checkpoints; pick a new --run_dir")
         state = {"step": np.zeros((), np.int32), "params": jax.device_put(params)}
-        ckpts.save(0, state, None, checkpoint.config_record(cfg), record)
+        ckpts.save(0, state, None, config_record(cfg), record)
         ckpts.wait()
     finally:
         ckpts.close()
-    (run / "config.json").write_text(cfg.to_json_best_effort(indent=2))
-    if record:
-        (run / "tokenizer.json").write_text(json.dumps(record, indent=2))
+    write_run_files(run, cfg, record)
     return run
 
 
@@ -487,7 +481,6 @@ def export_run(run_dir: str, out_dir: str, step: str | None = None) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
-    import sys
 
     p = argparse.ArgumentParser(
         prog="python -m minigpt_jax.hf", description="GPT-2 weights in and out of HF format."
@@ -504,9 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("--step", default=None, help="a step number, latest (default) or best")
     exp.add_argument("--out_dir", required=True)
     args = p.parse_args(argv)
-    from minigpt_jax.checkpoint import CheckpointError
-
-    try:
+    with exit_on_user_error(OSError):
         if args.command == "import":
             out = import_as_run(args.source, args.run_dir, args.like_run, args.data_dir,
                                 args.tokenizer)
@@ -515,9 +506,6 @@ def main(argv: list[str] | None = None) -> int:
         else:
             out = export_run(args.run_dir, args.out_dir, args.step)
             print(f"{out}: GPT2LMHeadModel.from_pretrained({str(out)!r}) loads it")
-    except (HFFormatError, CheckpointError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     return 0
 
 

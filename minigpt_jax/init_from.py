@@ -1,4 +1,6 @@
-"""A run's first parameters: `scratch`, `checkpoint:<run_dir>[@step|@best]` or `hf:<dir-or-name>`.
+"""A run's first parameters: `scratch`, `checkpoint:<run_dir>[@step|@best]` or `hf:<dir-or-name>`,
+and what fine-tuning may hold fixed (`freeze`). `validate_config` checks both keys with the
+functions here, so the rules are written once.
 
 Fine-tuning takes the weights and nothing else (the optimizer starts fresh, as nanoGPT's `init_from`
 does), so the source only has to agree with the run's model on the shapes that carry knowledge:
@@ -16,11 +18,20 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from minigpt_jax.config import ConfigError
-from minigpt_jax.hf import HFFormatError, load_hf_gpt2, pad_vocab
+from minigpt_jax.errors import CheckpointError, ConfigError
+from minigpt_jax.hf import load_hf_gpt2, pad_vocab
 from minigpt_jax.model import GPTConfig, param_shapes
 
 _MUST_MATCH = ("vocab_size", "n_layer", "n_head", "n_embd")
+# What `freeze` can hold fixed while the rest fine-tunes (the tied head freezes with wte).
+FREEZE_GROUPS = {"none": (), "embeddings": ("wte", "wpe")}
+
+
+def frozen_modules(freeze: str) -> tuple[str, ...]:
+    """The top-level param modules `config.freeze` holds fixed."""
+    if freeze not in FREEZE_GROUPS:
+        raise ConfigError("freeze", f"{freeze!r}: use one of {sorted(FREEZE_GROUPS)}")
+    return FREEZE_GROUPS[freeze]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,32 +69,13 @@ def parse_init_from(spec: str) -> InitSpec:
 
 def _load_checkpoint(spec: InitSpec) -> tuple[GPTConfig, Any]:
     """The checkpoint's own model config (its record) and params, as host arrays."""
-    try:
-        from minigpt_jax.checkpoint import load_params
-    except ImportError as e:
-        raise ConfigError("init_from", f"checkpoint loading is unavailable ({e})") from e
+    from minigpt_jax.checkpoint import load_params
+
     try:
         params, record = load_params(spec.target, step=spec.step)
     except (OSError, ValueError, KeyError) as e:
         raise ConfigError("init_from", f"checkpoint:{spec.target}: {e}") from e
     return record["model"], jax.device_get(params)
-
-
-def load_model(spec: str, **overrides: Any) -> tuple[GPTConfig, Any]:
-    """(the source's GPTConfig, its params) for evaluation or generation from an init_from spec.
-
-    `overrides` set run-level fields the source does not fix (compute_dtype, attention_impl, ...).
-    """
-    parsed = parse_init_from(spec)
-    if parsed.kind == "scratch":
-        raise ConfigError("init_from", "'scratch' has no weights to load")
-    if parsed.kind == "hf":
-        try:
-            return load_hf_gpt2(parsed.target, **overrides)
-        except HFFormatError as e:
-            raise ConfigError("init_from", str(e)) from e
-    cfg, params = _load_checkpoint(parsed)
-    return dataclasses.replace(cfg, **overrides), params
 
 
 def adapt_params(params: Any, source: GPTConfig, target: GPTConfig, where: str) -> dict[str, Any]:
@@ -132,7 +124,7 @@ def load_init_params(spec: str, model_cfg: GPTConfig) -> dict[str, Any]:
     if parsed.kind == "hf":
         try:
             source_cfg, params = load_hf_gpt2(parsed.target)
-        except HFFormatError as e:
+        except CheckpointError as e:
             raise ConfigError("init_from", str(e)) from e
     else:
         source_cfg, params = _load_checkpoint(parsed)

@@ -1,122 +1,21 @@
-"""Token shards on disk and the Grain pipeline that turns them into batches.
+"""The Grain pipeline that turns token shards (format: shards.py) into batches.
 
-Shard format: llm.c's `.bin` — a 256 x int32 header (magic, version, token count, zeros) then the
-tokens. GPT-2-sized vocabularies use llm.c's uint16 layout (magic 20240520, version 1); larger ones
-its uint32 layout (magic 20240801, version 7). build-nanogpt's uint16 `.npy` shards read too. Shards
-are memory-mapped: a batch touches only its own windows, never a whole shard.
+Shards are memory-mapped: a batch touches only its own windows, never a whole shard.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import grain
 
 import numpy as np
 
-from minigpt_jax.files import atomic_write
-
-HEADER_INTS = 256
-HEADER_BYTES = HEADER_INTS * 4
-# (magic, version) -> token dtype, as llm.c's dev/data/data_common.py writes them.
-_LAYOUTS = {(20240520, 1): np.dtype(np.uint16), (20240801, 7): np.dtype(np.uint32)}
-_MAGIC_FOR_DTYPE = {dtype: key for key, dtype in _LAYOUTS.items()}
-MANIFEST = "manifest.json"
-
-
-class ShardError(ValueError):
-    """A shard that cannot be read as tokens; the message names the file and what to do."""
-
-
-def token_dtype(vocab_size: int) -> np.dtype:
-    """The smallest dtype that holds every id of a vocabulary."""
-    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
-
-
-def write_shard(path: str | os.PathLike, tokens: np.ndarray) -> None:
-    """Write a `.bin` shard atomically: a crash leaves the old file or none, never half of one."""
-    tokens = np.asarray(tokens)
-    if tokens.dtype not in _MAGIC_FOR_DTYPE:
-        raise ShardError(f"{path}: tokens must be uint16 or uint32, got {tokens.dtype}")
-    magic, version = _MAGIC_FOR_DTYPE[tokens.dtype]
-    header = np.zeros(HEADER_INTS, np.int32)
-    header[:3] = (magic, version, tokens.size)
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            f.write(header.tobytes())
-            f.write(memoryview(np.ascontiguousarray(tokens)))  # no copy of a 200 MB shard
-
-    atomic_write(path, write)
-
-
-def open_shard(path: str | os.PathLike) -> np.ndarray:
-    """A read-only memory map of a shard's tokens, after checking its header against its size."""
-    path = Path(path)
-    if not path.is_file():
-        raise ShardError(f"{path}: shard not found")
-    if path.suffix == ".npy":
-        try:
-            tokens = np.load(path, mmap_mode="r")
-        except (ValueError, OSError) as e:
-            raise ShardError(f"{path}: not a readable .npy shard ({e}); re-create it") from e
-        if tokens.ndim != 1 or tokens.dtype not in (np.uint16, np.uint32):
-            raise ShardError(
-                f"{path}: .npy shards must be 1-D uint16 or uint32 tokens, got {tokens.dtype} "
-                f"of shape {tokens.shape}; re-create it with scripts/download_data.py"
-            )
-        return tokens
-    size = path.stat().st_size
-    if size < HEADER_BYTES:
-        raise ShardError(f"{path}: {size} bytes is shorter than the {HEADER_BYTES}-byte header")
-    header = np.fromfile(path, dtype=np.int32, count=HEADER_INTS)
-    layout = (int(header[0]), int(header[1]))
-    if layout not in _LAYOUTS:
-        raise ShardError(
-            f"{path}: not a token shard (magic {layout[0]}, version {layout[1]}; expected llm.c's "
-            f"20240520/1 or 20240801/7); re-create it with scripts/download_data.py"
-        )
-    dtype, count = _LAYOUTS[layout], int(header[2])
-    expected = HEADER_BYTES + count * dtype.itemsize
-    if size != expected:
-        raise ShardError(
-            f"{path}: truncated or corrupt: the header promises {count} tokens ({expected} "
-            f"bytes) but the file has {size} bytes; delete it and re-run scripts/download_data.py"
-        )
-    return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(count,))
-
-
-def find_shards(data_dir: str | os.PathLike, split: str) -> list[Path]:
-    """`<split>` shards in name order: ours (`train_000000.bin`), llm.c's and build-nanogpt's."""
-    pattern = re.compile(rf"(^|_){re.escape(split)}_\d+\.(bin|npy)$")
-    return sorted(p for p in Path(data_dir).iterdir() if pattern.search(p.name))
-
-
-def read_manifest(data_dir: str | os.PathLike) -> dict[str, Any] | None:
-    path = Path(data_dir) / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ShardError(f"{path}: not valid JSON ({e}); re-run scripts/download_data.py") from e
-
-
-def mask_path(shard: str | os.PathLike) -> Path:
-    """The loss-mask shard beside a token shard: `train_000000.bin` -> `train_000000.mask.bin`.
-
-    Same format and length as the tokens (uint16 0/1 per token, 1 = count this token as a target);
-    supervised fine-tuning writes them so the loss skips prompts. The name never matches
-    `find_shards`, so a mask is never read as tokens.
-    """
-    shard = Path(shard)
-    return shard.with_name(f"{shard.stem}.mask.bin")
+from minigpt_jax.errors import DataError
+from minigpt_jax.shards import mask_path, open_shard
 
 
 def _mask_shards(paths: list[Path], counts: list[int]) -> list[Path] | None:
@@ -127,13 +26,13 @@ def _mask_shards(paths: list[Path], counts: list[int]) -> list[Path] | None:
         return None
     if not all(present):
         missing = masks[present.index(False)]
-        raise ShardError(
+        raise DataError(
             f"{missing}: missing, while other shards in the list have loss masks; re-create the "
             f"data so that every shard has its mask, or none does"
         )
     for mask, count in zip(masks, counts, strict=True):
         if open_shard(mask).size != count:
-            raise ShardError(
+            raise DataError(
                 f"{mask}: holds {open_shard(mask).size} entries for a shard of {count} tokens; "
                 f"re-create the data"
             )
@@ -153,7 +52,7 @@ class WindowSource:
 
     def __init__(self, paths: list[Path], seq_len: int, vocab_size: int | None = None):
         if not paths:
-            raise ShardError("no shards given")
+            raise DataError("no shards given")
         self.paths = [Path(p) for p in paths]
         self.seq_len = seq_len
         self.vocab_size = vocab_size
@@ -162,7 +61,7 @@ class WindowSource:
         self._starts = np.concatenate([[0], np.cumsum(windows)])
         self.mask_paths = _mask_shards(self.paths, counts)
         if self._starts[-1] == 0:
-            raise ShardError(
+            raise DataError(
                 f"{self.paths[0].parent}: the shards hold {sum(counts)} tokens, fewer than one "
                 f"window of {seq_len + 1}; use more data or a smaller block_size"
             )
@@ -182,7 +81,7 @@ class WindowSource:
         start = (int(index) - int(self._starts[shard])) * self.seq_len
         window = np.asarray(shards[shard][start : start + self.seq_len + 1], dtype=np.int32)
         if self.vocab_size is not None and window.max(initial=0) >= self.vocab_size:
-            raise ShardError(
+            raise DataError(
                 f"{self.paths[shard]}: token id {int(window.max())} near token {start} is past the "
                 f"model's vocabulary of {self.vocab_size}; the shards were made with another "
                 f"tokenizer, or set config.model.vocab_size to match them"
@@ -259,7 +158,7 @@ def eval_batches(
     num_batches = max(1, max_tokens // (batch_size * seq_len * shard_count))
     num_batches = min(num_batches, len(ds) // batch_size)
     if num_batches == 0:
-        raise ShardError(
+        raise DataError(
             f"{paths[0].parent}: validation shards hold {len(ds)} windows of {seq_len + 1} "
             f"tokens per process, fewer than one batch of {batch_size}; lower the batch size or "
             f"add validation data"

@@ -84,10 +84,6 @@ class GPTConfig:
             raise ValueError(f"unknown model preset {name!r}; known: {', '.join(_PRESETS)}")
         return cls(**{**_PRESETS[name], **overrides})
 
-    @classmethod
-    def preset_names(cls) -> list[str]:
-        return list(_PRESETS)
-
 
 def _resolve_attention_impl(config: GPTConfig) -> str:
     if config.attention_impl != "auto":

@@ -9,9 +9,14 @@ made by another tokenizer and generation decodes with the right one.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
+from minigpt_jax.errors import TokenizerError
+
+BUILT_IN = ("byte", "gpt2")  # specs that name no file
 
 
 class TextTokenizer(Protocol):
@@ -83,3 +88,61 @@ def load_tokenizer(spec: str) -> TextTokenizer:
 
 def same_tokenizer(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return a.get("sha256") == b.get("sha256") and a.get("vocab_size") == b.get("vocab_size")
+
+
+def tokenizer_record(spec: str, tokenizer: TextTokenizer) -> dict[str, Any]:
+    """What shards and runs record of their tokenizer: {spec, name, sha256, vocab_size, eot_id}.
+
+    `spec` is what `load_tokenizer` takes back (a file spec relative to the data directory when
+    the file was copied there, see `data_dir_tokenizer`).
+    """
+    return {"spec": spec, **tokenizer.identity}
+
+
+def data_dir_tokenizer(spec: str, tokenizer: TextTokenizer) -> tuple[dict[str, Any], Path | None]:
+    """The record for a data directory, and the file to copy beside its shards (None: built in).
+
+    A tokenizer file travels with its shards as `tokenizer<suffix>`, so the directory is complete.
+    """
+    if spec in BUILT_IN:
+        return tokenizer_record(spec, tokenizer), None
+    src = Path(spec)
+    return tokenizer_record("tokenizer" + "".join(src.suffixes[-1:]), tokenizer), src
+
+
+def load_run_tokenizer(
+    tokenizer_record: dict[str, Any] | None, data_dir: str | Path | None = None
+) -> TextTokenizer:
+    """The run's tokenizer from its record {spec, sha256, ...}; file specs may live in data_dir.
+
+    The sha256 of what loads must match the record, so generation never decodes with another
+    vocabulary than the model learned.
+    """
+    if not tokenizer_record or not tokenizer_record.get("spec"):
+        raise TokenizerError(
+            "the run recorded no tokenizer (no config.tokenizer and no manifest.json in its "
+            "data_dir); pass --tokenizer byte|gpt2|<path>"
+        )
+    spec = str(tokenizer_record["spec"])
+    if spec in BUILT_IN:
+        candidates = [spec]
+    else:  # a data-prep helper copies tokenizer files into the data dir under this name
+        candidates = [str(Path(data_dir) / spec)] if data_dir else []
+        candidates.append(spec)
+    mismatched = []
+    for candidate in candidates:
+        if candidate not in BUILT_IN and not Path(candidate).is_file():
+            continue
+        tok = load_tokenizer(candidate)
+        if not tokenizer_record.get("sha256") or same_tokenizer(tok.identity, tokenizer_record):
+            return tok
+        mismatched.append(f"{candidate} (sha256 {tok.identity['sha256'][:12]})")
+    if mismatched:
+        raise TokenizerError(
+            f"tokenizer {', '.join(mismatched)} differs from the run's (sha256 "
+            f"{tokenizer_record['sha256'][:12]}); pass --tokenizer with the run's own file"
+        )
+    raise TokenizerError(
+        f"tokenizer file {spec!r} not found (looked in: {', '.join(candidates)}); pass "
+        f"--tokenizer <path> or --data_dir with the run's data"
+    )

@@ -4,6 +4,11 @@ The loop wires the pieces together: config -> shards -> Grain batches -> one jit
 step -> metrics. The hot path never waits on the device except every `log_every` steps, when the
 metrics of the step just dispatched are read.
 
+`train_and_evaluate` is four steps, each on one screen: `setup` (check the data, open the run's
+checkpoints, build and compile), `resume` (train state and data position from the latest
+checkpoint), `train_loop`, and the end of the run (`train_and_evaluate`'s `finally`: wait for the
+save in flight).
+
 A run directory with a checkpoint resumes by itself (train state and data position, see
 minigpt_jax/checkpoint.py); SIGTERM or SIGINT saves a checkpoint of the step just taken and exits
 (status 0 after SIGTERM, 130 after SIGINT).
@@ -11,9 +16,12 @@ minigpt_jax/checkpoint.py); SIGTERM or SIGINT saves a checkpoint of the step jus
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -24,9 +32,17 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from minigpt_jax import checkpoint, input_pipeline, sharding
-from minigpt_jax.config import ConfigError, accumulation_steps, model_config, validate_config
-from minigpt_jax.model import GPT
+from minigpt_jax import checkpoint, input_pipeline, sharding, shards
+from minigpt_jax.config import (
+    accumulation_steps,
+    config_record,
+    model_config,
+    validate_config,
+    write_run_files,
+)
+from minigpt_jax.errors import CheckpointError, ConfigError, exit_on_user_error
+from minigpt_jax.evaluate import evaluate
+from minigpt_jax.model import GPT, GPTConfig
 from minigpt_jax.train_state import (
     create_train_state,
     device_peak_flops,
@@ -38,10 +54,6 @@ from minigpt_jax.train_state import (
 )
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.")
-
-
-class DataError(ValueError):
-    """Training data that does not fit the run (missing shards, another tokenizer)."""
 
 
 def _fail(message: str) -> None:
@@ -56,36 +68,25 @@ def resolve_tokenizer(cfg: ml_collections.ConfigDict) -> dict[str, Any] | None:
     `config.tokenizer=""` takes the shards' own tokenizer; naming one makes shards made with any
     other tokenizer an error, as are unfinished or incomplete data directories.
     """
-    from minigpt_jax.data_prep import check_manifest
-    from minigpt_jax.tokenizer import load_tokenizer
+    from minigpt_jax.tokenizer import load_tokenizer, tokenizer_record
 
-    identity = load_tokenizer(cfg.tokenizer).identity if cfg.tokenizer else None
-    manifest = check_manifest(cfg.data_dir, identity)
+    tokenizer = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
+    manifest = shards.check_manifest(cfg.data_dir, tokenizer.identity if tokenizer else None)
     check_packing(cfg, manifest)
-    if identity is not None:
-        return {"spec": cfg.tokenizer, **identity}
+    if tokenizer is not None:
+        return tokenizer_record(cfg.tokenizer, tokenizer)
     return manifest.get("tokenizer") if manifest else None
 
 
 def check_packing(cfg: ml_collections.ConfigDict, manifest: dict[str, Any] | None) -> None:
     """Windows must line up with the chunks whole documents were packed into, or they cut them."""
-    packed = (manifest or {}).get("arithmetic", {}).get("block_size")
+    packed = shards.packed_block_size(manifest)
     if packed is not None and packed != cfg.block_size:
         raise ConfigError(
             "block_size",
             f"{cfg.data_dir} packs whole documents into {packed}-token chunks; train with "
             f"--config.block_size={packed} or re-make the data with --block_size={cfg.block_size}",
         )
-
-
-def find_split(data_dir: str, split: str) -> list[Path]:
-    paths = input_pipeline.find_shards(data_dir, split)
-    if not paths:
-        raise DataError(
-            f"{data_dir}: no {split}_*.bin or *_{split}_*.npy shards; prepare them with "
-            f"`python scripts/download_data.py --out_dir {data_dir}`"
-        )
-    return paths
 
 
 class MetricsLog:
@@ -100,35 +101,41 @@ class MetricsLog:
                 f.write(json.dumps(record) + "\n")
 
 
-def eval_batches(cfg, val_paths, vocab_size):
-    """This process's validation batches: the first `eval_tokens` of the val shards, in order."""
-    num_micro = accumulation_steps(cfg.batch_size, cfg.micro_batch_size, jax.device_count())
-    per_process = cfg.batch_size // num_micro // jax.process_count()  # a micro-batch's memory
-    return input_pipeline.eval_batches(
-        val_paths,
-        cfg.block_size,
-        per_process,
-        cfg.eval_tokens,
-        vocab_size,
-        shard_index=jax.process_index(),
-        shard_count=jax.process_count(),
-    )
+class StopOnSignal:
+    """SIGTERM / SIGINT become a request the train loop reads after each step: save, then exit.
 
+    The handler only sets a flag (nothing is written from inside a signal handler) and puts the
+    previous handlers back, so a second Ctrl-C or SIGTERM acts at once; a kill during the final save
+    still leaves the previous checkpoint intact. Installs only from the main thread (Python's rule).
+    """
 
-def evaluate_sums(eval_step, params, batches, mesh) -> tuple[float, float]:
-    """(summed loss, token count) over `batches`; sums so that any split averages exactly."""
-    sums = [eval_step(params, sharding.global_batch(b, mesh)) for b in batches]
-    loss_sum = sum(float(m["loss_sum"]) for m in sums)
-    tokens = sum(float(m["tokens"]) for m in sums)
-    return loss_sum, tokens
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
+    def __init__(self):
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
 
-def evaluate(eval_step, params, cfg, val_paths, vocab_size, mesh) -> float:
-    """Mean validation loss per token over the first `eval_tokens` of the val shards."""
-    loss_sum, tokens = evaluate_sums(
-        eval_step, params, eval_batches(cfg, val_paths, vocab_size), mesh
-    )
-    return loss_sum / tokens
+    def __enter__(self) -> StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        del frame
+        self.received = signal.Signals(signum).name
+        self._restore()
+
+    def _restore(self) -> None:
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
+        self._previous = {}
+
+    def __exit__(self, *exc: Any) -> None:
+        self._restore()
+
+    @property
+    def requested(self) -> bool:
+        return self.received is not None
 
 
 def open_checkpoints(
@@ -142,19 +149,36 @@ def open_checkpoints(
     latest = ckpts.latest_step()
     if latest is not None and not cfg.resume:
         ckpts.close()
-        raise checkpoint.CheckpointError(
+        raise CheckpointError(
             f"{ckpts.directory} already holds checkpoints (latest step {latest}) and "
             f"config.resume=False; pass a new --config.run_dir, or drop resume=False to continue"
         )
     return ckpts, latest
 
 
-def train_and_evaluate(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
-    """Train as configured; returns the last logged metrics record."""
+@dataclasses.dataclass
+class Run:
+    """What `setup` builds and the loop uses: compiled steps, state, data, checkpoints."""
+
+    cfg: ml_collections.ConfigDict
+    model_cfg: GPTConfig
+    mesh: jax.sharding.Mesh
+    schedule: Any
+    train_step: Any
+    eval_step: Any
+    state: Any
+    data_iter: Any
+    val_paths: list[Path]
+    tokenizer: dict[str, Any] | None
+    ckpts: checkpoint.RunCheckpoints
+
+
+def check_data(cfg: ml_collections.ConfigDict) -> tuple[GPTConfig, list[Path], list[Path], Any]:
+    """(model config, train shards, val shards, tokenizer record), all checked to fit the run."""
     validate_config(cfg, num_devices=jax.device_count())
     model_cfg = model_config(cfg)
-    train_paths = find_split(cfg.data_dir, "train")
-    val_paths = find_split(cfg.data_dir, "val")
+    train_paths = shards.find_split(cfg.data_dir, "train")
+    val_paths = shards.find_split(cfg.data_dir, "val")
     tokenizer = resolve_tokenizer(cfg)
     if tokenizer and tokenizer["vocab_size"] != model_cfg.vocab_size:
         raise ConfigError(
@@ -163,15 +187,15 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
             f"({tokenizer['vocab_size']} ids); set --config.model.vocab_size="
             f"{tokenizer['vocab_size']}",
         )
+    return model_cfg, train_paths, val_paths, tokenizer
 
-    run_dir = Path(cfg.run_dir)
-    is_main = jax.process_index() == 0
+
+def setup(cfg: ml_collections.ConfigDict) -> Run:
+    """Check, open, build and compile everything the loop needs; resume when a checkpoint exists."""
+    model_cfg, train_paths, val_paths, tokenizer = check_data(cfg)
     ckpts, resume_step = open_checkpoints(cfg)  # before anything is written into run_dir
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
-        if tokenizer:
-            (run_dir / "tokenizer.json").write_text(json.dumps(tokenizer, indent=2))
+    if jax.process_index() == 0:
+        write_run_files(cfg.run_dir, cfg, tokenizer)
 
     mesh = sharding.make_mesh(cfg.mesh_data, cfg.mesh_fsdp)
     model = GPT(model_cfg)
@@ -184,7 +208,6 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
         b2=cfg.adam_b2,
         freeze=cfg.freeze,
     )
-
     num_micro = accumulation_steps(cfg.batch_size, cfg.micro_batch_size, jax.device_count())
     rng = jax.random.key(cfg.seed)
     abstract_state, state_shardings, init, train_step = sharding.jit_sharded(
@@ -193,6 +216,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
         rng,
         mesh,
     )
+    state = None
     if resume_step is None:
         state = init(rng)
     if resume_step is None and cfg.init_from != "scratch":
@@ -208,7 +232,6 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
         in_shardings=(state_shardings.params, sharding.batch_sharding(mesh)),
         out_shardings=sharding.replicated(mesh),
     )
-
     data = input_pipeline.train_dataset(
         train_paths,
         cfg.block_size,
@@ -224,24 +247,41 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
         state, data_iter = resume(
             ckpts, resume_step, abstract_state, state_shardings, data_iter, cfg
         )
+    return Run(cfg, model_cfg, mesh, schedule, train_step, eval_step, state, data_iter,
+               val_paths, tokenizer, ckpts)
 
+
+def train_and_evaluate(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Train as configured; returns the last logged metrics record."""
+    run = setup(cfg)
+    try:
+        return train_loop(run)
+    finally:
+        run.ckpts.close()  # waits for the save in flight
+
+
+def train_loop(run: Run) -> dict[str, Any]:
+    """Steps from the state's step to `total_steps`: log, evaluate, checkpoint, stop on a signal."""
+    cfg, mesh, ckpts = run.cfg, run.mesh, run.ckpts
+    run_dir, is_main = Path(cfg.run_dir), jax.process_index() == 0
     tokens_per_step = cfg.batch_size * cfg.block_size
-    flops_per_step = flops_per_token(model_cfg, cfg.block_size) * tokens_per_step
+    flops_per_step = flops_per_token(run.model_cfg, cfg.block_size) * tokens_per_step
     peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else device_peak_flops(cfg.compute_dtype)
     peak_total = peak * jax.device_count()
     log = MetricsLog(run_dir / "metrics.jsonl", is_main)
 
+    state, data_iter = run.state, run.data_iter
     start_step = int(state.step)
     progress = tqdm(
         total=cfg.total_steps, initial=start_step, disable=not is_main, dynamic_ncols=True
     )
-    config_json, last_record = checkpoint.config_record(cfg), {}
+    config_json, last_record = config_record(cfg), {}
     t_last, steps_since = None, 0
-    with checkpoint.StopOnSignal() as stop:
+    with StopOnSignal() as stop:
         try:
             for step in range(start_step + 1, cfg.total_steps + 1):
                 batch = sharding.global_batch(next(data_iter), mesh)
-                state, metrics = train_step(state, batch)
+                state, metrics = run.train_step(state, batch)
                 steps_since += 1
                 if t_last is None:  # the first step compiles: time from its end
                     jax.block_until_ready(metrics)
@@ -260,13 +300,14 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
                     record = {
                         "step": step,
                         **step_metrics,
-                        "lr": float(schedule(step - 1)),
+                        "lr": float(run.schedule(step - 1)),
                         "tokens_per_s": tokens_per_s,
                         "mfu": tokens_per_s / tokens_per_step * flops_per_step / peak_total,
                     }
                     if do_eval:
                         record["val_loss"] = evaluate(
-                            eval_step, state.params, cfg, val_paths, model_cfg.vocab_size, mesh
+                            run.eval_step, state.params, cfg, run.val_paths,
+                            run.model_cfg.vocab_size, mesh,
                         )
                     log.write(record)
                     _show(progress, record, is_main)
@@ -286,7 +327,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
                     or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
                 ):
                     val_loss = record.get("val_loss") if record else None
-                    ckpts.save(step, state, data_iter, config_json, tokenizer, val_loss)
+                    ckpts.save(step, state, data_iter, config_json, run.tokenizer, val_loss)
                 if stopping:
                     tqdm.write(
                         f"{stop.received or 'preemption'}: saved step {step} to {ckpts.directory}; "
@@ -295,7 +336,6 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
                     last_record = {**last_record, "stopped_at": step, "signal": stop.received}
                     break
         finally:
-            ckpts.close()  # waits for the save in flight
             progress.close()
     return last_record
 
@@ -362,17 +402,9 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)  # keep JAX's backend probing out of the training log
-    try:
+    with exit_on_user_error(sharding.DistributedError):
         sharding.initialize_distributed()
         record = train_and_evaluate(_CONFIG.value)
-    except (
-        ConfigError,
-        DataError,
-        input_pipeline.ShardError,
-        checkpoint.CheckpointError,
-        sharding.DistributedError,
-    ) as e:
-        _fail(str(e))
     if record.get("signal") == "SIGINT":
         sys.exit(130)  # the shell's convention for Ctrl-C; SIGTERM (preemption) exits 0
 

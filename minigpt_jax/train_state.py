@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from minigpt_jax.init_from import frozen_modules
 from minigpt_jax.loss import head_cross_entropy, summed_cross_entropy
 from minigpt_jax.model import GPT, GPTConfig, count_params
 
@@ -54,15 +55,9 @@ def decay_mask(params: Any) -> Any:
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-# What `freeze` can hold fixed while the rest fine-tunes (the tied head freezes with wte).
-FREEZE_GROUPS = {"none": (), "embeddings": ("wte", "wpe")}
-
-
 def freeze_labels(params: Any, freeze: str = "none") -> Any:
     """The label of each leaf: "frozen" under a frozen top-level module, else "trained"."""
-    if freeze not in FREEZE_GROUPS:
-        raise ValueError(f"freeze={freeze!r}: use one of {sorted(FREEZE_GROUPS)}")
-    frozen = FREEZE_GROUPS[freeze]
+    frozen = frozen_modules(freeze)
     return jax.tree_util.tree_map_with_path(
         lambda path, _: "frozen" if getattr(path[0], "key", None) in frozen else "trained", params
     )
@@ -86,10 +81,8 @@ def make_optimizer(
         optax.clip_by_global_norm(grad_clip),
         optax.adamw(lr_schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=decay_mask),
     )
-    if freeze == "none":
+    if not frozen_modules(freeze):
         return tx
-    if freeze not in FREEZE_GROUPS:
-        raise ValueError(f"freeze={freeze!r}: use one of {sorted(FREEZE_GROUPS)}")
     return optax.multi_transform(
         {"trained": tx, "frozen": optax.set_to_zero()}, lambda p: freeze_labels(p, freeze)
     )

@@ -44,7 +44,7 @@ def write_random_shards(
     seed: int = 0,
 ) -> Path:
     """Shards of a learnable toy language (a noisy repeating ramp) for fast training tests."""
-    from minigpt_jax.input_pipeline import token_dtype, write_shard
+    from minigpt_jax.shards import token_dtype, write_shard
 
     rng = np.random.default_rng(seed)
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import re
@@ -11,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minigpt_jax import arithmetic
-from minigpt_jax.arithmetic import (
+from minigpt_jax.shards import open_shard, read_manifest
+from minigpt_jax.tasks import arithmetic
+from minigpt_jax.tasks.arithmetic import (
     Problem,
     StepError,
     check_steps,
@@ -22,20 +22,8 @@ from minigpt_jax.arithmetic import (
     verified_vote,
     verify_solution,
 )
-from minigpt_jax.input_pipeline import open_shard, read_manifest
+from minigpt_jax.tasks.arithmetic import data as arithmetic_data
 from minigpt_jax.tokenizer import ByteTokenizer
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _load_data_script():
-    spec = importlib.util.spec_from_file_location(
-        "make_arithmetic_data", REPO / "scripts" / "make_arithmetic_data.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 # --- the generator's worked solutions are right, step by step --------------------------------
 
@@ -127,7 +115,7 @@ def _documents(path: Path) -> list[str]:
 
 
 def test_dataset_train_and_test_are_disjoint(tmp_path):
-    script = _load_data_script()
+    script = arithmetic_data
     # A small problem space (2-digit add, 1-digit mul): without exclusion, collisions are certain.
     mix = arithmetic.Mixture(
         op_weights=(1, 0, 1, 0), addsub_digit_weights=(0, 1), mul_digit_weights=(1,)
@@ -188,11 +176,11 @@ def test_dataset_train_and_test_are_disjoint(tmp_path):
 
 
 def test_test_sets_are_distinct_and_deterministic():
-    a = arithmetic.test_problems(7, arithmetic.HELDOUT_SPEC)
-    assert a == arithmetic.test_problems(7, arithmetic.HELDOUT_SPEC)
+    a = arithmetic.heldout_problems(7, arithmetic.HELDOUT_SPEC)
+    assert a == arithmetic.heldout_problems(7, arithmetic.HELDOUT_SPEC)
     assert len(set(a)) == len(a) == sum(n for *_, n in arithmetic.HELDOUT_SPEC)
     assert all(len(str(p.a)) == 3 and len(str(p.b)) == 3 for p in a if p.level == "3")
-    long = arithmetic.test_problems(8, arithmetic.LONG_SPEC)
+    long = arithmetic.heldout_problems(8, arithmetic.LONG_SPEC)
     train_max = arithmetic.Mixture().max_digits()
     assert all(len(str(p.a)) > train_max[p.op] for p in long)  # longer than training ever shows
 
@@ -272,7 +260,7 @@ def test_verified_vote_prefers_consistent_solutions():
 
 def test_evaluate_sets_with_an_oracle_and_a_noisy_sampler():
     """The scoring loop with stand-in samplers whose accuracy is known exactly."""
-    from minigpt_jax.eval_arithmetic import evaluate_sets, markdown_table
+    from minigpt_jax.tasks.arithmetic.evaluate import evaluate_sets, markdown_table
 
     tok = ByteTokenizer()
     problems = [Problem("+", 100 + i, 200 + i) for i in range(8)]
@@ -311,14 +299,14 @@ def test_evaluate_sets_with_an_oracle_and_a_noisy_sampler():
 @pytest.mark.slow
 def test_tiny_model_trains_and_evaluator_runs(tmp_path):
     from minigpt_jax.config import ConfigError, default_config, model_fields
-    from minigpt_jax.eval_arithmetic import main as eval_main
+    from minigpt_jax.tasks.arithmetic.evaluate import main as eval_main
     from minigpt_jax.train import train_and_evaluate
 
     data = tmp_path / "data"
     mix = arithmetic.Mixture(
         op_weights=(1, 1, 0, 1), addsub_digit_weights=(1, 1), div_dividend_digit_weights=(1, 1)
     )
-    _load_data_script().write_dataset(
+    arithmetic_data.write_dataset(
         data,
         train_tokens=30_000,
         val_tokens=3_000,

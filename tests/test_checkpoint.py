@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from conftest import REPO, read_metrics
 
-from minigpt_jax import checkpoint, input_pipeline, sharding, train
+from minigpt_jax import checkpoint, input_pipeline, sharding, shards, train
 from minigpt_jax.checkpoint import CheckpointError, RunCheckpoints, load_params
+from minigpt_jax.config import config_record
 from minigpt_jax.model import GPT, GPTConfig
 from minigpt_jax.train_state import create_train_state, make_lr_schedule, make_optimizer
 
@@ -53,7 +54,7 @@ def tiny_state(n_embd: int = 64, seed: int = 0):
 
 
 def data_iterator(data_dir: Path, batch_size: int = 4):
-    paths = input_pipeline.find_shards(data_dir, "train")
+    paths = shards.find_shards(data_dir, "train")
     return iter(input_pipeline.train_dataset(paths, 32, batch_size, seed=0, vocab_size=257))
 
 
@@ -121,7 +122,7 @@ def test_missing_checkpoint_and_step_errors_are_clear(tiny_shards, tmp_path):
 def test_other_model_shape_lists_the_mismatched_parameters(tiny_shards, tmp_path):
     state, _, _ = tiny_state(n_embd=64)
     ckpts = RunCheckpoints(tmp_path / "run")
-    config = checkpoint.config_record(tiny_config(tiny_shards, tmp_path / "run"))
+    config = config_record(tiny_config(tiny_shards, tmp_path / "run"))
     ckpts.save(1, state, None, config, TOKENIZER)
     ckpts.close()
     params, record = load_params(tmp_path / "run")  # its own config: fine

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 from conftest import REPO, read_jsonl_texts
 
-from minigpt_jax import data_prep
-from minigpt_jax.data_prep import PrepArgs, PrepError, check_manifest, prepare
-from minigpt_jax.input_pipeline import ShardError, find_shards, open_shard
+from minigpt_jax import data_prep, documents
+from minigpt_jax.data_prep import PrepArgs, prepare
+from minigpt_jax.errors import DataError
+from minigpt_jax.shards import check_manifest, find_shards, manifest_tokenizer_spec, open_shard
 from minigpt_jax.tokenizer import ByteTokenizer, load_tokenizer
 
 
@@ -178,7 +179,7 @@ def test_shuffle_with_seed_is_a_deterministic_permutation(tmp_path, corpus, text
 
 
 def test_same_bytes_twice_with_threads_and_with_processes(tmp_path, corpus, gpt2_env, monkeypatch):
-    monkeypatch.setattr(data_prep, "_TASK_CHARS", 3_000)  # many tasks: the workers really run
+    monkeypatch.setattr(documents, "_TASK_CHARS", 3_000)  # many tasks: the workers really run
     args = dict(tokenizer_path="gpt2", shard_size=2_000, val_tokens=1_000)
     run(tmp_path / "one", [corpus], **args)
     run(tmp_path / "again", [corpus], **args)
@@ -202,7 +203,7 @@ def test_same_bytes_twice_with_threads_and_with_processes(tmp_path, corpus, gpt2
 @pytest.mark.parametrize("streaming", [True, False])
 def test_interrupted_run_resumes_to_the_same_bytes(tmp_path, corpus, monkeypatch, streaming):
     """Streaming sources resume by reading past the finished documents, Arrow ones by index."""
-    monkeypatch.setattr(data_prep, "_TASK_CHARS", 5_000)
+    monkeypatch.setattr(documents, "_TASK_CHARS", 5_000)
     prep = functools.partial(run, streaming=streaming, cache_dir=str(tmp_path / "cache"))
     prep(tmp_path / "ref", [corpus], shard_size=3_000, val_tokens=4_000)
     real_flush = data_prep.ShardWriter.flush
@@ -219,7 +220,7 @@ def test_interrupted_run_resumes_to_the_same_bytes(tmp_path, corpus, monkeypatch
         prep(tmp_path / "out", [corpus], shard_size=3_000, val_tokens=4_000)
     assert (tmp_path / "out" / "progress.json").is_file()
     assert not (tmp_path / "out" / "manifest.json").exists()
-    with pytest.raises(ShardError, match="unfinished"):
+    with pytest.raises(DataError, match="unfinished"):
         check_manifest(tmp_path / "out", None)
     monkeypatch.setattr(data_prep.ShardWriter, "flush", real_flush)
     prep(tmp_path / "out", [corpus], shard_size=3_000, val_tokens=4_000)
@@ -228,7 +229,7 @@ def test_interrupted_run_resumes_to_the_same_bytes(tmp_path, corpus, monkeypatch
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
     prep(tmp_path / "out", [corpus], shard_size=3_000, val_tokens=4_000)
     assert before == {p: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
-    with pytest.raises(PrepError, match="shard_size"):
+    with pytest.raises(DataError, match="shard_size"):
         prep(tmp_path / "out", [corpus], shard_size=5_000, val_tokens=4_000)
 
 
@@ -268,7 +269,7 @@ def test_trained_tokenizer_travels_with_the_shards(tmp_path, corpus, texts, gpt2
     assert manifest["tokenizer"] == {**trained.identity, "spec": "tokenizer.json"}
     copied = tmp_path / "out" / "tokenizer.json"
     assert copied.read_bytes() == (tmp_path / "tiny.json").read_bytes()
-    spec = data_prep.manifest_tokenizer_spec(tmp_path / "out", manifest)
+    spec = manifest_tokenizer_spec(tmp_path / "out", manifest)
     again = load_tokenizer(spec)
     assert again.identity == trained.identity
     tokens = np.concatenate(split_tokens(tmp_path / "out", "val")
@@ -276,7 +277,7 @@ def test_trained_tokenizer_travels_with_the_shards(tmp_path, corpus, texts, gpt2
     np.testing.assert_array_equal(tokens, stream_of(trained, texts))
     assert check_manifest(tmp_path / "out", trained.identity)["shards"] == manifest["shards"]
     gpt2 = load_tokenizer("gpt2").identity
-    with pytest.raises(ShardError, match=r"made with tokenizer 'tiny'.*this run uses 'gpt2'"):
+    with pytest.raises(DataError, match=r"made with tokenizer 'tiny'.*this run uses 'gpt2'"):
         check_manifest(tmp_path / "out", gpt2)
 
 
@@ -287,7 +288,7 @@ def test_check_manifest(tmp_path, corpus):
         manifest)
     shard = tmp_path / "out" / manifest["shards"][-1]["file"]
     shard.write_bytes(shard.read_bytes()[:-2])
-    with pytest.raises(ShardError, match="another size"):
+    with pytest.raises(DataError, match="another size"):
         check_manifest(tmp_path / "out", None)
 
 
@@ -315,7 +316,7 @@ def test_unreachable_hub_says_so_and_suggests_local_files(tmp_path, monkeypatch)
     args = PrepArgs(dataset="no-such-user/no-such-dataset", name=None, tokenizer_path="byte",
                     out_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"),
                     progress=False)
-    with pytest.raises(PrepError, match=r"cannot reach dataset.*Hugging Face hub.*--data_files"):
+    with pytest.raises(DataError, match=r"cannot reach dataset.*Hugging Face hub.*--data_files"):
         prepare(args)
     assert not (tmp_path / "out").exists()
 
@@ -351,7 +352,7 @@ def test_bad_input_gives_one_clear_error_and_leaves_nothing(tmp_path, texts, cas
         files, match = [bad], r"bad.jsonl.*(JSON|json)"
         if case == "bad_json_arrow":
             kw = {"streaming": False, "cache_dir": str(tmp_path / "cache")}
-    with pytest.raises(PrepError, match=match):
+    with pytest.raises(DataError, match=match):
         run(out, files, **kw)
     assert not out.exists()
 

@@ -75,13 +75,14 @@ def test_missing_run_is_one_clear_error(tmp_path, capsys):
 
 
 def test_run_tokenizer_is_found_in_the_data_dir_or_named(tmp_path):
-    from minigpt_jax.checkpoint import CheckpointError, load_run_tokenizer
+    from minigpt_jax.errors import TokenizerError
+    from minigpt_jax.tokenizer import load_run_tokenizer
 
     byte = ByteTokenizer().identity
     assert load_run_tokenizer({**byte, "spec": "byte"}).eot_id == 256
-    with pytest.raises(CheckpointError, match="tokenizer file 'tok.json' not found"):
+    with pytest.raises(TokenizerError, match="tokenizer file 'tok.json' not found"):
         load_run_tokenizer({**byte, "spec": "tok.json"}, tmp_path)
-    with pytest.raises(CheckpointError, match="recorded no tokenizer"):
+    with pytest.raises(TokenizerError, match="recorded no tokenizer"):
         load_run_tokenizer(None)
-    with pytest.raises(CheckpointError, match="differs from the run's"):
+    with pytest.raises(TokenizerError, match="differs from the run's"):
         load_run_tokenizer({**byte, "spec": "byte", "sha256": "0" * 64})

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from conftest import read_metrics, tiny_config
 
-from minigpt_jax import input_pipeline
+from minigpt_jax import input_pipeline, shards
 from minigpt_jax.config import ConfigError, default_config
-from minigpt_jax.hf import save_hf_gpt2
-from minigpt_jax.init_from import InitSpec, load_init_params, load_model, parse_init_from
+from minigpt_jax.errors import DataError
+from minigpt_jax.hf import load_hf_gpt2, save_hf_gpt2
+from minigpt_jax.init_from import InitSpec, load_init_params, parse_init_from
 from minigpt_jax.model import GPT, GPTConfig
-from minigpt_jax.sft import (
-    SFTDataError,
+from minigpt_jax.sft_data import (
     chat_prompt_tokens,
     encode_example,
     format_chat,
@@ -73,14 +73,14 @@ def sft_shards(tmp_path) -> Path:
 
 
 def test_sft_shards_carry_the_mask_into_batch_weights(sft_shards):
-    from minigpt_jax.data_prep import check_manifest
+    from minigpt_jax.shards import check_manifest
 
     manifest = check_manifest(sft_shards, ByteTokenizer().identity, verify_checksums=True)
     assert manifest["format"] == "sft" and manifest["documents"] == {"train": 100, "val": 20}
-    val = input_pipeline.find_shards(sft_shards, "val")
+    val = shards.find_shards(sft_shards, "val")
     assert [p.name for p in val] == ["val_000000.bin"]  # the mask shard is never read as tokens
-    tokens = np.asarray(input_pipeline.open_shard(val[0]))
-    mask = np.asarray(input_pipeline.open_shard(input_pipeline.mask_path(val[0])))
+    tokens = np.asarray(shards.open_shard(val[0]))
+    mask = np.asarray(shards.open_shard(shards.mask_path(val[0])))
     seq = 32
     for i, batch in enumerate(input_pipeline.eval_batches(val, seq, 2, 10_000, vocab_size=257)):
         for row in range(2):
@@ -98,7 +98,7 @@ def test_changing_prompt_tokens_does_not_change_the_loss(sft_shards):
     the gradients, while rewriting one response token does."""
     batch = next(
         input_pipeline.eval_batches(
-            input_pipeline.find_shards(sft_shards, "train"), 64, 4, 1024, vocab_size=257
+            shards.find_shards(sft_shards, "train"), 64, 4, 1024, vocab_size=257
         )
     )
     weights = batch["weights"]
@@ -140,7 +140,7 @@ def test_changing_prompt_tokens_does_not_change_the_loss(sft_shards):
 )
 def test_bad_sft_lines_are_named(tmp_path, line, match):
     (tmp_path / "qa.jsonl").write_text('{"prompt": "a", "response": "b"}\n' + line + "\n")
-    with pytest.raises(SFTDataError, match=match):
+    with pytest.raises(DataError, match=match):
         prepare_sft([tmp_path / "qa.jsonl"], tmp_path / "out", tokenizer_path="byte")
     assert not (tmp_path / "out").exists()
 
@@ -148,13 +148,13 @@ def test_bad_sft_lines_are_named(tmp_path, line, match):
 def test_masks_that_do_not_fit_their_shards_are_refused(sft_shards):
     train = sft_shards / "train_000000.bin"
     extra = sft_shards / "train_000001.bin"
-    input_pipeline.write_shard(extra, np.arange(100, dtype=np.uint16))
+    shards.write_shard(extra, np.arange(100, dtype=np.uint16))
     # One shard with a mask and one without cannot mix: the loss would mean two things.
-    with pytest.raises(input_pipeline.ShardError, match=r"train_000001\.mask\.bin: missing"):
-        input_pipeline.WindowSource(input_pipeline.find_shards(sft_shards, "train"), 16)
+    with pytest.raises(DataError, match=r"train_000001\.mask\.bin: missing"):
+        input_pipeline.WindowSource(shards.find_shards(sft_shards, "train"), 16)
     extra.unlink()
-    input_pipeline.write_shard(input_pipeline.mask_path(train), np.ones(3, np.uint16))
-    with pytest.raises(input_pipeline.ShardError, match="holds 3 entries for a shard of"):
+    shards.write_shard(shards.mask_path(train), np.ones(3, np.uint16))
+    with pytest.raises(DataError, match="holds 3 entries for a shard of"):
         input_pipeline.WindowSource([train], 16)
 
 
@@ -179,7 +179,7 @@ def test_freeze_embeddings_holds_wte_and_wpe_fixed():
     n_plain = sum(x.size for x in jax.tree.leaves(plain_state))
     frozen = state.params["wte"]["embedding"].size + state.params["wpe"]["embedding"].size
     assert n_plain - n_state == 2 * frozen
-    with pytest.raises(ValueError, match="freeze='everything'"):
+    with pytest.raises(ValueError, match="config.freeze: 'everything'"):
         make_optimizer(lambda _: 1e-2, freeze="everything")
 
 
@@ -208,7 +208,7 @@ def test_init_from_hf_crops_context_and_repads_vocab(tmp_path):
     ours = GPT(TINY).apply({"params": params}, tokens)[..., :257]
     theirs = GPT(target).apply({"params": loaded}, tokens)[..., :257]
     np.testing.assert_allclose(ours, theirs, atol=1e-6)
-    cfg, same = load_model(f"hf:{tmp_path / 'hf'}", compute_dtype="bfloat16")
+    cfg, _ = load_hf_gpt2(tmp_path / "hf", compute_dtype="bfloat16")
     assert cfg.block_size == 64 and cfg.compute_dtype == "bfloat16"
 
     with pytest.raises(ConfigError, match=r"n_layer=2 but config\.model\.n_layer=3"):
@@ -246,7 +246,7 @@ def test_fine_tune_from_a_checkpoint_starts_at_its_eval_loss(tiny_shards, tmp_pa
     model_cfg = model_config(pre_cfg)
     params = load_init_params(f"checkpoint:{tmp_path / 'pre'}@20", model_cfg)
     batches = input_pipeline.eval_batches(
-        input_pipeline.find_shards(tiny_shards, "val"), 32, 4, 512, vocab_size=257
+        shards.find_shards(tiny_shards, "val"), 32, 4, 512, vocab_size=257
     )
     eval_step = jax.jit(make_eval_step(GPT(model_cfg)))
     sums = [eval_step(params, b) for b in batches]

@@ -137,7 +137,7 @@ def test_cli_decodes_with_the_runs_tokenizer(params, tmp_path, capsys):
     assert texts == ["Hello, world!" + bytes(ids).decode("utf-8", errors="replace")] * 2
     assert "--- sample 1 (step 5)" in capsys.readouterr().out
 
-    from minigpt_jax.sft import chat_prompt_tokens, format_chat
+    from minigpt_jax.sft_data import chat_prompt_tokens, format_chat
     from minigpt_jax.tokenizer import ByteTokenizer
 
     chat = generate.main([

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from minigpt_jax.hf import HFFormatError, load_hf_gpt2, save_hf_gpt2
+from minigpt_jax.errors import CheckpointError
+from minigpt_jax.hf import load_hf_gpt2, save_hf_gpt2
 from minigpt_jax.model import GPT, GPTConfig
 
 VOCAB = 257  # not a multiple of 64: the import pads to 320 rows, the export unpads
@@ -85,22 +86,22 @@ def _edit_config(directory: Path, **changes) -> None:
 def test_wrong_architecture_or_shape_is_rejected_clearly(tmp_path, changes, match):
     directory = _export(tmp_path)
     _edit_config(directory, **changes)
-    with pytest.raises(HFFormatError, match=match):
+    with pytest.raises(CheckpointError, match=match):
         load_hf_gpt2(directory)
 
 
 def test_missing_files_are_named(tmp_path):
-    with pytest.raises(HFFormatError, match="no such directory, and not a hub name"):
+    with pytest.raises(CheckpointError, match="no such directory, and not a hub name"):
         load_hf_gpt2(tmp_path / "nowhere")
     directory = _export(tmp_path)
     (directory / "model.safetensors").unlink()
-    with pytest.raises(HFFormatError, match="no weights file; expected one of model.safetensors"):
+    with pytest.raises(CheckpointError, match="no weights file; expected one of model.safetensors"):
         load_hf_gpt2(directory)
     (directory / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
-    with pytest.raises(HFFormatError, match="model.safetensors: cannot be read as weights"):
+    with pytest.raises(CheckpointError, match="model.safetensors: cannot be read as weights"):
         load_hf_gpt2(directory)
     (directory / "config.json").write_text("{not json")
-    with pytest.raises(HFFormatError, match=r"config\.json: not valid JSON"):
+    with pytest.raises(CheckpointError, match=r"config\.json: not valid JSON"):
         load_hf_gpt2(directory)
 
 
@@ -109,7 +110,7 @@ def test_hub_name_without_network_says_what_to_do(tmp_path, monkeypatch):
     hub_constants = pytest.importorskip("huggingface_hub.constants")
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
-    with pytest.raises(HFFormatError) as info:
+    with pytest.raises(CheckpointError) as info:
         load_hf_gpt2("gpt2")
     message = str(info.value)
     assert "openai-community/gpt2" in message
@@ -230,14 +231,14 @@ def test_untied_head_is_rejected(hf_model, tmp_path):
     hf_model.config.save_pretrained(tmp_path)
     save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
     assert isinstance(state["lm_head.weight"], torch.Tensor)
-    with pytest.raises(HFFormatError, match="lm_head.weight differs from the token table"):
+    with pytest.raises(CheckpointError, match="lm_head.weight differs from the token table"):
         load_hf_gpt2(tmp_path)
 
 
 def test_imported_gpt2_evaluates_and_exports_through_the_run_commands(tmp_path, tiny_shards):
     """`python -m minigpt_jax.hf import` makes a run dir that evaluate scores like any run (the
     same val windows and eval step), and `export` of that run gives back the same bytes."""
-    from minigpt_jax import input_pipeline
+    from minigpt_jax import input_pipeline, shards
     from minigpt_jax.evaluate import evaluate_checkpoint
     from minigpt_jax.hf import main
     from minigpt_jax.train_state import make_eval_step
@@ -251,14 +252,16 @@ def test_imported_gpt2_evaluates_and_exports_through_the_run_commands(tmp_path, 
     result = evaluate_checkpoint(run, eval_tokens=2048)
 
     batches = input_pipeline.eval_batches(
-        input_pipeline.find_shards(tiny_shards, "val"), 64, 8, 2048, VOCAB
+        shards.find_shards(tiny_shards, "val"), 64, 8, 2048, VOCAB
     )
     eval_step = jax.jit(make_eval_step(GPT(cfg)))
     sums = [eval_step(params, b) for b in batches]
     expected = sum(float(m["loss_sum"]) for m in sums) / sum(float(m["tokens"]) for m in sums)
     assert result["step"] == 0 and result["loss"] == pytest.approx(expected, rel=1e-5)
 
-    assert main(["import", str(tmp_path / "hf"), "--run_dir", str(run)]) == 2  # never overwrites
+    with pytest.raises(SystemExit) as refused:  # never overwrites
+        main(["import", str(tmp_path / "hf"), "--run_dir", str(run)])
+    assert refused.value.code == 2
     assert main(["export", "--run_dir", str(run), "--out_dir", str(tmp_path / "back")]) == 0
     assert (tmp_path / "back" / "model.safetensors").read_bytes() == (
         tmp_path / "hf" / "model.safetensors"

@@ -1,17 +1,9 @@
 import numpy as np
 import pytest
 
-from minigpt_jax.input_pipeline import (
-    HEADER_BYTES,
-    ShardError,
-    WindowSource,
-    eval_batches,
-    find_shards,
-    open_shard,
-    token_dtype,
-    train_dataset,
-    write_shard,
-)
+from minigpt_jax.errors import DataError
+from minigpt_jax.input_pipeline import WindowSource, eval_batches, train_dataset
+from minigpt_jax.shards import HEADER_BYTES, find_shards, open_shard, token_dtype, write_shard
 
 
 def test_llmc_header_layout(tmp_path):
@@ -40,12 +32,12 @@ def test_reads_build_nanogpt_npy_shards(tmp_path):
     assert open_shard(path)[99] == 99
     bad = tmp_path / "edufineweb_train_000002.npy"
     np.save(bad, np.arange(100, dtype=np.int64))
-    with pytest.raises(ShardError, match=r"edufineweb_train_000002\.npy.*uint16"):
+    with pytest.raises(DataError, match=r"edufineweb_train_000002\.npy.*uint16"):
         open_shard(bad)
 
 
 def test_rejects_wrong_dtype_on_write(tmp_path):
-    with pytest.raises(ShardError, match="uint16 or uint32"):
+    with pytest.raises(DataError, match="uint16 or uint32"):
         write_shard(tmp_path / "x.bin", np.arange(5, dtype=np.int64))
 
 
@@ -54,18 +46,18 @@ def test_truncated_shard_is_named(tmp_path):
     write_shard(path, np.arange(1000, dtype=np.uint16))
     with open(path, "r+b") as f:
         f.truncate(HEADER_BYTES + 500)
-    with pytest.raises(ShardError, match=r"train_000003\.bin: truncated"):
+    with pytest.raises(DataError, match=r"train_000003\.bin: truncated"):
         open_shard(path)
 
 
 def test_wrong_magic_is_named(tmp_path):
     path = tmp_path / "train_000004.bin"
     path.write_bytes(b"\x01" * 4096)
-    with pytest.raises(ShardError, match=r"train_000004\.bin: not a token shard"):
+    with pytest.raises(DataError, match=r"train_000004\.bin: not a token shard"):
         open_shard(path)
     short = tmp_path / "train_000005.bin"
     short.write_bytes(b"abc")
-    with pytest.raises(ShardError, match="shorter than"):
+    with pytest.raises(DataError, match="shorter than"):
         open_shard(short)
 
 
@@ -116,14 +108,14 @@ def test_ids_past_the_vocabulary_name_the_shard(tmp_path):
     path = tmp_path / "train_000000.bin"
     write_shard(path, np.array([1, 2, 3, 999, 4] * 10, dtype=np.uint16))
     source = WindowSource([path], seq_len=8, vocab_size=257)
-    with pytest.raises(ShardError, match=r"train_000000\.bin: token id 999.*vocabulary of 257"):
+    with pytest.raises(DataError, match=r"train_000000\.bin: token id 999.*vocabulary of 257"):
         source[0]
 
 
 def test_too_little_data_for_one_window(tmp_path):
     path = tmp_path / "train_000000.bin"
     write_shard(path, np.arange(5, dtype=np.uint16))
-    with pytest.raises(ShardError, match="fewer than one window"):
+    with pytest.raises(DataError, match="fewer than one window"):
         WindowSource([path], seq_len=8)
 
 

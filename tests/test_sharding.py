@@ -171,7 +171,7 @@ def worker_restore_eval(args: dict) -> dict:
     """Restore a run's last checkpoint onto this process's mesh and evaluate it as train.py does."""
     import jax
 
-    from minigpt_jax import checkpoint, input_pipeline, sharding
+    from minigpt_jax import checkpoint, input_pipeline, sharding, shards
     from minigpt_jax.config import accumulation_steps
     from minigpt_jax.model import GPT
     from minigpt_jax.train_state import make_eval_step
@@ -185,7 +185,7 @@ def worker_restore_eval(args: dict) -> dict:
         out_shardings=sharding.replicated(mesh),
     )
     batches = input_pipeline.eval_batches(
-        input_pipeline.find_shards(cfg["data_dir"], "val"), cfg["block_size"],
+        shards.find_shards(cfg["data_dir"], "val"), cfg["block_size"],
         cfg["batch_size"] // accumulation_steps(
             cfg["batch_size"], cfg["micro_batch_size"], jax.device_count()
         ), cfg["eval_tokens"], 257,

@@ -125,7 +125,7 @@ def test_cli_names_a_corrupt_shard(tiny_shards, tmp_path):
 
 
 def test_shards_from_another_tokenizer_are_refused(tiny_shards, tmp_path):
-    from minigpt_jax.input_pipeline import ShardError
+    from minigpt_jax.errors import DataError
     from minigpt_jax.tokenizer import ByteTokenizer
 
     identity = {**ByteTokenizer().identity, "spec": "byte"}
@@ -138,5 +138,5 @@ def test_shards_from_another_tokenizer_are_refused(tiny_shards, tmp_path):
     )
     identity["sha256"] = "0" * 64  # as if made by a trained BPE
     (tiny_shards / "manifest.json").write_text(json.dumps({"version": 1, "tokenizer": identity}))
-    with pytest.raises(ShardError, match="made with tokenizer 'byte'.*this run uses 'byte'"):
+    with pytest.raises(DataError, match="made with tokenizer 'byte'.*this run uses 'byte'"):
         train_and_evaluate(tiny_config(tiny_shards, tmp_path / "run2", tokenizer="byte"))

@@ -1,0 +1,44 @@
+"""Chain-of-thought arithmetic: calculator problems, worked solutions, an exact step verifier.
+
+    problems.py  Problem, worked solutions, the training mixture and held-out test sets
+    checker.py   parse_answer, check_steps / verify_solution (the reward), votes
+    data.py      the data writer (`python scripts/make_arithmetic_data.py`)
+    evaluate.py  the evaluator (`python -m minigpt_jax.eval_arithmetic`)
+
+`from minigpt_jax.tasks.arithmetic import Problem`; `Problem("+", 347, 85).prompt == "347+085\\n"`.
+The evaluator and data writer load with their own modules (they pull in JAX and the shard code).
+"""
+
+from minigpt_jax.tasks.arithmetic.checker import (
+    StepError,
+    check_steps,
+    majority_vote,
+    parse_answer,
+    true_step_fraction,
+    verified_vote,
+    verify_solution,
+)
+from minigpt_jax.tasks.arithmetic.problems import (
+    ANSWER_PREFIX,
+    HELDOUT_SPEC,
+    LONG_SPEC,
+    MIN_WIDTH,
+    OP_NAMES,
+    OPS,
+    Mixture,
+    Problem,
+    document,
+    heldout_problems,
+    make_problem,
+    random_int,
+    sample_problem,
+    solution,
+    training_problems,
+)
+
+__all__ = [
+    "ANSWER_PREFIX", "HELDOUT_SPEC", "LONG_SPEC", "MIN_WIDTH", "OP_NAMES", "OPS", "Mixture",
+    "Problem", "StepError", "check_steps", "document", "heldout_problems", "majority_vote",
+    "make_problem", "parse_answer", "random_int", "sample_problem", "solution",
+    "training_problems", "true_step_fraction", "verified_vote", "verify_solution",
+]

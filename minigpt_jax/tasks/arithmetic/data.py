@@ -1,0 +1,181 @@
+"""The arithmetic task's data writer: training shards and test problems for `configs/arithmetic.py`.
+
+    python scripts/make_arithmetic_data.py --out_dir data/arithmetic
+    python scripts/make_arithmetic_data.py --out_dir data/arithmetic_nosteps --no_steps
+
+Each problem is one document, `<eot>` + problem + worked steps + answer line, in the built-in byte
+tokenizer (every digit and operator is one token). Documents are packed whole and densely into
+chunks of `block_size` tokens (the rest of a chunk is `<eot>` padding); the config's model separates
+documents at `<eot>` (`model.doc_sep_id`), so every problem is trained at positions 0, 1, ... seeing
+only itself, exactly as the evaluator prompts it. A loss-mask shard beside each token shard counts
+the solution and the `<eot>` that ends it, not the prompt: the operands are random by construction,
+so their loss cannot fall and would only add noise to the gradients. The test problems
+(`test.jsonl`, and the longer-numbers `test_long.jsonl`) are drawn first and never appear in the
+training or validation shards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from minigpt_jax.errors import DataError, exit_on_user_error
+from minigpt_jax.files import atomic_write
+from minigpt_jax.shards import mask_path, write_manifest, write_shard
+from minigpt_jax.tasks.arithmetic import problems as arithmetic
+from minigpt_jax.tokenizer import ByteTokenizer, tokenizer_record
+
+TEST_FILES = {"heldout": "test.jsonl", "long": "test_long.jsonl"}
+
+
+def pack_documents(
+    problems,
+    steps: bool,
+    block_size: int,
+    target_tokens: int,
+    tokenizer: ByteTokenizer,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Documents packed whole into block_size chunks until `target_tokens`: (tokens, loss mask,
+    #problems). The mask is 1 on each solution and on the `<eot>` after it (the next document's
+    first token, or the chunk's first padding token)."""
+    eot = tokenizer.eot_id
+    tokens: list[int] = []
+    mask: list[int] = []
+    chunk: list[int] = []
+    chunk_mask: list[int] = []
+    n_problems = 0
+    last_chunk_full = False  # then the next chunk's first <eot> ends its last document
+
+    def close_chunk() -> None:
+        nonlocal last_chunk_full
+        pad = block_size - len(chunk)
+        tokens.extend(chunk + [eot] * pad)
+        mask.extend(chunk_mask + [1] * min(pad, 1) + [0] * max(pad - 1, 0))
+        last_chunk_full = pad == 0
+
+    for problem in problems:
+        prompt = tokenizer.encode(problem.prompt)
+        answer = tokenizer.encode(arithmetic.solution(problem, steps))
+        doc = [eot, *prompt, *answer]
+        if len(doc) > block_size:
+            raise DataError(
+                f"a {len(doc)}-token problem ({problem.prompt.strip()}) does not fit block_size="
+                f"{block_size}; raise --block_size or use fewer digits"
+            )
+        if len(chunk) + len(doc) > block_size:
+            close_chunk()
+            chunk, chunk_mask = [], []
+            if len(tokens) >= target_tokens:
+                break
+        # The leading <eot> ends the previous document; after padding it ends nothing.
+        ends_previous = bool(chunk) or last_chunk_full
+        chunk_mask += [int(ends_previous)] + [0] * len(prompt) + [1] * len(answer)
+        chunk += doc
+        n_problems += 1
+    else:
+        raise ValueError("the problem stream ended early")
+    return np.asarray(tokens, np.uint16), np.asarray(mask, np.uint16), n_problems
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def write_dataset(
+    out_dir: str | Path,
+    steps: bool = True,
+    train_tokens: int = 8_000_000,
+    val_tokens: int = 131_072,
+    block_size: int = 256,
+    seed: int = 0,
+    test_seed: int = 1234,
+    mixture: arithmetic.Mixture | None = None,
+    heldout_spec=arithmetic.HELDOUT_SPEC,
+    long_spec=arithmetic.LONG_SPEC,
+) -> dict:
+    """Shards, test JSONL and manifest in `out_dir`; returns the manifest."""
+    mixture = mixture or arithmetic.Mixture()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = ByteTokenizer()
+    heldout = arithmetic.heldout_problems(test_seed, heldout_spec)
+    long = arithmetic.heldout_problems(test_seed + 1, long_spec)
+    tests = heldout + long
+
+    shards, counts = [], {}
+    for split, n_tokens, split_seed in (
+        ("train", train_tokens, seed),
+        ("val", val_tokens, seed + 1),
+    ):
+        stream = arithmetic.training_problems(split_seed, mixture, exclude=tests)
+        tokens, mask, n_problems = pack_documents(stream, steps, block_size, n_tokens, tokenizer)
+        name = f"{split}_000000.bin"
+        write_shard(mask_path(out / name), mask)  # first: a token shard always has its mask
+        write_shard(out / name, tokens)
+        shards.append(
+            {
+                "file": name,
+                "split": split,
+                "tokens": int(tokens.size),
+                "mask": mask_path(out / name).name,
+                "target_tokens": int(mask.sum()),
+            }
+        )
+        counts[split] = n_problems
+    for key, problems in (("heldout", heldout), ("long", long)):
+        _write_jsonl(out / TEST_FILES[key], [p.to_json() for p in problems])
+
+    return write_manifest(
+        out,
+        tokenizer_record("byte", tokenizer),
+        "uint16",
+        shards,
+        packing={"block_size": block_size, "whole_documents": True},
+        task={
+            "name": "arithmetic",
+            "steps": steps,
+            "seed": seed,
+            "test_seed": test_seed,
+            "mixture": dataclasses.asdict(mixture),
+            "problems": counts,
+            "test_files": TEST_FILES,
+            "test_problems": {"heldout": len(heldout), "long": len(long)},
+        },
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(
+        prog="scripts/make_arithmetic_data.py", description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
+    ap.add_argument("--out_dir", required=True)
+    ap.add_argument("--no_steps", action="store_true", help="answers only, no worked steps")
+    ap.add_argument("--train_tokens", type=int, default=8_000_000)
+    ap.add_argument("--val_tokens", type=int, default=131_072)
+    ap.add_argument("--block_size", type=int, default=256, help="match the config's block_size")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--test_seed", type=int, default=1234)
+    args = ap.parse_args(argv)
+    with exit_on_user_error():
+        manifest = write_dataset(
+            args.out_dir,
+            steps=not args.no_steps,
+            train_tokens=args.train_tokens,
+            val_tokens=args.val_tokens,
+            block_size=args.block_size,
+            seed=args.seed,
+            test_seed=args.test_seed,
+        )
+    info, (train, val) = manifest["task"], manifest["shards"]
+    print(
+        f"{args.out_dir}: steps={info['steps']} train {train['tokens']:,} tokens "
+        f"({info['problems']['train']:,} problems), val {val['tokens']:,} tokens, "
+        f"test {info['test_problems']}"
+    )
+

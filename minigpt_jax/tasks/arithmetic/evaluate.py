@@ -1,0 +1,321 @@
+"""The arithmetic task's evaluator: exact-match accuracy on held-out problems, greedy and with
+inference-time compute.
+
+    python -m minigpt_jax.eval_arithmetic --run_dir runs/arithmetic [--samples 8 --temperature 0.7]
+
+For every test problem (the data dir's `test.jsonl` and longer-numbers `test_long.jsonl`, written by
+scripts/make_arithmetic_data.py) the model gets `<eot>` + the problem line and writes until `<eot>`;
+the last `A:` line is its answer. Reported per set, operation and digit count:
+
+- greedy: one temperature-0 solution;
+- majority@N: N sampled solutions, the most common answer (self-consistency), for N = 1, 2, 4, ...;
+- verified@N: the majority among the sampled solutions whose every written step checks out with
+  exact arithmetic (`checker.verify_solution`); plain majority when none does.
+
+A markdown table goes to stdout and everything to `<run_dir>/eval_arithmetic.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from minigpt_jax.errors import DataError, exit_on_user_error
+from minigpt_jax.files import write_json_atomic
+from minigpt_jax.tasks.arithmetic import checker
+from minigpt_jax.tasks.arithmetic import problems as arithmetic
+from minigpt_jax.tasks.arithmetic.data import TEST_FILES
+
+SampleFn = Callable[[list[list[int]], int, float, int], list[list[int]]]
+
+
+def load_test_set(data_dir: str | Path, name: str) -> list[arithmetic.Problem]:
+    path = Path(data_dir) / TEST_FILES[name]
+    if not path.is_file():
+        raise DataError(
+            f"{path}: no test problems; write them with "
+            f"`python scripts/make_arithmetic_data.py --out_dir {data_dir}`"
+        )
+    problems = []
+    with open(path) as f:
+        for i, line in enumerate(f, 1):
+            try:
+                problems.append(arithmetic.Problem.from_json(json.loads(line)))
+            except (ValueError, KeyError, TypeError) as e:
+                raise DataError(
+                    f"{path}:{i}: not a test problem ({e}); regenerate the file"
+                ) from e
+    return problems
+
+
+def budget_tokens(
+    problems: Sequence[arithmetic.Problem], prompt_tokens: int, block_size: int
+) -> int:
+    """New tokens to allow: the longest worked solution plus slack, rounded up so that cells share a
+    compiled decode loop; never more than the context leaves after the prompt."""
+    longest = max(len(arithmetic.solution(p).encode()) for p in problems)
+    wanted = 32 * math.ceil((longest + longest // 4 + 4) / 32)
+    return max(1, min(wanted, block_size - prompt_tokens + 1))
+
+
+def _powers_of_two(n: int) -> list[int]:
+    return [k for k in (2**i for i in range(int(math.log2(n)) + 1))] if n >= 1 else []
+
+
+def evaluate_cell(
+    problems: Sequence[arithmetic.Problem],
+    sample_fn: SampleFn,
+    encode: Callable[[str], list[int]],
+    decode: Callable[[list[int]], str],
+    eot_id: int,
+    block_size: int,
+    samples: int,
+    temperature: float,
+    seed: int,
+    batch_size: int,
+    max_new: int | None = None,
+) -> dict[str, Any]:
+    """Accuracies for one (op, digits) cell, and one example of a greedy solution.
+
+    Every call to `sample_fn` gets exactly `batch_size` rows (the last chunk repeats its first row)
+    and the same `max_new`, so the whole evaluation compiles the decode loop once for greedy and
+    once for sampling; decoding stops early once every row has ended, so a generous `max_new`
+    costs nothing on rows that finish.
+    """
+    prompts = [[eot_id, *encode(p.prompt)] for p in problems]
+    if max_new is None:
+        max_new = budget_tokens(problems, max(map(len, prompts)), block_size)
+
+    def run(rows: list[list[int]], temp: float, seed_: int) -> list[str]:
+        out = []
+        for i in range(0, len(rows), batch_size):
+            chunk = rows[i : i + batch_size]
+            padded = chunk + [chunk[0]] * (batch_size - len(chunk))
+            out += [decode(t) for t in sample_fn(padded, max_new, temp, seed_ + i)[: len(chunk)]]
+        return out
+
+    greedy = run(prompts, 0.0, seed)
+    answers = [p.answer for p in problems]
+    result: dict[str, Any] = {
+        "n": len(problems),
+        "max_new_tokens": max_new,
+        "greedy": _mean(
+            [checker.parse_answer(t) == a for t, a in zip(greedy, answers, strict=True)]
+        ),
+        "greedy_steps_verified": _mean(
+            [checker.verify_solution(p, t) for p, t in zip(problems, greedy, strict=True)]
+        ),
+        "greedy_true_step_lines": _mean_or_none([checker.true_step_fraction(t) for t in greedy]),
+        "example": problems[0].prompt + greedy[0],
+    }
+    if samples > 0:
+        # Sample k of each problem is row k * n + i, so one batch mixes problems (same max_new).
+        flat = run([p for _ in range(samples) for p in prompts], temperature, seed + 1)
+        per_problem = [
+            [flat[k * len(problems) + i] for k in range(samples)] for i in range(len(problems))
+        ]
+        majority, verified, kept = {}, {}, []
+        for n in _powers_of_two(samples):
+            maj_hits, ver_hits = [], []
+            for p, texts in zip(problems, per_problem, strict=True):
+                subset = texts[:n]
+                maj_hits.append(
+                    checker.majority_vote([checker.parse_answer(t) for t in subset])
+                    == p.answer
+                )
+                ver_hits.append(checker.verified_vote(p, subset) == p.answer)
+            majority[n], verified[n] = _mean(maj_hits), _mean(ver_hits)
+        for p, texts in zip(problems, per_problem, strict=True):
+            kept += [checker.verify_solution(p, t) for t in texts]
+        result.update(
+            sample_accuracy=_mean(
+                [
+                    checker.parse_answer(t) == p.answer
+                    for p, texts in zip(problems, per_problem, strict=True)
+                    for t in texts
+                ]
+            ),
+            majority=majority,
+            verified=verified,
+            samples_verified=_mean(kept),
+        )
+    return result
+
+
+def _mean_or_none(xs: Sequence[float | None]) -> float | None:
+    kept = [x for x in xs if x is not None]
+    return sum(kept) / len(kept) if kept else None
+
+
+def _mean(xs: Sequence[bool]) -> float:
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+def evaluate_sets(
+    sets: dict[str, list[arithmetic.Problem]],
+    sample_fn: SampleFn,
+    encode: Callable[[str], list[int]],
+    decode: Callable[[list[int]], str],
+    eot_id: int,
+    block_size: int,
+    samples: int = 8,
+    temperature: float = 0.7,
+    seed: int = 0,
+    batch_size: int = 128,
+    max_per_cell: int = 0,
+    sample_sets: Sequence[str] | None = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """{set: {"op level": cell result}} for every (op, digits) cell of every set.
+
+    Sampling runs on `sample_sets` only (default: all); the other sets are scored greedily.
+    """
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, problems in sets.items():
+        cells: dict[tuple[str, str], list[arithmetic.Problem]] = defaultdict(list)
+        for p in problems:
+            cells[(p.op, p.level)].append(p)
+        results[name] = {}
+        longest_prompt = max(len(encode(p.prompt)) + 1 for p in problems)
+        max_new = budget_tokens(problems, longest_prompt, block_size)  # one for the whole set
+        for (op, level), cell in cells.items():
+            cell = cell[:max_per_cell] if max_per_cell else cell
+            t0 = time.perf_counter()
+            r = evaluate_cell(
+                cell,
+                sample_fn,
+                encode,
+                decode,
+                eot_id,
+                block_size,
+                samples if sample_sets is None or name in sample_sets else 0,
+                temperature,
+                seed,
+                batch_size,
+                max_new,
+            )
+            r["seconds"] = round(time.perf_counter() - t0, 2)
+            results[name][f"{arithmetic.OP_NAMES[op]} {level}"] = r
+            log(
+                f"{name} {arithmetic.OP_NAMES[op]} {level}: greedy {r['greedy']:.3f} "
+                f"({r['seconds']:.0f}s)"
+            )
+    return results
+
+
+def markdown_table(results: dict[str, dict[str, dict[str, Any]]], samples: int) -> str:
+    ns = _powers_of_two(samples) if samples else []
+    head = [
+        "set",
+        "problem",
+        "n",
+        "true step lines",
+        "greedy",
+        *[f"maj@{n}" for n in ns],
+        *([f"verified@{samples}"] if samples else []),
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, cells in results.items():
+        for key, r in cells.items():
+            true_lines = r.get("greedy_true_step_lines")
+            row = [name, key, str(r["n"]), "-" if true_lines is None else f"{true_lines:.3f}"]
+            row.append(f"{r['greedy']:.3f}")
+            if "majority" in r:
+                row += [f"{r['majority'][n]:.3f}" for n in ns]
+                row += [f"{r['verified'][samples]:.3f}"] if samples else []
+            else:
+                row += ["-"] * (len(head) - len(row))
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(
+        prog="python -m minigpt_jax.eval_arithmetic", description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
+    ap.add_argument("--run_dir", required=True)
+    ap.add_argument("--step", default=None, help="a step number, latest (default) or best")
+    ap.add_argument("--data_dir", default=None, help="default: the run's config.data_dir")
+    ap.add_argument("--sets", default="heldout,long", help="comma-separated: heldout, long")
+    ap.add_argument("--samples", type=int, default=8, help="sampled solutions per problem; 0 = off")
+    ap.add_argument("--sample_sets", default="heldout", help="sets that get --samples; 'all'")
+    ap.add_argument("--temperature", type=float, default=0.7)
+    ap.add_argument("--max_per_cell", type=int, default=0, help="problems per cell; 0 = all")
+    ap.add_argument("--batch_size", type=int, default=128, help="rows per decode call")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="default: <run_dir>/eval_arithmetic.json")
+    args = ap.parse_args(argv)
+
+    from minigpt_jax.checkpoint import load_params
+    from minigpt_jax.generate import sample
+    from minigpt_jax.shards import read_manifest
+    from minigpt_jax.tokenizer import load_run_tokenizer
+
+    step: int | str | None = args.step
+    if isinstance(step, str) and step.isdigit():
+        step = int(step)
+    elif step == "latest":
+        step = None
+    with exit_on_user_error(OSError):
+        params, record = load_params(args.run_dir, step)
+        data_dir = args.data_dir or record["config"].get("data_dir")
+        tok = load_run_tokenizer(record["tokenizer"], data_dir)
+        names = [s for s in args.sets.split(",") if s]
+        unknown = sorted(set(names) - set(TEST_FILES))
+        if unknown:
+            raise DataError(f"--sets: unknown {unknown}; use {sorted(TEST_FILES)}")
+        sets = {name: load_test_set(data_dir, name) for name in names}
+    model_cfg = record["model"]
+    manifest = read_manifest(data_dir) or {}
+
+    def sample_fn(prompts, max_new, temperature, seed):
+        return sample(
+            model_cfg,
+            params,
+            prompts,
+            max_new,
+            temperature=temperature,
+            seed=seed,
+            eot_id=tok.eot_id,
+        )
+
+    t0 = time.perf_counter()
+    results = evaluate_sets(
+        sets,
+        sample_fn,
+        tok.encode,
+        tok.decode,
+        tok.eot_id,
+        model_cfg.block_size,
+        samples=args.samples,
+        sample_sets=None if args.sample_sets == "all" else args.sample_sets.split(","),
+        temperature=args.temperature,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        max_per_cell=args.max_per_cell,
+        log=lambda s: print(s, file=sys.stderr, flush=True),
+    )
+    report = {
+        "run_dir": str(args.run_dir),
+        "step": record["step"],
+        "data_dir": str(data_dir),
+        "worked_steps": (manifest.get("task") or manifest.get("arithmetic") or {}).get("steps"),
+        "samples": args.samples,
+        "temperature": args.temperature,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "results": results,
+    }
+    out = Path(args.out) if args.out else Path(args.run_dir) / "eval_arithmetic.json"
+    write_json_atomic(out, report, indent=2)
+    print(f"{args.run_dir} step {record['step']} (worked steps: {report['worked_steps']})")
+    print(markdown_table(results, args.samples))
+    print(f"wrote {out}")
+    return report
