@@ -271,9 +271,14 @@ def test_evaluate_sets_with_an_oracle_and_a_noisy_sampler():
         for row, prompt in enumerate(prompts):
             p = by_prompt[tuple(prompt[1:])]
             text = solution(p)
-            # Greedy is always right; a third of the samples end in a wrong answer, never all
-            # of one problem's: rows i, 8+i, 16+i, 24+i are sample k of problem i.
-            if temperature > 0 and (seed + row) % 3 == 0:
+            if temperature == 0 and p.a == 100:  # greedy: a wrong answer on problem 0
+                text = text.replace(f"A:{p.written_answer}", "A:1")
+            elif temperature == 0 and p.a == 101:  # the right answer after 1 false step of 3
+                first, rest = text.split("\n", 1)
+                text = first[:-1] + str((int(first[-1]) + 1) % 10) + "\n" + rest
+            # A third of the samples end in a wrong answer, never all of one problem's:
+            # rows i, 8+i, 16+i, 24+i are sample k of problem i.
+            elif temperature > 0 and (seed + row) % 3 == 0:
                 text = text.replace(f"A:{p.written_answer}", "A:1")
             out.append(tok.encode(text)[:max_new])
         return out
@@ -290,10 +295,13 @@ def test_evaluate_sets_with_an_oracle_and_a_noisy_sampler():
         batch_size=64,
     )
     cell = results["heldout"]["add 3"]
-    assert cell["n"] == 8 and cell["greedy"] == 1.0 and cell["greedy_steps_verified"] == 1.0
+    assert cell["n"] == 8 and cell["greedy"] == 7 / 8  # problem 0's answer is wrong
+    assert cell["greedy_steps_verified"] == 6 / 8  # and problem 1's steps
+    assert cell["greedy_true_step_lines"] == pytest.approx((7 + 2 / 3) / 8)
+    assert cell["example"] == "100+200\n0+0+0=00\n0+0+0=00\n1+2+0=03\nA:1\n"
     assert cell["sample_accuracy"] == 22 / 32
     assert cell["majority"][1] == 0.75 and cell["verified"][4] == 1.0
-    assert "| heldout | add 3 | 8 | 1.000 | 1.000 |" in markdown_table(results, 4)
+    assert "| heldout | add 3 | 8 | 0.958 | 0.875 |" in markdown_table(results, 4)
 
 
 @pytest.mark.slow
@@ -327,11 +335,37 @@ def test_tiny_model_trains_and_evaluator_runs(tmp_path):
     last = train_and_evaluate(c)
     assert last["step"] == 6 and last["train_loss"] < 5.6
 
-    report = eval_main(["--run_dir", c.run_dir, "--samples", "2", "--max_per_cell", "4"])
+    report = eval_main(
+        ["--run_dir", c.run_dir, "--samples", "2", "--max_per_cell", "4", "--batch_size", "4"]
+    )
     saved = json.loads((tmp_path / "run" / "eval_arithmetic.json").read_text())
     assert saved["step"] == 6 and saved["worked_steps"] is True
     assert set(saved["results"]) == {"heldout", "long"}
     assert set(saved["results"]["heldout"]) == {"add 2", "sub 2", "div 2/1"}
-    for cell in report["results"]["heldout"].values():
-        assert cell["n"] == 4 and 0.0 <= cell["greedy"] <= 1.0
+    # Greedy accuracy again, by hand: each cell's first 4 problems decoded with `sample` in one
+    # batch of 4 (as --batch_size 4 makes the evaluator do) and scored with Python integers.
+    from minigpt_jax.checkpoint import load_params
+    from minigpt_jax.tasks.arithmetic.evaluate import load_test_set
+    from minigpt_jax.generate import sample
+
+    params, record = load_params(c.run_dir)
+    tok = ByteTokenizer()
+    cells: dict[str, list[Problem]] = {}
+    for p in load_test_set(data, "heldout"):
+        cells.setdefault(f"{arithmetic.OP_NAMES[p.op]} {p.level}", []).append(p)
+    for name, cell in report["results"]["heldout"].items():
+        problems = cells[name][:4]
+        prompts = [[tok.eot_id, *tok.encode(p.prompt)] for p in problems]
+        outs = sample(
+            record["model"], params, prompts, cell["max_new_tokens"], temperature=0.0,
+            eot_id=tok.eot_id,
+        )
+        texts = [tok.decode(o) for o in outs]
+        truth = [
+            {"+": str(p.a + p.b), "-": str(p.a - p.b)}.get(p.op, f"{p.a // p.b}r{p.a % p.b}")
+            for p in problems
+        ]
+        right = sum(parse_answer(t) == a for t, a in zip(texts, truth, strict=True))
+        assert cell["n"] == 4 and cell["greedy"] == right / 4, name
+        assert cell["example"] == problems[0].prompt + texts[0], name
         assert set(cell["majority"]) == {1, 2} and set(cell["verified"]) == {1, 2}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
@@ -357,12 +356,13 @@ def test_bad_input_gives_one_clear_error_and_leaves_nothing(tmp_path, texts, cas
     assert not out.exists()
 
 
-def test_args_are_frozen_and_defaults_match_the_issue():
-    args = data_prep.parse_args([])
-    assert (args.dataset, args.name, args.shard_size, args.tokenizer_path, args.text_field) == (
-        "HuggingFaceFW/fineweb-edu", "sample-10BT", 100_000_000, "gpt2", "text")
-    assert args.resolved_out_dir() == Path("data/fineweb-edu")
+def test_data_files_flags_add_up_and_name_the_output_dir():
+    """`--data_files` takes comma lists and repeats; with no --out_dir the output is named after
+    the first local file, or else after the hub dataset (its last path part)."""
     two = data_prep.parse_args(["--data_files", "a.jsonl,b.jsonl", "--data_files=c.jsonl"])
     assert two.data_files == ("a.jsonl", "b.jsonl", "c.jsonl")
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        args.shard_size = 1  # type: ignore[misc]
+    local = data_prep.parse_args(["--data_files", "../corpora/kjv.jsonl.gz"])
+    assert local.resolved_out_dir() == Path("data/kjv")
+    hub = data_prep.parse_args(["--dataset", "roneneldan/TinyStories"])
+    assert hub.resolved_out_dir() == Path("data/TinyStories")
+    assert data_prep.parse_args(["--out_dir", "x/y"]).resolved_out_dir() == Path("x/y")

@@ -7,16 +7,23 @@ import math
 
 import numpy as np
 import pytest
-from conftest import read_metrics, tiny_config, write_random_shards
+from conftest import read_jsonl_texts, read_metrics, tiny_config, write_random_shards
 
 from minigpt_jax import evaluate, train
-from minigpt_jax.tokenizer import ByteTokenizer
+from minigpt_jax.input_pipeline import token_dtype, write_shard
+from minigpt_jax.tokenizer import ByteTokenizer, load_tokenizer
+
+# Val text of the trained run: "abc" + end-of-text, repeated. Any stretch of targets whose length is
+# a multiple of 4 holds exactly 3 bytes per 4 tokens.
+VAL_PERIOD = [ord("a"), ord("b"), ord("c"), ByteTokenizer().eot_id]
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     data = write_random_shards(root / "data")
+    val = np.tile(np.array(VAL_PERIOD, dtype=token_dtype(257)), 1250)
+    write_shard(data / "val_000000.bin", val)
     c = tiny_config(
         data, root / "run", tokenizer="byte", total_steps=4, warmup_steps=1, log_every=1,
         eval_every=2, eval_tokens=1024, checkpoint_every=2, lr=6e-4,
@@ -44,10 +51,10 @@ def test_bits_per_byte_counts_the_evaluated_text(trained_run):
     run_dir, _ = trained_run
     result = evaluate.evaluate_checkpoint(run_dir, eval_tokens=512)
     assert result["tokens"] == 512  # the override: 4 sequences of 32 tokens x 4 batches
-    # Byte tokenizer: every id but end-of-text is one byte of text.
-    assert result["bytes"] <= result["tokens"]
-    expected = result["loss"] * result["tokens"] / math.log(2) / result["bytes"]
-    assert result["bits_per_byte"] == pytest.approx(expected)
+    # Every 32-target window of "abc<eot>abc<eot>..." holds 8 end-of-text ids and 24 bytes.
+    assert result["bytes"] == 384
+    # nats per token -> bits per token (/ ln 2) -> bits per byte (x 4 tokens / 3 bytes).
+    assert result["bits_per_byte"] == pytest.approx(result["loss"] / math.log(2) * 4 / 3)
 
 
 def test_count_bytes_skips_end_of_text_and_keeps_multibyte_characters():
@@ -55,6 +62,23 @@ def test_count_bytes_skips_end_of_text_and_keeps_multibyte_characters():
     text = "naïve café"
     ids = np.array([list(text.encode()) + [tok.eot_id]])
     assert evaluate.count_bytes([ids[:, :5], ids[:, 5:]], tok) == len(text.encode())
+
+
+@pytest.mark.parametrize("spec", ["byte", "gpt2"])
+def test_count_bytes_is_the_utf8_length_of_real_text(spec, shared_data, monkeypatch):
+    """Documents joined by end-of-text and cut into batches anywhere (even inside a character
+    GPT-2 splits over several tokens) count exactly their UTF-8 bytes."""
+    monkeypatch.setenv("MINIGPT_GPT2_TIKTOKEN", str(shared_data / "gpt2.tiktoken"))
+    tok = load_tokenizer(spec)
+    texts = read_jsonl_texts(shared_data / "classics" / "web.jsonl", limit=3)
+    texts = [t[:2000] for t in texts] + ["naïve café — 🦜 “quoted”"]
+    ids = []
+    for t in texts:
+        ids += tok.encode(t) + [tok.eot_id]
+    ids = np.array(ids)
+    cut = len(ids) - 9  # between the first two of the parrot emoji's 3 GPT-2 tokens
+    batches = [ids[:cut], ids[cut:]]
+    assert evaluate.count_bytes(batches, tok) == sum(len(t.encode("utf-8")) for t in texts)
 
 
 def test_count_bytes_counts_only_weighted_targets():

@@ -12,7 +12,7 @@ import pytest
 from conftest import read_metrics, tiny_config
 
 from minigpt_jax import input_pipeline, shards
-from minigpt_jax.config import ConfigError, default_config
+from minigpt_jax.config import ConfigError
 from minigpt_jax.errors import DataError
 from minigpt_jax.hf import load_hf_gpt2, save_hf_gpt2
 from minigpt_jax.init_from import InitSpec, load_init_params, parse_init_from
@@ -232,7 +232,6 @@ def tiny_run(data_dir: Path, run_dir: Path, **overrides):
 
 @pytest.mark.slow
 def test_fine_tune_from_a_checkpoint_starts_at_its_eval_loss(tiny_shards, tmp_path):
-    pytest.importorskip("minigpt_jax.checkpoint")
     from minigpt_jax.checkpoint import load_params
     from minigpt_jax.config import model_config
     from minigpt_jax.train import train_and_evaluate
@@ -280,14 +279,29 @@ def test_sft_run_trains_on_responses(sft_shards, tmp_path):
     assert m[-1]["val_loss"] < m[0]["train_loss"] - 1.0
 
 
-def test_fine_tuning_configs_load():
+def _load_config(name: str):
     import importlib.util
 
-    for name in ("finetune_char", "finetune_gpt2"):
-        path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        c = module.get_config()
-        assert c.init_from != "scratch" and c.lr < default_config().lr
-        parse_init_from(c.init_from)
+    path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def test_fine_tuning_configs_validate_and_fit_their_starting_points(tmp_path):
+    from minigpt_jax.config import model_config, validate_config
+
+    char, small, gpt2 = (_load_config(n) for n in ("finetune_char", "small", "finetune_gpt2"))
+    for c in (char, gpt2):
+        c.data_dir = str(tmp_path)  # the configs' data dirs are made by download_data.py
+        validate_config(c)
+    # finetune_char starts from configs/small.py's run: same model shape, a lower learning rate.
+    assert parse_init_from(char.init_from) == InitSpec("checkpoint", small.run_dir)
+    assert model_config(char) == model_config(small)
+    assert char.lr < small.lr and char.block_size <= small.block_size
+    # finetune_gpt2 loads GPT-2 124M's Hugging Face weights: the shapes must be GPT-2's.
+    assert parse_init_from(gpt2.init_from) == InitSpec("hf", "gpt2")
+    m = model_config(gpt2)
+    assert (m.n_layer, m.n_head, m.n_embd, m.vocab_size, m.block_size) == (12, 12, 768, 50257, 1024)
+    assert gpt2.lr == gpt2.min_lr and gpt2.block_size == 1024  # nanoGPT's constant lr, full context

@@ -20,6 +20,11 @@ def test_training_logs_learns_and_repeats_exactly(tiny_shards, tmp_path):
     for key in ("step", "train_loss", "lr", "grad_norm", "tokens_per_s", "mfu"):
         assert all(key in r for r in a), key
     assert [r["step"] for r in a if "val_loss" in r] == [6, 12]
+    # MFU: achieved FLOP/s over the configured 1 TFLOP/s peak; the tiny model on 32-token windows
+    # costs 748416 training FLOPs per token (counted by hand in test_train_state.py).
+    for r in a:
+        assert r["tokens_per_s"] > 0
+        assert r["mfu"] == pytest.approx(r["tokens_per_s"] * 748_416 / 1e12)
     assert a[-1]["train_loss"] < a[0]["train_loss"] < 5.6
     assert [r["train_loss"] for r in a] == [r["train_loss"] for r in b]
     assert [r["val_loss"] for r in a if "val_loss" in r] == [
