@@ -43,7 +43,7 @@ import regex
 
 from minigpt_jax.errors import TokenizerError
 from minigpt_jax.files import write_bytes_atomic
-from minigpt_jax.tokenizer import EOT_TEXT
+from minigpt_jax.tokenizer import EOT_TEXT, check_text, lone_surrogate
 
 # tiktoken's r50k pattern (tiktoken_ext.openai_public.r50k_pat_str): GPT-2's split, made faster.
 GPT2_PATTERN = (
@@ -76,6 +76,7 @@ def count_chunks(
     split = regex.compile(pattern).findall
     counts: Counter[str] = Counter()
     for doc in tqdm(documents, desc="counting chunks", unit="doc", disable=not progress):
+        check_text(doc)
         counts.update(split(doc))
     return Counter({chunk.encode("utf-8"): n for chunk, n in counts.items()})
 
@@ -379,8 +380,11 @@ class Tokenizer:
             ranks = {tok: i for i, tok in enumerate(vocab)}
             if len(ranks) != len(vocab):
                 raise bad("two merges spell the same token")
-            regex.compile(spec["pattern"])
-            return cls(ranks, spec["pattern"], spec["special_tokens"], name=spec.get("name"))
+            if regex.compile(spec["pattern"]).fullmatch(""):
+                raise bad("its pattern matches the empty string")
+            tok = cls(ranks, spec["pattern"], spec["special_tokens"], name=spec.get("name"))
+            tok.to_tiktoken()  # tiktoken's regex engine must accept the pattern too
+            return tok
         except TokenizerError:
             raise
         except (KeyError, TypeError, ValueError, regex.error) as e:
@@ -450,20 +454,28 @@ class Tokenizer:
         return self._encoding
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of `text`; special-token strings in it are ordinary text."""
+        """Token ids of `text`; special-token strings in it are ordinary text. A lone surrogate
+        raises `TokenizerError` (tiktoken alone would replace it with U+FFFD)."""
+        check_text(text)
         return self.to_tiktoken().encode_ordinary(text)
 
     def encode_array(self, text: str) -> np.ndarray:
         """`encode` as a uint32 array straight from tiktoken's buffer: no Python int per token,
         and the GIL is released throughout, so threads encode in parallel (data preparation)."""
-        return self.to_tiktoken().encode_to_numpy(text, disallowed_special=())
+        try:
+            return self.to_tiktoken().encode_to_numpy(text, disallowed_special=())
+        except UnicodeEncodeError as e:
+            raise lone_surrogate(text, e.start) from None
 
     def encode_batch(self, texts: list[str], num_threads: int = 8) -> list[list[int]]:
         """`encode` of many texts; tiktoken releases the GIL, so threads run in parallel."""
+        for text in texts:
+            check_text(text)
         return self.to_tiktoken().encode_ordinary_batch(texts, num_threads=num_threads)
 
     def encode_reference(self, text: str) -> list[int]:
         """The encoding in plain Python (slow; the specification `encode` is tested against)."""
+        check_text(text)
         ids: list[int] = []
         for chunk in self._split.findall(text):
             ids.extend(self._bpe(chunk.encode("utf-8")))

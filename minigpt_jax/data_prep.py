@@ -10,8 +10,10 @@ fixed token positions, as build-nanogpt and llm.c do: the first `val_tokens` are
 a separate validation split or files are given), the rest is training, `shard_size` tokens per
 shard, the last one shorter. Because positions, not timing, define the cuts, the output is the same
 bytes whatever `num_proc` is, and a run killed mid-way resumes exactly: `progress.json` records,
-for every finished shard, the document and token where the next one starts. `manifest.json` is
-written last; a directory without it is an unfinished run.
+for every finished shard, the document and token where the next one starts, and its sha256, which
+a rerun checks first (a deleted or changed shard is made again from its recorded position).
+`manifest.json` is written last; a directory without it is an unfinished run. A directory holding
+anything else is refused unless `--overwrite` (`shards.claim_out_dir`).
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import json
 import math
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from collections import deque
@@ -34,16 +36,26 @@ from typing import Any
 import numpy as np
 
 from minigpt_jax.documents import PYDOC, expand_files, load_documents, text_batches
-from minigpt_jax.errors import DataError, TokenizerError, exit_on_user_error
+from minigpt_jax.errors import (
+    DataError,
+    TokenizerError,
+    UserError,
+    exit_on_interrupt,
+    exit_on_user_error,
+)
 from minigpt_jax.files import copy_atomic, sha256_file, write_json_atomic
 from minigpt_jax.shards import (
     MANIFEST,
     MANIFEST_VERSION,
     PROGRESS,
     check_manifest,
+    check_shard_size,
+    claim_out_dir,
+    clear_data_files,
     token_dtype,
     write_manifest,
     write_shard,
+    writing_data,
 )
 from minigpt_jax.tokenizer import data_dir_tokenizer, load_tokenizer
 
@@ -79,6 +91,7 @@ class PrepArgs:
     seed: int | None = None
     cache_dir: str | None = None
     progress: bool = True
+    overwrite: bool = False
 
     def resolved_out_dir(self) -> Path:
         if self.out_dir:
@@ -119,6 +132,8 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(tokenizer, dtype_str: str) -> None:
+    # Ctrl-C reaches the whole process group: the main process reports it once, workers stay quiet.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER.update(tokenizer=tokenizer, dtype=np.dtype(dtype_str))
     tokenizer.encode("warm up")  # builds tiktoken's tables before the first task
 
@@ -201,7 +216,13 @@ class ShardWriter:
         mine = [s for s in shards if s["source"] == source]
         self.doc, self.offset = mine[-1]["end"] if mine else (0, 0)
         self.first_doc = self.doc  # the document the current shard starts in
-        self.buffer = np.empty(shard_size, dtype)
+        try:
+            self.buffer = np.empty(shard_size, dtype)
+        except MemoryError:
+            raise DataError(
+                f"--shard_size={shard_size:,}: a shard of {shard_size * dtype.itemsize:,} bytes "
+                f"does not fit in memory; lower --shard_size"
+            ) from None
         self.fill = 0
         # Documents that start in the current shard: their position in it and their UTF-8 bytes.
         self.doc_pos: list[np.ndarray] = []
@@ -300,8 +321,7 @@ def _input_sizes(files: list[str]) -> list[dict[str, Any]]:
 
 
 def _check_args(args: PrepArgs) -> None:
-    if args.shard_size <= 0:
-        raise DataError(f"--shard_size={args.shard_size}: must be a positive number of tokens")
+    check_shard_size(args.shard_size)
     if args.val_tokens is not None and args.val_tokens < 0:
         raise DataError(f"--val_tokens={args.val_tokens}: must be >= 0")
     if args.tokens_threshold is not None and args.tokens_threshold < args.shard_size:
@@ -324,28 +344,46 @@ def _plans(args: PrepArgs) -> list[tuple[str, list[tuple[str, float]]]]:
     return [("train", [("val", val_budget), ("train", train_budget)])]
 
 
-def _start(out_dir: Path, fresh: dict[str, Any]) -> tuple[dict[str, Any], str]:
+def _start(out_dir: Path, fresh: dict[str, Any], overwrite: bool) -> tuple[dict[str, Any], str]:
     """The record to continue from, and whether the run is "new", to "resume" or "complete"."""
-    manifest_path, progress_path = out_dir / MANIFEST, out_dir / PROGRESS
+    old = claim_out_dir(out_dir, "data_prep", fresh["tokenizer"], overwrite)
+    if old is None:
+        return fresh, "new"
+    path = out_dir / (MANIFEST if (out_dir / MANIFEST).is_file() else PROGRESS)
     key = lambda rec: (rec.get("args"), rec.get("inputs"), rec.get("tokenizer", {}).get("sha256"))
-    for path in (manifest_path, progress_path):
-        if not path.is_file():
-            continue
-        old = json.loads(path.read_text())
-        if key(old) != key(fresh):
-            differ = [k for k in ("args", "inputs", "tokenizer") if old.get(k) != fresh.get(k)]
-            raise DataError(
-                f"{path}: {out_dir} holds a run with other {', '.join(differ)} (there: "
-                f"{ {k: old.get(k) for k in differ} }); pass another --out_dir or delete {out_dir}"
-            )
-        return old, ("complete" if path == manifest_path else "resume")
-    strays = sorted(p.name for p in out_dir.glob("*_[0-9]*.bin")) if out_dir.is_dir() else []
-    if strays:
+    if key(old) != key(fresh):
+        if overwrite:
+            clear_data_files(out_dir)
+            return fresh, "new"
+        differ = [k for k in ("args", "inputs", "tokenizer") if old.get(k) != fresh.get(k)]
         raise DataError(
-            f"{out_dir}: holds shards {strays[:3]} but no {PROGRESS} or {MANIFEST}; "
-            f"pass another --out_dir or delete them"
+            f"{path}: {out_dir} holds a run with other {', '.join(differ)} (there: "
+            f"{ {k: old.get(k) for k in differ} }); pass another --out_dir, or --overwrite to "
+            f"replace it"
         )
-    return fresh, "new"
+    if path.name == MANIFEST:
+        return old, "complete"
+    if not old.get("shards"):  # a run that failed before its first shard: nothing to keep
+        return fresh, "new"
+    return old, "resume"
+
+
+def _check_recorded_shards(out_dir: Path, progress: dict[str, Any], args: PrepArgs) -> None:
+    """Keep the recorded shards up to the first one that is missing or changed since it was
+    written; the run then makes it and the rest again from its recorded stream position."""
+    shards = progress["shards"]
+    for i, shard in enumerate(shards):
+        path = out_dir / shard["file"]
+        if path.is_file() and sha256_file(path) == shard["sha256"]:
+            continue
+        why = "missing" if not path.is_file() else "changed since it was written"
+        print(f"{path}: {why}; making it and the {len(shards) - i - 1} shards after it again",
+              file=sys.stderr)
+        redo = [source for source, _ in _plans(args)]
+        redo = redo[redo.index(shard["source"]):]  # its source and every source read after it
+        progress["shards"] = shards[:i]
+        progress["sources"] = {k: v for k, v in progress["sources"].items() if k not in redo}
+        return
 
 
 def _finalize(out_dir: Path, progress: dict[str, Any], tokenizer_src: Path | None) -> dict:
@@ -360,6 +398,7 @@ def _finalize(out_dir: Path, progress: dict[str, Any], tokenizer_src: Path | Non
         progress["tokenizer"],
         progress["dtype"],
         [{k: s[k] for k in ("file", "split", "tokens", "sha256", "documents")} for s in shards],
+        writer="data_prep",
         args=progress["args"],
         inputs=progress["inputs"],
         documents={sp: sum(s["documents"] for s in shards if s["split"] == sp) for sp in splits},
@@ -367,7 +406,6 @@ def _finalize(out_dir: Path, progress: dict[str, Any], tokenizer_src: Path | Non
         input_bytes=total_bytes,
         bytes_per_token=round(total_bytes / max(total_tokens, 1), 4),
     )
-    (out_dir / PROGRESS).unlink(missing_ok=True)
     return manifest
 
 
@@ -398,29 +436,34 @@ def prepare(args: PrepArgs) -> dict[str, Any]:
 
     dtype = token_dtype(tokenizer.vocab_size)
     fresh = {
-        "version": MANIFEST_VERSION, "tokenizer": tok_record, "dtype": dtype.name,
+        "version": MANIFEST_VERSION, "writer": "data_prep", "tokenizer": tok_record,
+        "dtype": dtype.name,
         "args": _output_args(args, data_files, val_files),
         "inputs": _input_sizes(data_files + val_files), "shards": [],
     }
-    progress, state = _start(out_dir, fresh)
+    progress, state = _start(out_dir, fresh, args.overwrite)
     if state == "complete":
-        check_manifest(out_dir, tokenizer.identity)
+        check_manifest(out_dir, tokenizer.identity, verify_checksums=True)
         _log(args, f"{out_dir}: already complete ({len(progress['shards'])} shards)")
         return progress
 
-    created_dir = not out_dir.exists()
-    for stale in out_dir.glob("*.tmp") if out_dir.is_dir() else ():
-        stale.unlink()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    progress = {**progress, "sources": progress.get("sources", {})}
-    write_json_atomic(out_dir / PROGRESS, progress)
-    try:
-        _run_sources(args, out_dir, progress, tokenizer, dtype)
-    except DataError:
-        if state == "new":
-            _remove_run(out_dir, progress, created_dir)
-        raise
-    return _finalize(out_dir, progress, tok_src)
+    then = "make room or fix the permissions, then rerun the same command to resume"
+    with writing_data(out_dir, then):
+        created_dir = not out_dir.exists()
+        for stale in out_dir.glob("*.tmp") if out_dir.is_dir() else ():
+            stale.unlink()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        progress = {**progress, "sources": progress.get("sources", {})}
+        if state == "resume":
+            _check_recorded_shards(out_dir, progress, args)
+        write_json_atomic(out_dir / PROGRESS, progress)
+        try:
+            _run_sources(args, out_dir, progress, tokenizer, dtype)
+        except UserError:
+            if state == "new":
+                _remove_run(out_dir, progress, created_dir)
+            raise
+        return _finalize(out_dir, progress, tok_src)
 
 
 def _run_sources(args: PrepArgs, out_dir: Path, progress: dict, tokenizer, dtype) -> None:
@@ -440,7 +483,8 @@ def _run_sources(args: PrepArgs, out_dir: Path, progress: dict, tokenizer, dtype
         bar = tqdm(total=None if math.isinf(budget) else budget, unit="tok", unit_scale=True,
                    desc=where, disable=not args.progress, mininterval=1.0)
         docs = writer.doc
-        batches = text_batches(ds, args.text_field, writer.doc, where)
+        files = args.val_data_files if source == "val" and args.val_data_files else args.data_files
+        batches = text_batches(ds, args.text_field, writer.doc, where, files)
         stream = encode_stream(batches, tokenizer, dtype, num_proc)
         try:
             for enc in stream if writer.plan else ():
@@ -545,6 +589,8 @@ def parse_args(argv: list[str] | None = None) -> PrepArgs:
                    help="shuffle the documents with this seed (default: dataset order)")
     p.add_argument("--cache_dir", default=None, help="datasets' cache (default: HF_DATASETS_CACHE)")
     p.add_argument("--progress", type=_bool, default=True)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace whatever --out_dir holds (other data, other arguments)")
     ns = p.parse_args(argv)
     return dataclasses.replace(
         d, **{**vars(ns), "name": ns.name or None, "data_files": _files(ns.data_files),
@@ -553,6 +599,6 @@ def parse_args(argv: list[str] | None = None) -> PrepArgs:
 
 
 def main(argv: list[str] | None = None) -> int:
-    with exit_on_user_error():
+    with exit_on_interrupt("rerun the same command to resume"), exit_on_user_error():
         prepare(parse_args(argv))
     return 0

@@ -8,10 +8,12 @@ documents for its tokenizer workers (`load_documents`, `text_batches`), and toke
 
 from __future__ import annotations
 
+import codecs
 import glob
+import gzip
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,6 +63,29 @@ def builder_for(files: list[str], flag: str) -> str:
     return builders.pop()
 
 
+def not_utf8(files: Sequence[str]) -> DataError | None:
+    """The error naming the first text file that is not UTF-8 (and where), else None. Called
+    only once a reader has failed to decode, to say which file and byte it was."""
+    for f in files:
+        if f.lower().endswith((".parquet", ".parquet.gz")):
+            continue
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        offset = 0
+        with (gzip.open if f.lower().endswith(".gz") else open)(f, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                pending = len(decoder.getstate()[0])
+                try:
+                    decoder.decode(chunk)
+                except UnicodeDecodeError as e:
+                    at = offset - pending + e.start
+                    return DataError(
+                        f"{f}: not UTF-8 text (byte {at:,} is 0x{e.object[e.start]:02x}); convert "
+                        f"it to UTF-8 (e.g. `iconv -f latin1 -t utf-8`) or leave it out"
+                    )
+                offset += len(chunk)
+    return None
+
+
 def pydoc_documents() -> dict[str, list[str]]:
     """The reference text that ships inside CPython (pydoc's topics), one document per topic."""
     from pydoc_data.topics import topics
@@ -83,9 +108,11 @@ def load_files(
             **kwargs,
         )
     except StopIteration as e:  # the json builder's feature inference on a file of blank lines
-        raise DataError(f"{files}: no documents") from e
+        raise DataError(f"{', '.join(files)}: no documents (only blank lines?)") from e
     except datasets.exceptions.DatasetGenerationError as e:
-        raise DataError(f"cannot read {files}: {e.__cause__ or e}") from e
+        raise not_utf8(files) or DataError(f"cannot read {files}: {e.__cause__ or e}") from e
+    except ValueError as e:  # "Instruction 'train' corresponds to no data!": blank lines only
+        raise DataError(f"{', '.join(files)}: no documents (only blank lines?): {e}") from e
 
 
 def load_documents(args: PrepArgs, role: str):
@@ -94,6 +121,8 @@ def load_documents(args: PrepArgs, role: str):
 
     files = args.val_data_files if role == "val" else args.data_files
     split = args.val_split if role == "val" else args.split
+    if not args.progress:
+        datasets.disable_progress_bars()  # "Generating train split" and friends
     try:
         if files:
             flag = "val_data_files" if role == "val" else "data_files"
@@ -133,11 +162,16 @@ def load_documents(args: PrepArgs, role: str):
     return ds.shuffle(seed=args.seed, buffer_size=10_000)
 
 
-def text_batches(ds, text_field: str, skip: int, where: str) -> Iterator[list[str]]:
-    """Lists of document texts (~_TASK_CHARS characters each), starting after `skip` documents."""
+def text_batches(
+    ds, text_field: str, skip: int, where: str, files: Sequence[str] = ()
+) -> Iterator[list[str]]:
+    """Lists of document texts (~_TASK_CHARS characters each), starting after `skip` documents.
+    `files` are the local files behind `ds`, searched for the culprit when one is not UTF-8."""
     import datasets
 
     columns = ds.column_names
+    if columns == []:  # a streamed file of blank lines
+        raise DataError(f"{where}: no documents (only blank lines?)")
     if columns is not None and text_field not in columns:
         raise DataError(
             f"{where}: no field {text_field!r} (fields: {columns}); pass --text_field=NAME"
@@ -150,7 +184,7 @@ def text_batches(ds, text_field: str, skip: int, where: str) -> Iterator[list[st
     batch: list[str] = []
     chars = 0
     index = 0
-    for rows in _read_rows(ds, where):
+    for rows in _read_rows(ds, where, files):
         if text_field not in rows:
             raise DataError(
                 f"{where}: no field {text_field!r} (fields: {list(rows)}); pass --text_field=NAME"
@@ -175,8 +209,8 @@ def text_batches(ds, text_field: str, skip: int, where: str) -> Iterator[list[st
         yield batch
 
 
-def _read_rows(ds, where: str) -> Iterator[dict[str, list]]:
-    """`ds.iter`, with a malformed file (seen only while streaming it) as one clear error."""
+def _read_rows(ds, where: str, files: Sequence[str]) -> Iterator[dict[str, list]]:
+    """`ds.iter`, with a malformed file (seen only while reading it) as one clear error."""
     import datasets
     import pyarrow as pa
 
@@ -186,8 +220,10 @@ def _read_rows(ds, where: str) -> Iterator[dict[str, list]]:
             batch = next(rows)
         except StopIteration:
             return
-        except (pa.ArrowInvalid, datasets.exceptions.DatasetGenerationError) as e:
-            raise DataError(f"{where}: cannot read it: {e.__cause__ or e}") from e
+        except (pa.ArrowInvalid, datasets.exceptions.DatasetGenerationError,
+                UnicodeDecodeError) as e:
+            cause = e.__cause__ or e
+            raise not_utf8(files) or DataError(f"{where}: cannot read it: {cause}") from e
         yield batch
 
 
@@ -202,5 +238,5 @@ def iter_documents(
         if not os.path.isfile(path):
             raise DataError(f"{path}: input file not found")
         ds = load_files([path], "input", sample_by=sample_by, streaming=True)
-        for batch in text_batches(ds, text_field, 0, path):
+        for batch in text_batches(ds, text_field, 0, path, [path]):
             yield from batch

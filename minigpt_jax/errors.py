@@ -45,5 +45,16 @@ def exit_on_user_error(*also: type[BaseException]) -> Iterator[None]:
     try:
         yield
     except (UserError, *also) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, always
         raise SystemExit(2) from None
+
+
+@contextlib.contextmanager
+def exit_on_interrupt(what_to_do: str) -> Iterator[None]:
+    """Around a command's body: Ctrl-C (SIGINT) becomes `interrupted: <what_to_do>` on stderr and
+    exit status 130 (128 + SIGINT, what a shell reports), instead of a traceback."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        print(f"interrupted: {what_to_do}", file=sys.stderr)
+        raise SystemExit(130) from None

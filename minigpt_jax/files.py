@@ -6,6 +6,7 @@ under a temporary name, flushed to disk, then renamed over the target in one ste
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -19,10 +20,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
     """`write(tmp)` fills a temporary file, which then replaces `path`."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, a read-only target, Ctrl-C: no `<path>.tmp` left behind
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:

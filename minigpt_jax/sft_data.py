@@ -27,10 +27,19 @@ from typing import Any
 
 import numpy as np
 
-from minigpt_jax.errors import DataError
+from minigpt_jax.errors import DataError, TokenizerError
 from minigpt_jax.files import copy_atomic
-from minigpt_jax.shards import MANIFEST, mask_path, token_dtype, write_manifest, write_shard
-from minigpt_jax.tokenizer import TextTokenizer, data_dir_tokenizer, load_tokenizer
+from minigpt_jax.shards import (
+    check_shard_size,
+    claim_out_dir,
+    mask_path,
+    start_writing,
+    token_dtype,
+    write_manifest,
+    write_shard,
+    writing_data,
+)
+from minigpt_jax.tokenizer import TextTokenizer, check_text, data_dir_tokenizer, load_tokenizer
 
 CHAT_TEMPLATE = "### Question:\n{prompt}\n\n### Answer:\n"
 
@@ -76,11 +85,18 @@ def read_examples(path: str | os.PathLike) -> list[tuple[str, str]]:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     examples = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(
+                    f"{where}: not UTF-8 text (byte {e.start} of the line is "
+                    f"0x{raw[e.start]:02x}); convert the file to UTF-8"
+                ) from None
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
@@ -95,6 +111,10 @@ def read_examples(path: str | os.PathLike) -> list[tuple[str, str]]:
                         f'{where}: "{key}" must be a string, got {type(record.get(key)).__name__}; '
                         f'each line is {{"prompt": "...", "response": "..."}}'
                     )
+                try:
+                    check_text(record[key])
+                except TokenizerError as e:
+                    raise DataError(f'{where}: "{key}": {e}') from None
             if not record["response"]:
                 raise DataError(f'{where}: "response" is empty; there is nothing to learn')
             examples.append((record["prompt"], record["response"]))
@@ -129,12 +149,15 @@ def prepare_sft(
     val_examples: int | None = None,
     seed: int | None = None,
     shard_size: int = 100_000_000,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write train/val token + mask shards and manifest.json (last); returns the manifest.
 
     Validation is `val_data_files`, else the first `val_examples` examples (default 5%, at least
-    one) after an optional shuffle with `seed`.
+    one) after an optional shuffle with `seed`. `out_dir` must be new, empty or earlier SFT data
+    of the same tokenizer (whose shards are replaced), unless `overwrite`.
     """
+    check_shard_size(shard_size)
     train = [ex for f in data_files for ex in read_examples(f)]
     if val_data_files:
         val = [ex for f in val_data_files for ex in read_examples(f)]
@@ -152,15 +175,23 @@ def prepare_sft(
     tokenizer = load_tokenizer(tokenizer_path)
     dtype = token_dtype(tokenizer.vocab_size)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).unlink(missing_ok=True)  # no manifest while the shards are being replaced
+    claim_out_dir(out, "sft", tokenizer.identity, overwrite)
+    with writing_data(out, "make room or fix the permissions, then rerun"):
+        return _write(out, tokenizer, tokenizer_path, dtype, train, val, shard_size,
+                      [*data_files, *val_data_files])
+
+
+def _write(out: Path, tokenizer: TextTokenizer, tokenizer_path: str, dtype: np.dtype,
+           train: list[tuple[str, str]], val: list[tuple[str, str]], shard_size: int,
+           inputs: list) -> dict[str, Any]:
+    tok_record, tok_src = data_dir_tokenizer(tokenizer_path, tokenizer)
+    start_writing(out, "sft", tok_record)  # no manifest, and no stale shard, until the new ones
     shards = []
     counts = {}
     for split, examples in (("train", train), ("val", val)):
         tokens, mask = pack_examples(tokenizer, examples, dtype)
         shards += _write_split(out, split, tokens, mask, len(examples), shard_size)
         counts[split] = {"tokens": int(tokens.size), "target_tokens": int(mask.sum())}
-    tok_record, tok_src = data_dir_tokenizer(tokenizer_path, tokenizer)
     if tok_src is not None:
         copy_atomic(tok_src, out / tok_record["spec"])
     return write_manifest(
@@ -168,9 +199,10 @@ def prepare_sft(
         tok_record,
         dtype.name,
         shards,
+        writer="sft",
         format="sft",
         chat_template=CHAT_TEMPLATE,
-        inputs=[str(f) for f in [*data_files, *val_data_files]],
+        inputs=[str(f) for f in inputs],
         documents={"train": len(train), "val": len(val)},
         tokens={k: v["tokens"] for k, v in counts.items()},
         target_tokens={k: v["target_tokens"] for k, v in counts.items()},

@@ -10,13 +10,20 @@ through `write_manifest`: the tokenizer record, the token dtype, every shard wit
 its mask's), and whatever the writer adds. One optional field matters to training: `packing`
 ({"block_size": N, "whole_documents": true}) says whole documents were packed into N-token chunks,
 so windows of another length would cut them (`packed_block_size`).
+
+Writers never clobber data they did not make: `claim_out_dir` refuses a directory holding another
+writer's data, another tokenizer's, or anything else, unless the user passed `--overwrite`, and
+`clear_data_files` removes the old shards before new ones are written, so no stale shard outlives
+its manifest.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +41,21 @@ MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 # Data preparation in progress (data_prep.py); a directory with it and no manifest is unfinished.
 PROGRESS = "progress.json"
+# What to rerun to finish a directory, by `manifest_writer`.
+WRITER_COMMANDS = {
+    "data_prep": "scripts/download_data.py", "sft": "python -m minigpt_jax.sft",
+    "arithmetic": "scripts/make_arithmetic_data.py",
+}
+# llm.c's header stores a shard's token count as an int32.
+MAX_SHARD_TOKENS = 2**31 - 1
+
+
+def check_shard_size(shard_size: int) -> None:
+    if not 1 <= shard_size <= MAX_SHARD_TOKENS:
+        raise DataError(
+            f"--shard_size={shard_size}: must be between 1 and {MAX_SHARD_TOKENS:,} tokens (the "
+            f"shard header stores the count as an int32); the default is 100,000,000"
+        )
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -46,6 +68,8 @@ def write_shard(path: str | os.PathLike, tokens: np.ndarray) -> None:
     tokens = np.asarray(tokens)
     if tokens.dtype not in _MAGIC_FOR_DTYPE:
         raise DataError(f"{path}: tokens must be uint16 or uint32, got {tokens.dtype}")
+    if tokens.size > MAX_SHARD_TOKENS:
+        raise DataError(f"{path}: {tokens.size:,} tokens do not fit one shard's int32 count")
     magic, version = _MAGIC_FOR_DTYPE[tokens.dtype]
     header = np.zeros(HEADER_INTS, np.int32)
     header[:3] = (magic, version, tokens.size)
@@ -115,14 +139,35 @@ def mask_path(shard: str | os.PathLike) -> Path:
 # The manifest
 
 
-def read_manifest(data_dir: str | os.PathLike) -> dict[str, Any] | None:
-    path = Path(data_dir) / MANIFEST
+def _read_record(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e}); re-run scripts/download_data.py") from e
+        record = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        record = e
+    if not isinstance(record, dict):
+        raise DataError(
+            f"{path}: damaged (not a JSON object: {record}); re-create the data by rerunning the "
+            f"command that made it with --overwrite"
+        )
+    return record
+
+
+def read_manifest(data_dir: str | os.PathLike) -> dict[str, Any] | None:
+    return _read_record(Path(data_dir) / MANIFEST)
+
+
+def manifest_writer(record: dict[str, Any]) -> str:
+    """The command that made a manifest or progress record ("data_prep", "sft" or a task name);
+    manifests written before the `writer` field are recognised by their fields."""
+    if record.get("writer"):
+        return str(record["writer"])
+    if record.get("format") == "sft":
+        return "sft"
+    if isinstance(record.get("task"), dict):
+        return str(record["task"].get("name"))
+    return "data_prep"
 
 
 
@@ -131,13 +176,15 @@ def write_manifest(
     tokenizer: dict[str, Any],
     dtype: str,
     shards: list[dict[str, Any]],
+    *,
+    writer: str,
     **fields: Any,
 ) -> dict[str, Any]:
     """Write `manifest.json` (atomically, last) and return it as readers will see it.
 
     `shards` lists {file, split, tokens, ...; mask: the mask file, if any}; the sha256 of each
-    shard and mask is computed here unless the writer already has it. `fields` are the writer's
-    own (args, documents, packing, ...).
+    shard and mask is computed here unless the writer already has it. `writer` names the command
+    (see `claim_out_dir`); `fields` are the writer's own (args, documents, packing, ...).
     """
     out = Path(out_dir)
     listed = []
@@ -148,11 +195,106 @@ def write_manifest(
             shard.setdefault("mask_sha256", sha256_file(out / shard["mask"]))
         listed.append(shard)
     manifest = {
-        "version": MANIFEST_VERSION, "tokenizer": tokenizer, "dtype": dtype, **fields,
+        "version": MANIFEST_VERSION, "writer": writer, "tokenizer": tokenizer, "dtype": dtype,
+        **fields,
         "shards": listed,
     }
     write_json_atomic(out / MANIFEST, manifest)
+    (out / PROGRESS).unlink(missing_ok=True)
     return json.loads(json.dumps(manifest))  # tuples become lists, as any reader sees them
+
+
+# ------------------------------------------------------------------------------------------------
+# Claiming an output directory
+
+
+def claim_out_dir(
+    out_dir: str | os.PathLike, writer: str, tokenizer: dict[str, Any], overwrite: bool
+) -> dict[str, Any] | None:
+    """May `writer` write into `out_dir`? Returns the record (manifest, else progress) of data this
+    writer made there with this tokenizer; None when there is none (absent or empty directory, or
+    `overwrite`, which first removes the old data files).
+
+    Anything else is refused with one error naming what is there: another writer's data (an SFT
+    run over a pretraining corpus), another tokenizer's, a damaged record, or files no writer made.
+    """
+    from minigpt_jax.tokenizer import same_tokenizer
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out_dir={out}: is a file, not a directory; pass another --out_dir")
+    if not out.is_dir():
+        return None
+    try:
+        record = read_manifest(out) or _read_record(out / PROGRESS)
+    except DataError:
+        if not overwrite:
+            raise
+        record = None
+    entries = sorted(p.name for p in out.iterdir() if not p.name.endswith(".tmp"))
+    if record is not None and entries == [PROGRESS] and not record.get("shards"):
+        return None  # a run that failed before its first shard left nothing to keep
+    if record is not None:
+        theirs = manifest_writer(record)
+        tok = record.get("tokenizer") or {}
+        if theirs == writer and same_tokenizer(tok, tokenizer):
+            return record
+        n = len(record.get("shards", []))
+        what = f"{theirs} data (tokenizer {tok.get('name')!r}, {n} shards)"
+    else:
+        if not entries:
+            return None
+        what = f"files no data writer made ({', '.join(entries[:3])}{', ...' * (len(entries) > 3)})"
+    if not overwrite:
+        raise DataError(
+            f"--out_dir={out}: holds {what}; this {writer} run (tokenizer "
+            f"{tokenizer.get('name')!r}) will not overwrite it: pass another --out_dir, or "
+            f"--overwrite to replace it"
+        )
+    clear_data_files(out)
+    return None
+
+
+def clear_data_files(out_dir: str | os.PathLike) -> None:
+    """Remove what data writers put in `out_dir`: the manifest first (so a crash in between leaves
+    an unfinished directory, never a manifest over missing shards), then progress, shards, masks,
+    tokenizer copies, the files a manifest lists, and temporary files. Other files stay."""
+    out = Path(out_dir)
+    listed: set[str] = set()
+    with contextlib.suppress(DataError):
+        record = read_manifest(out) or {}
+        for shard in record.get("shards", []):
+            listed.update(str(shard.get(k)) for k in ("file", "mask") if shard.get(k))
+        listed.update(map(str, ((record.get("task") or {}).get("test_files") or {}).values()))
+        spec = (record.get("tokenizer") or {}).get("spec")
+        listed.update([spec] if spec and spec not in ("byte", "gpt2") else [])
+    (out / MANIFEST).unlink(missing_ok=True)
+    (out / PROGRESS).unlink(missing_ok=True)
+    shard_name = re.compile(r"(^|_)(train|val)_\d+\.(bin|npy)$|\.mask\.bin$|\.tmp$|^tokenizer\.")
+    for path in out.iterdir():
+        if (path.name in listed or shard_name.search(path.name)) and path.is_file():
+            path.unlink()
+
+
+def start_writing(out_dir: str | os.PathLike, writer: str, tokenizer: dict[str, Any]) -> None:
+    """Before a one-pass writer (SFT, a task) writes its shards: the old data files go, and a
+    progress record says whose unfinished directory this is until `write_manifest` replaces it,
+    so a rerun after a crash is recognised as the same writer's."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    clear_data_files(out)
+    write_json_atomic(out / PROGRESS, {"writer": writer, "tokenizer": tokenizer, "shards": []})
+
+
+@contextlib.contextmanager
+def writing_data(out_dir: str | os.PathLike, then: str) -> Iterator[None]:
+    """Around a writer's output: a read-only directory or a full disk (`OSError`) becomes one
+    `DataError` naming the file; `then` says what to do after fixing it."""
+    try:
+        yield
+    except OSError as e:
+        where = e.filename or out_dir
+        raise DataError(f"{where}: {e.strerror or e} (writing {out_dir}); {then}") from e
 
 
 def check_manifest(
@@ -169,10 +311,12 @@ def check_manifest(
     data_dir = Path(data_dir)
     manifest = read_manifest(data_dir)
     if manifest is None:
-        if (data_dir / PROGRESS).is_file():
+        progress = _read_record(data_dir / PROGRESS)
+        if progress is not None:
+            command = WRITER_COMMANDS.get(manifest_writer(progress), "the command that made it")
             raise DataError(
                 f"{data_dir}: data preparation is unfinished ({PROGRESS}, no {MANIFEST}); rerun "
-                f"scripts/download_data.py with the same arguments to finish it"
+                f"{command} with the same arguments to finish it"
             )
         return None
     if manifest.get("version") != MANIFEST_VERSION:
@@ -197,13 +341,17 @@ def check_manifest(
         if not path.is_file() or path.stat().st_size != expected:
             raise DataError(
                 f"{path}: listed in {MANIFEST} with {shard['tokens']} tokens but "
-                f"{'missing' if not path.is_file() else 'of another size'}; re-run "
-                f"scripts/download_data.py into a fresh --out_dir"
+                f"{'missing' if not path.is_file() else 'of another size'}; re-create the data "
+                f"(rerun its command with --overwrite)"
             )
         if verify_checksums:
             for name, key in ((shard["file"], "sha256"), (shard.get("mask"), "mask_sha256")):
                 if name and shard.get(key) and sha256_file(data_dir / name) != shard[key]:
-                    raise DataError(f"{data_dir / name}: sha256 differs from {MANIFEST}; corrupt")
+                    raise DataError(
+                        f"{data_dir / name}: changed since it was written (its sha256 differs "
+                        f"from {MANIFEST}'s); re-create the data (rerun its command with "
+                        f"--overwrite)"
+                    )
     return manifest
 
 

@@ -9,6 +9,7 @@ made by another tokenizer and generation decodes with the right one.
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,6 +33,24 @@ class TextTokenizer(Protocol):
 
 
 EOT_TEXT = "<|endoftext|>"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate(text: str, position: int) -> TokenizerError:
+    """The error for a lone surrogate: a Python str can hold one (a JSON `\\ud800` escape without
+    its pair), but it is not Unicode text and has no UTF-8 bytes, so no tokenizer can encode it
+    in a way that decodes back. Every encoder refuses it rather than guess a replacement."""
+    return TokenizerError(
+        f"the text has a lone surrogate U+{ord(text[position]):04X} at character {position}: "
+        f"it is not Unicode text and has no UTF-8 bytes; fix the input (a \\u escape without "
+        f"its pair?) or replace it with U+FFFD"
+    )
+
+
+def check_text(text: str) -> None:
+    """Raise `lone_surrogate` if `text` cannot be encoded as UTF-8."""
+    if match := _SURROGATE.search(text):
+        raise lone_surrogate(text, match.start())
 
 
 class ByteTokenizer:
@@ -44,10 +63,17 @@ class ByteTokenizer:
     eot_id = 256
 
     def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
+        return list(self._utf8(text))
 
     def encode_array(self, text: str) -> np.ndarray:
-        return np.frombuffer(text.encode("utf-8"), np.uint8)
+        return np.frombuffer(self._utf8(text), np.uint8)
+
+    @staticmethod
+    def _utf8(text: str) -> bytes:
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise lone_surrogate(text, e.start) from None
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]

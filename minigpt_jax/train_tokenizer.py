@@ -11,12 +11,15 @@ output holds the ranks only (tiktoken's format has no pattern or special tokens)
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from minigpt_jax.bpe import PATTERNS, Tokenizer
 from minigpt_jax.documents import iter_documents
+from minigpt_jax.errors import DataError, TokenizerError, exit_on_interrupt, exit_on_user_error
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,34 +36,62 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _check_out(out: Path) -> None:
+    """Before training: a target that cannot be written fails now, not after the work."""
+    if out.is_dir():
+        raise TokenizerError(f"--out={out}: is a directory; name the tokenizer file to write")
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise TokenizerError(f"--out={out}: {parent} is not a writable directory")
+
+
 def main(argv: list[str] | None = None) -> Tokenizer:
     args = parse_args(argv)
+    with exit_on_interrupt("no tokenizer was written"), exit_on_user_error():
+        return _train(args)
+
+
+def _train(args: argparse.Namespace) -> Tokenizer:
+    if args.vocab_size < 257:
+        raise TokenizerError(
+            f"--vocab_size={args.vocab_size}: must be at least 257 (256 bytes + <|endoftext|>)"
+        )
+    out = Path(args.out)
+    _check_out(out)
     heldout: list[str] = []
+    has_text = False
     budget = int(args.heldout_mb * 1e6)
 
     def training_documents() -> Iterator[str]:
-        nonlocal budget
+        nonlocal budget, has_text
         for k, doc in enumerate(iter_documents(args.input, args.text_field)):
             held = args.heldout_every > 0 and k % args.heldout_every == args.heldout_every - 1
             if held and budget > 0:
                 heldout.append(doc)
                 budget -= len(doc.encode("utf-8"))
             else:
+                has_text = has_text or (bool(doc) and not doc.isspace())
                 yield doc
 
     start = time.perf_counter()
-    try:
-        tok = Tokenizer.train(training_documents(), args.vocab_size, pattern=args.pattern,
-                              name=args.name, progress=True)
-    except (OSError, ValueError) as e:  # unreadable input: one line naming the file, no traceback
-        raise SystemExit(f"train_tokenizer: {e}") from e
+    tok = Tokenizer.train(training_documents(), args.vocab_size, pattern=args.pattern,
+                          name=args.name, progress=sys.stderr.isatty())
+    if not has_text:
+        raise DataError(
+            f"--input {' '.join(args.input)}: no text to train on (no documents, only blank "
+            f"ones, or all held out by --heldout_every); pass more text"
+        )
     seconds = time.perf_counter() - start
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".tiktoken":
-        tok.save_tiktoken(out)
-    else:
-        tok.save(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.suffix == ".tiktoken":
+            tok.save_tiktoken(out)
+        else:
+            tok.save(out)
+    except OSError as e:
+        raise TokenizerError(f"--out={out}: cannot write it: {e.strerror or e}") from e
     print(f"trained {tok.vocab_size} tokens in {seconds:.1f} s -> {out}")
     print(f"identity: {tok.identity}")
     if heldout:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -83,3 +84,26 @@ def read_metrics(run_dir: Path) -> list[dict]:
 @pytest.fixture
 def tiny_shards(tmp_path: Path) -> Path:
     return write_random_shards(tmp_path / "data")
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    """Every file and directory under `root` (relative path -> sha256, or "dir"): equal before and
+    after a refused command means it changed nothing."""
+    root = Path(root)
+    if not root.exists():
+        return {}
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        out[rel] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def assert_one_line_error(stderr: str, *names: str) -> str:
+    """A user error as commands report it: one `error: ...` line naming `names`, no traceback."""
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    for name in names:
+        assert str(name) in lines[0], (name, lines[0])
+    return lines[0]

@@ -286,9 +286,11 @@ def test_train_script(tmp_path, capsys, shared_data):
     printed = capsys.readouterr().out
     assert "bytes per token" in printed
     assert Tokenizer.load(out).identity == t.identity
-    with pytest.raises(SystemExit, match="missing.jsonl: input file not found"):
+    with pytest.raises(SystemExit) as e:
         script.main(["--input", str(tmp_path / "missing.jsonl"), "--vocab_size", "300",
                      "--out", str(tmp_path / "never.json")])
+    assert e.value.code == 2
+    assert "missing.jsonl: input file not found" in capsys.readouterr().err
     assert not (tmp_path / "never.json").exists()
 
 

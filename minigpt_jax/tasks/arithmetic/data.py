@@ -25,7 +25,14 @@ import numpy as np
 
 from minigpt_jax.errors import DataError, exit_on_user_error
 from minigpt_jax.files import atomic_write
-from minigpt_jax.shards import mask_path, write_manifest, write_shard
+from minigpt_jax.shards import (
+    claim_out_dir,
+    mask_path,
+    start_writing,
+    write_manifest,
+    write_shard,
+    writing_data,
+)
 from minigpt_jax.tasks.arithmetic import problems as arithmetic
 from minigpt_jax.tokenizer import ByteTokenizer, tokenizer_record
 
@@ -97,12 +104,24 @@ def write_dataset(
     mixture: arithmetic.Mixture | None = None,
     heldout_spec=arithmetic.HELDOUT_SPEC,
     long_spec=arithmetic.LONG_SPEC,
+    overwrite: bool = False,
 ) -> dict:
-    """Shards, test JSONL and manifest in `out_dir`; returns the manifest."""
+    """Shards, test JSONL and manifest in `out_dir`; returns the manifest. `out_dir` must be new,
+    empty or earlier arithmetic data (whose files are replaced), unless `overwrite`."""
     mixture = mixture or arithmetic.Mixture()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     tokenizer = ByteTokenizer()
+    record = tokenizer_record("byte", tokenizer)
+    claim_out_dir(out, "arithmetic", record, overwrite)
+    with writing_data(out, "make room or fix the permissions, then rerun"):
+        start_writing(out, "arithmetic", record)
+        return _write(out, tokenizer, record, steps, train_tokens, val_tokens, block_size, seed,
+                      test_seed, mixture, heldout_spec, long_spec)
+
+
+def _write(out: Path, tokenizer: ByteTokenizer, record: dict, steps: bool, train_tokens: int,
+           val_tokens: int, block_size: int, seed: int, test_seed: int,
+           mixture: arithmetic.Mixture, heldout_spec, long_spec) -> dict:
     heldout = arithmetic.heldout_problems(test_seed, heldout_spec)
     long = arithmetic.heldout_problems(test_seed + 1, long_spec)
     tests = heldout + long
@@ -132,9 +151,10 @@ def write_dataset(
 
     return write_manifest(
         out,
-        tokenizer_record("byte", tokenizer),
+        record,
         "uint16",
         shards,
+        writer="arithmetic",
         packing={"block_size": block_size, "whole_documents": True},
         task={
             "name": "arithmetic",
@@ -161,6 +181,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--block_size", type=int, default=256, help="match the config's block_size")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--test_seed", type=int, default=1234)
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace what --out_dir holds (only earlier arithmetic data is "
+                         "replaced without it)")
     args = ap.parse_args(argv)
     with exit_on_user_error():
         manifest = write_dataset(
@@ -171,6 +194,7 @@ def main(argv: list[str] | None = None) -> None:
             block_size=args.block_size,
             seed=args.seed,
             test_seed=args.test_seed,
+            overwrite=args.overwrite,
         )
     info, (train, val) = manifest["task"], manifest["shards"]
     print(
