@@ -445,7 +445,8 @@ def bpe(texts) -> Tokenizer:
 def test_lone_surrogate_is_refused_by_every_encoder(bpe):
     text = "caf\u00e9 \ud83d ok"  # a high surrogate without its low half, at character 5
     for tok in (ByteTokenizer(), bpe):
-        for encode in (tok.encode, tok.encode_array, lambda t, tok=tok: tok.encode_batch(["ok", t])):
+        batch = lambda t, tok=tok: tok.encode_batch(["ok", t])
+        for encode in (tok.encode, tok.encode_array, batch):
             with pytest.raises(TokenizerError, match="lone surrogate U\\+D83D at character 5"):
                 encode(text)
     with pytest.raises(TokenizerError, match="character 5"):
