@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from minigpt_jax import checkpoint, input_pipeline, sharding
 from minigpt_jax.config import ConfigError, accumulation_steps, model_config, validate_config
+from minigpt_jax.loggers import make_loggers
 from minigpt_jax.model import GPT
 from minigpt_jax.train_state import (
     create_train_state,
@@ -86,18 +87,6 @@ def find_split(data_dir: str, split: str) -> list[Path]:
             f"`python scripts/download_data.py --out_dir {data_dir}`"
         )
     return paths
-
-
-class MetricsLog:
-    """Appends one JSON object per logged step to <run_dir>/metrics.jsonl (process 0 only)."""
-
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
 
 
 def eval_batches(cfg, val_paths, vocab_size):
@@ -229,9 +218,9 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     flops_per_step = flops_per_token(model_cfg, cfg.block_size) * tokens_per_step
     peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else device_peak_flops(cfg.compute_dtype)
     peak_total = peak * jax.device_count()
-    log = MetricsLog(run_dir / "metrics.jsonl", is_main)
 
     start_step = int(state.step)
+    log = make_loggers(cfg, start_step, is_main)
     progress = tqdm(
         total=cfg.total_steps, initial=start_step, disable=not is_main, dynamic_ncols=True
     )
@@ -268,7 +257,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
                         record["val_loss"] = evaluate(
                             eval_step, state.params, cfg, val_paths, model_cfg.vocab_size, mesh
                         )
-                    log.write(record)
+                    log.write(step, record)
                     _show(progress, record, is_main)
                     last_record = record
                     t_last, steps_since = time.perf_counter(), 0  # eval is not throughput
@@ -296,6 +285,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
                     break
         finally:
             ckpts.close()  # waits for the save in flight
+            log.close()
             progress.close()
     return last_record
 
