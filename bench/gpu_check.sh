@@ -5,8 +5,9 @@
 #
 # Parts, each under its own `timeout`, the whole within 8 minutes; the JSON is rewritten after every
 # part (a part that times out is recorded as such):
-#   env         JAX version, backend, devices (installs the `cuda` extra first only if JAX sees no
-#               GPU and a package registry answers within 10 s)
+#   env         JAX version, backend, devices (first installs the `cuda` extra, jax[cuda12] at the
+#               installed JAX version, only if nvidia-smi sees a GPU that JAX does not and a
+#               package registry answers within 10 s)
 #   pytest_gpu  tests marked `gpu`
 #   attention   cuDNN flash attention vs XLA attention, bf16, within tolerance
 #   train_step  GPT-2 124M train step, bf16: tokens/s and MFU against the vendor peak
@@ -44,8 +45,11 @@ part() {
   return 0
 }
 
-# The cuda extra, only when JAX sees no GPU and a registry answers quickly.
-if [ "$(timeout 60 "$PY" -c 'import jax; print(jax.default_backend())' 2>/dev/null)" != "gpu" ]; then
+# The cuda extra, only on a machine with an NVIDIA GPU whose JAX does not see it, and only when a
+# registry answers quickly (GPU_CHECK_NO_INSTALL=1: never install).
+backend="$(timeout 60 "$PY" -c 'import jax; print(jax.default_backend())' 2>/dev/null)"
+if [ "$backend" != "gpu" ] && [ -z "${GPU_CHECK_NO_INSTALL:-}" ] \
+  && timeout 20 nvidia-smi -L >/dev/null 2>&1; then
   if timeout 10 "$PY" -m pip download --no-deps --quiet -d "$WORK/probe" six >/dev/null 2>&1; then
     jax_version="$("$PY" -c 'import jax; print(jax.__version__)')"
     echo "== installing jax[cuda12]==$jax_version (the cuda extra)"
