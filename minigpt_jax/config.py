@@ -80,7 +80,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval_every = 200  # 0: only at the end
     c.eval_tokens = 65_536
     c.data_workers = 0  # Grain worker processes; 0 reads in threads of the main process
-    c.peak_tflops = 0.0  # per-device peak for MFU; 0 = vendor figure or measured at start
+    c.peak_tflops = 0.0  # per-device peak for MFU; 0 = vendor figure, or measured (peak.py)
 
     # Sharding (see minigpt_jax/sharding.py): -1 takes the devices the other axis leaves.
     c.mesh_data = -1

@@ -27,9 +27,9 @@ from tqdm import tqdm
 from minigpt_jax import checkpoint, input_pipeline, sharding
 from minigpt_jax.config import ConfigError, accumulation_steps, model_config, validate_config
 from minigpt_jax.model import GPT
+from minigpt_jax.peak import device_peak_flops
 from minigpt_jax.train_state import (
     create_train_state,
-    device_peak_flops,
     flops_per_token,
     make_eval_step,
     make_lr_schedule,
@@ -268,10 +268,13 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
                         record["val_loss"] = evaluate(
                             eval_step, state.params, cfg, val_paths, model_cfg.vocab_size, mesh
                         )
+                    # Until the next record everything counts (data, logging, saves) but the
+                    # evaluation, which trains no tokens.
+                    t_last = time.perf_counter() if do_eval else now
                     log.write(record)
                     _show(progress, record, is_main)
                     last_record = record
-                    t_last, steps_since = time.perf_counter(), 0  # eval is not throughput
+                    steps_since = 0
 
                 # One process's signal alone would hang the others inside a collective save:
                 # multi-host jobs stop at JAX's preemption sync point, which all hosts agree on.
