@@ -15,11 +15,15 @@ def test_flops_per_token_by_hand_for_a_tiny_model():
     wte = 60 * 8
     block = (
         2 * 8  # ln_1
-        + 8 * 24 + 24  # c_attn
-        + 8 * 8 + 8  # attn.c_proj
+        + 8 * 24
+        + 24  # c_attn
+        + 8 * 8
+        + 8  # attn.c_proj
         + 2 * 8  # ln_2
-        + 8 * 32 + 32  # c_fc
-        + 32 * 8 + 8  # mlp.c_proj
+        + 8 * 32
+        + 32  # c_fc
+        + 32 * 8
+        + 8  # mlp.c_proj
     )
     ln_f = 2 * 8
     n = wte + block + ln_f
