@@ -22,6 +22,7 @@ measures it again first (do that on an idle machine). Medians and min–max over
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -42,8 +43,12 @@ LEVERS: dict[str, dict[str, Any]] = {
     "full_logits": {"loss_chunks": 0},
     "chunks_4": {"loss_chunks": 4},
     "chunks_16": {"loss_chunks": 16},
+    "chunks_32": {"loss_chunks": 32},
+    "chunks_64": {"loss_chunks": 64},
     "flat_adam": {"flatten": True},
-    "no_thunks": {"env": {"XLA_FLAGS": "--xla_cpu_use_thunk_runtime=false"}},
+    "xnnpack": {"env": {"XLA_FLAGS": "--xla_cpu_use_xnnpack=true"}},
+    "onednn": {"env": {"XLA_FLAGS": "--xla_cpu_use_onednn=true"}},
+    "vector_512": {"env": {"XLA_FLAGS": "--xla_cpu_prefer_vector_width=512"}},
     "dot_attention": {"attention": "manual"},
 }
 # configs/small.py on GPT-2 shards; `vocab_size` 50257 pads to nanoGPT's 50304.
@@ -440,18 +445,21 @@ def main() -> None:
     os.sched_setaffinity(0, cpus)
     ensure_data(ROOT / args.data_dir)
 
-    from minigpt_jax.model import GPTConfig
+    from minigpt_jax.config import model_config
     from minigpt_jax.peak import device_peak_flops
     from minigpt_jax.train_state import flops_per_token
 
     peak = device_peak_flops("float32", refresh=args.refresh_peak)
     cfg = _train_config(ROOT / args.data_dir, Path("/tmp/unused"), 1000, 10)
-    model = GPTConfig.preset("small", vocab_size=TORCH_VOCAB, block_size=cfg.block_size)
+    model = dataclasses.replace(model_config(cfg), vocab_size=TORCH_VOCAB)  # nanoGPT's count
     fpt = flops_per_token(model, cfg.block_size)
     tokens_per_step = cfg.batch_size * cfg.block_size
     keys = ("batch_size", "block_size", "lr", "adam_b1", "adam_b2", "grad_clip")
     spec = json.dumps(
-        {**{k: cfg[k] for k in keys}, **{k: cfg.model[k] for k in ("n_layer", "n_head", "n_embd")}}
+        {
+            **{k: cfg[k] for k in keys},
+            **{k: getattr(model, k) for k in ("n_layer", "n_head", "n_embd")},
+        }
     )
 
     samples: dict[str, list[dict[str, Any]]] = {row: [] for row in args.rows}

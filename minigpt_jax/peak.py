@@ -8,8 +8,8 @@ a neighbour's process interrupted, reads low and makes every MFU look better tha
 
 The measurement takes a few seconds, so it is cached per machine in a small JSON file
 (`$MINIGPT_JAX_CACHE` or `~/.cache/minigpt_jax/peak_flops.json`), keyed by everything that changes
-it: device kind, CPU model, usable cores, JAX version and dtype. `refresh=True` measures again (do
-it on an idle machine before publishing benchmarks).
+it: device kind, CPU model, usable cores, JAX version, XLA_FLAGS and dtype. `refresh=True` measures
+again (do it on an idle machine before publishing benchmarks).
 """
 
 from __future__ import annotations
@@ -70,7 +70,8 @@ def machine_key(device_kind: str, dtype: str) -> str:
     """What a measured peak depends on: the chip, the cores this process may use, the compiler."""
     cpu = _cpu_model()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{device_kind}|{cpu}|{cores} cores|jax {jax.__version__}|{dtype}"
+    flags = os.environ.get("XLA_FLAGS", "")  # e.g. another matmul library
+    return f"{device_kind}|{cpu}|{cores} cores|jax {jax.__version__}|{dtype}|{flags}"
 
 
 def cache_path() -> Path:
