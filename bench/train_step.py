@@ -412,7 +412,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--rows", nargs="+", default=list(MAIN_ROWS), help="rows, in round order")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--steps", type=int, default=8, help="timed steps per row and round")
+    p.add_argument("--steps", type=int, default=6, help="timed steps per row and round")
     p.add_argument("--trainer_records", type=int, default=2, help="counted metrics records")
     p.add_argument("--data_dir", default="data/bench_gpt2")
     p.add_argument("--cpus", default="", help="cores to pin every row to, e.g. 0,1 (default: all)")
