@@ -77,7 +77,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval_every = 200  # 0: only at the end
     c.eval_tokens = 65_536
     c.data_workers = 0  # Grain worker processes; 0 reads in threads of the main process
-    c.peak_tflops = 0.0  # per-device peak for MFU; 0 = vendor figure or measured at start
+    c.peak_tflops = 0.0  # per-device peak for MFU; 0 = vendor figure, or measured (peak.py)
     # Where metrics go (minigpt_jax/loggers.py): any of "jsonl" (metrics.jsonl), "tensorboard"
     # (event files in run_dir; extra [tensorboard]), "wandb" (extra [wandb]; WANDB_MODE=offline
     # works), e.g. --config.loggers="('jsonl','tensorboard')".

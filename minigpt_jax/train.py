@@ -43,9 +43,9 @@ from minigpt_jax.errors import CheckpointError, ConfigError, exit_on_user_error
 from minigpt_jax.evaluate import evaluate
 from minigpt_jax.loggers import make_loggers
 from minigpt_jax.model import GPT, GPTConfig
+from minigpt_jax.peak import device_peak_flops
 from minigpt_jax.train_state import (
     create_train_state,
-    device_peak_flops,
     flops_per_token,
     make_eval_step,
     make_lr_schedule,
@@ -297,10 +297,13 @@ def train_loop(run: Run) -> dict[str, Any]:
                             run.eval_step, state.params, cfg, run.val_paths,
                             run.model_cfg.vocab_size, mesh,
                         )
+                    # Until the next record everything counts (data, logging, saves) but the
+                    # evaluation, which trains no tokens.
+                    t_last = time.perf_counter() if do_eval else now
                     log.write(step, record)
                     _show(progress, record, is_main)
                     last_record = record
-                    t_last, steps_since = time.perf_counter(), 0  # eval is not throughput
+                    steps_since = 0
 
                 # One process's signal alone would hang the others inside a collective save:
                 # multi-host jobs stop at JAX's preemption sync point, which all hosts agree on.
