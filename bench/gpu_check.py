@@ -105,7 +105,7 @@ def attention_agreement(
 
 def train_step_bench(batch: int = 16, rounds: int = 3, steps: int = 5) -> dict[str, Any]:
     """GPT-2 124M train step in bf16 (bench/train_step.py's runner): tokens/s and MFU against
-    the vendor peak (train_state.device_peak_flops)."""
+    the vendor peak (peak.device_peak_flops)."""
     if not has_gpu():
         return _skipped()
     import statistics
@@ -114,7 +114,8 @@ def train_step_bench(batch: int = 16, rounds: int = 3, steps: int = 5) -> dict[s
     from train_step import jax_runner
 
     from minigpt_jax.model import GPTConfig
-    from minigpt_jax.train_state import device_peak_flops, flops_per_token
+    from minigpt_jax.peak import device_peak_flops
+    from minigpt_jax.train_state import flops_per_token
 
     cfg = GPTConfig.preset("gpt2", compute_dtype="bfloat16")
     block = cfg.block_size
