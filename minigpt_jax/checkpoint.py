@@ -25,7 +25,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import math
+import os
+import re
 import shutil
 import sys
 import threading
@@ -87,15 +90,30 @@ def all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack(flags)) if flags else jnp.bool_(True)
 
 
-def _disk_error(e: BaseException) -> OSError | None:
-    """The OSError (disk full, read-only, no permission) behind `e`, however Orbax wrapped it."""
+def _disk_error(e: BaseException | None) -> str | None:
+    """The reason (disk full, read-only, no permission) behind `e`, however Orbax wrapped it:
+    an OSError in the chain, or TensorStore's `[os_error_code='28']` inside a ValueError."""
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
-            return e
+        code = e.errno if isinstance(e, OSError) else None
+        if code is None and (found := re.search(r"os_error_code='(\d+)'", str(e))):
+            code = int(found[1])
+        if code in _DISK_ERRNOS:
+            return os.strerror(code)
         e = e.__cause__ or e.__context__
     return None
+
+
+class _DiskErrorLogFilter(logging.Filter):
+    """Orbax logs a failed background write with its traceback (at ERROR) before the error reaches
+    `save`/`wait`/`close`; a full or read-only disk is reported there as one line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not ("orbax" in record.pathname and _disk_error(ValueError(record.getMessage())))
+
+
+logging.getLogger("absl").addFilter(_DiskErrorLogFilter())
 
 
 def with_shardings(abstract_tree: Any, shardings: Any) -> Any:
@@ -249,7 +267,7 @@ class RunCheckpoints:
             last = [s for s in self.steps() if s != step]
             kept = f"step {last[-1]} is intact" if last else "no earlier checkpoint exists"
             raise CheckpointError(
-                f"{self.directory}: saving a checkpoint failed ({cause.strerror}); {kept}. Free "
+                f"{self.directory}: saving a checkpoint failed ({cause}); {kept}. Free "
                 f"space or fix the permissions, then rerun the same command"
             ) from e
 

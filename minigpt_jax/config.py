@@ -173,8 +173,8 @@ def validate_config(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         raise ConfigError("loss_chunks", f"{c.loss_chunks}: use 0 (full logits) or a slice count")
     if not 0 <= c.warmup_steps <= c.total_steps:
         raise ConfigError("warmup_steps", f"{c.warmup_steps} is not within [0, total_steps]")
-    if c.lr < 0:
-        raise ConfigError("lr", f"{c.lr} is negative (gradient ascent); use a positive rate")
+    if not 0 <= c.lr < float("inf"):
+        raise ConfigError("lr", f"{c.lr}: use a finite, non-negative rate (negative ascends)")
     if c.min_lr < 0:
         raise ConfigError("min_lr", f"{c.min_lr} is negative; use 0 <= min_lr <= lr")
     if c.min_lr > c.lr:
