@@ -112,11 +112,12 @@ def train_cli(*flags: str, **kw) -> list[str]:
 
 
 def tiny_flags(data: Path, run: Path, **extra) -> dict:
-    return dict(
-        data_dir=data, run_dir=run, total_steps=6, batch_size=4, block_size=32, warmup_steps=1,
-        log_every=3, eval_every=3, eval_tokens=256, checkpoint_every=3, peak_tflops=1.0,
-        lr=3e-3, **{"model.preset": "tiny", "model.vocab_size": 257}, **extra,
-    )
+    return {
+        "data_dir": data, "run_dir": run, "total_steps": 6, "batch_size": 4, "block_size": 32,
+        "warmup_steps": 1, "log_every": 3, "eval_every": 3, "eval_tokens": 256,
+        "checkpoint_every": 3, "peak_tflops": 1.0, "lr": 3e-3, "model.preset": "tiny",
+        "model.vocab_size": 257, **extra,
+    }
 
 
 def finite_checkpoints(run: Path) -> dict[int, bool]:
