@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import signal
@@ -56,10 +55,11 @@ from minigpt_jax.errors import (
 )
 from minigpt_jax.evaluate import check_eval_data, evaluate
 from minigpt_jax.init_from import check_same_tokenizer
+from minigpt_jax.loggers import make_loggers
 from minigpt_jax.model import GPT, GPTConfig
+from minigpt_jax.peak import device_peak_flops
 from minigpt_jax.train_state import (
     create_train_state,
-    device_peak_flops,
     flops_per_token,
     make_eval_step,
     make_lr_schedule,
@@ -104,18 +104,6 @@ def check_packing(cfg: ml_collections.ConfigDict, manifest: dict[str, Any] | Non
             f"{cfg.data_dir} packs whole documents into {packed}-token chunks; train with "
             f"--config.block_size={packed} or re-make the data with --block_size={cfg.block_size}",
         )
-
-
-class MetricsLog:
-    """Appends one JSON object per logged step to <run_dir>/metrics.jsonl (process 0 only)."""
-
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
 
 
 class StopOnSignal:
@@ -306,15 +294,15 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, command: bool = False) ->
 def train_loop(run: Run) -> dict[str, Any]:
     """Steps from the state's step to `total_steps`: log, evaluate, checkpoint, stop on a signal."""
     cfg, mesh, ckpts = run.cfg, run.mesh, run.ckpts
-    run_dir, is_main = Path(cfg.run_dir), jax.process_index() == 0
+    is_main = jax.process_index() == 0
     tokens_per_step = cfg.batch_size * cfg.block_size
     flops_per_step = flops_per_token(run.model_cfg, cfg.block_size) * tokens_per_step
     peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else device_peak_flops(cfg.compute_dtype)
     peak_total = peak * jax.device_count()
-    log = MetricsLog(run_dir / "metrics.jsonl", is_main)
 
     state, data_iter = run.state, run.data_iter
     start_step = int(state.step)
+    log = make_loggers(cfg, start_step, is_main)
     progress = tqdm(
         total=cfg.total_steps, initial=start_step, disable=not is_main, dynamic_ncols=True
     )
@@ -358,10 +346,13 @@ def train_loop(run: Run) -> dict[str, Any]:
                                        loss=metrics["loss"])
                             tqdm.write(f"evaluation failed: saved step {step} to {ckpts.directory}")
                             raise
-                    log.write(record)
+                    # Until the next record everything counts (data, logging, saves) but the
+                    # evaluation, which trains no tokens.
+                    t_last = time.perf_counter() if do_eval else now
+                    log.write(step, record)
                     _show(progress, record, is_main)
                     last_record = record
-                    t_last, steps_since = time.perf_counter(), 0  # eval is not throughput
+                    steps_since = 0
 
                 # One process's signal alone would hang the others inside a collective save:
                 # multi-host jobs stop at JAX's preemption sync point, which all hosts agree on.
@@ -386,6 +377,7 @@ def train_loop(run: Run) -> dict[str, Any]:
                     last_record = {**last_record, "stopped_at": step, "signal": stop.received}
                     break
         finally:
+            log.close()
             progress.close()
     return last_record
 
