@@ -12,26 +12,47 @@ previous checkpoints untouched and the partial one is cleaned up on the next sta
 Saves are asynchronous: `save` returns once the arrays are copied off the device and the train loop
 goes on while a background thread writes them. The last `keep_checkpoints` are kept, plus (with
 `keep_best`) the one with the lowest val_loss among the checkpoints saved at an evaluation step.
+
+Two guards Orbax does not give: a state with non-finite parameters (or loss) is never saved, so a
+diverged run keeps its last good checkpoint and every resume does not re-diverge; and the sha256 of
+every file of a committed checkpoint goes to `<run_dir>/checkpoint_checksums/<step>.json`, checked
+before a restore (a flipped bit in a data file is otherwise read silently): a damaged latest
+checkpoint is set aside and the run falls back to the one before, with a message.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import json
+import logging
 import math
+import os
+import re
+import shutil
+import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grain.checkpoint as grain_ckpt
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from minigpt_jax import sharding
 from minigpt_jax.config import model_config_from_record
-from minigpt_jax.errors import CheckpointError
+from minigpt_jax.errors import CheckpointError, DivergedError
+from minigpt_jax.files import sha256_file, write_json_atomic
 from minigpt_jax.model import GPT, GPTConfig
 
 CHECKPOINT_SUBDIR = "checkpoints"
+CHECKSUM_SUBDIR = "checkpoint_checksums"  # <step>.json: {file relative to the step dir: sha256}
+CORRUPT_SUBDIR = "corrupt_checkpoints"  # damaged steps a resume set aside (never deleted)
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
 STATE, DATA, CONFIG, TOKENIZER = "state", "data", "config", "tokenizer"
 Step = int | str | None  # None: latest; an int: that step; "best": lowest val_loss
 
@@ -61,6 +82,40 @@ def _flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
     return {_path_name(path): tuple(leaf.shape) for path, leaf in leaves}
 
 
+@jax.jit
+def all_finite(tree: Any) -> jax.Array:
+    """One device-side bool: every float in `tree` is finite (a single host read at save time)."""
+    flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+             if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    return jnp.all(jnp.stack(flags)) if flags else jnp.bool_(True)
+
+
+def _disk_error(e: BaseException | None) -> str | None:
+    """The reason (disk full, read-only, no permission) behind `e`, however Orbax wrapped it:
+    an OSError in the chain, or TensorStore's `[os_error_code='28']` inside a ValueError."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        code = e.errno if isinstance(e, OSError) else None
+        if code is None and (found := re.search(r"os_error_code='(\d+)'", str(e))):
+            code = int(found[1])
+        if code in _DISK_ERRNOS:
+            return os.strerror(code)
+        e = e.__cause__ or e.__context__
+    return None
+
+
+class _DiskErrorLogFilter(logging.Filter):
+    """Orbax logs a failed background write with its traceback (at ERROR) before the error reaches
+    `save`/`wait`/`close`; a full or read-only disk is reported there as one line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not ("orbax" in record.pathname and _disk_error(ValueError(record.getMessage())))
+
+
+logging.getLogger("absl").addFilter(_DiskErrorLogFilter())
+
+
 def with_shardings(abstract_tree: Any, shardings: Any) -> Any:
     """ShapeDtypeStructs carrying the target shardings: Orbax reads each shard where it goes."""
     return jax.tree.map(
@@ -82,6 +137,9 @@ class RunCheckpoints:
         async_save: bool = True,
     ):
         self.directory = checkpoint_dir(run_dir)
+        self.checksum_dir = self.directory.parent / CHECKSUM_SUBDIR
+        self._read_only = read_only
+        self._checksum_lock = threading.Lock()
         if read_only and not self.directory.is_dir():
             raise CheckpointError(
                 f"{self.directory}: no checkpoints here; is --run_dir the directory a training run "
@@ -102,6 +160,8 @@ class RunCheckpoints:
             best_mode="min",
             preservation_policy=policies.AnyPreservationPolicy(keep_policies),
             enable_async_checkpointing=async_save,
+            # hash each step's files once committed, in Orbax's background thread
+            async_options=ocp.AsyncOptions(post_finalization_callback=self.record_checksums),
             cleanup_tmp_directories=not read_only,  # what a killed save left behind
             read_only=read_only,
             create=not read_only,
@@ -133,7 +193,7 @@ class RunCheckpoints:
                 f"--config ... --config.run_dir={self.directory.parent}) or pass another run_dir"
             )
         if step is None or step == "latest":
-            return steps[-1]
+            return self.latest_intact_step()
         if step == "best":
             best = self.manager.best_step()
             if best is None or math.isinf(_val_loss(self.manager.metrics(best))):
@@ -141,7 +201,7 @@ class RunCheckpoints:
                     f"{self.directory}: no checkpoint was saved at an evaluation step, so none "
                     f"has a val_loss to rank by; pass a step ({', '.join(map(str, steps))})"
                 )
-            return best
+            return self._intact(best)
         try:
             step = int(step)
         except ValueError:
@@ -150,6 +210,14 @@ class RunCheckpoints:
             raise CheckpointError(
                 f"{self.directory}: no checkpoint at step {step}; available: "
                 f"{', '.join(map(str, steps))}"
+            )
+        return self._intact(step)
+
+    def _intact(self, step: int) -> int:
+        problem = self.damage(step)
+        if problem:
+            raise CheckpointError(
+                f"checkpoint step {step} is damaged: {problem}; pick another step"
             )
         return step
 
@@ -163,8 +231,19 @@ class RunCheckpoints:
         config: dict[str, Any],
         tokenizer: dict[str, Any] | None,
         val_loss: float | None = None,
+        loss: Any = None,
     ) -> None:
-        """Start an asynchronous save; returns once the arrays are safe to overwrite (donation)."""
+        """Start an asynchronous save; returns once the arrays are safe to overwrite (donation).
+
+        Refuses (DivergedError, nothing written) when the params or `loss` are not finite."""
+        if not bool(all_finite((getattr(state, "params", state), loss))):
+            last = self.latest_step()
+            kept = f"step {last} ({self.directory / str(last)})" if last is not None else "none"
+            raise DivergedError(
+                f"step {step}: the loss or the parameters are not finite (NaN/inf), so no "
+                f"checkpoint was saved; the last good checkpoint is {kept}. Lower config.lr, raise "
+                f"config.warmup_steps or lower config.grad_clip, then resume or start a new run_dir"
+            )
         items = {
             STATE: ocp.args.PyTreeSave(state),
             CONFIG: ocp.args.JsonSave(config),
@@ -173,14 +252,106 @@ class RunCheckpoints:
         if data_iter is not None:
             items[DATA] = grain_ckpt.CheckpointSave(data_iter)
         metrics = {} if val_loss is None else {"val_loss": float(val_loss)}
-        self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+        with self._disk_errors(step):
+            self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+
+    @contextlib.contextmanager
+    def _disk_errors(self, step: int | None) -> Iterator[None]:
+        """A full or read-only disk during a save becomes one CheckpointError naming the folder."""
+        try:
+            yield
+        except Exception as e:
+            cause = _disk_error(e)
+            if cause is None:
+                raise
+            last = [s for s in self.steps() if s != step]
+            kept = f"step {last[-1]} is intact" if last else "no earlier checkpoint exists"
+            raise CheckpointError(
+                f"{self.directory}: saving a checkpoint failed ({cause}); {kept}. Free "
+                f"space or fix the permissions, then rerun the same command"
+            ) from e
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with self._disk_errors(None):
+            self.manager.wait_until_finished()
+        self.record_checksums()
 
     def close(self) -> None:
         """Wait for the save in flight, then release Orbax's threads."""
-        self.manager.close()
+        try:
+            with self._disk_errors(None):
+                self.manager.close()
+        finally:
+            self.record_checksums()
+
+    # --- checksums --------------------------------------------------------------------------
+
+    def _committed_steps(self) -> list[Path]:
+        if not self.directory.is_dir():
+            return []
+        return [d for d in self.directory.iterdir() if d.is_dir() and d.name.isdigit()]
+
+    def record_checksums(self) -> None:
+        """sha256 of every file of each committed step that has none yet; drops the records of
+        steps Orbax has since deleted. Runs after each commit and at wait/close (idempotent)."""
+        if self._read_only or jax.process_index() != 0:
+            return
+        with self._checksum_lock:
+            steps = self._committed_steps()
+            self.checksum_dir.mkdir(exist_ok=True)
+            for step_dir in steps:
+                record = self.checksum_dir / f"{step_dir.name}.json"
+                if not record.exists():
+                    files = sorted(p for p in step_dir.rglob("*") if p.is_file())
+                    sums = {str(p.relative_to(step_dir)): sha256_file(p) for p in files}
+                    write_json_atomic(record, sums)
+            names = {d.name for d in steps}
+            for record in self.checksum_dir.glob("*.json"):
+                if record.stem not in names:
+                    record.unlink(missing_ok=True)
+
+    def damage(self, step: int) -> str | None:
+        """What differs from the checksums recorded at save (None: intact, or none recorded)."""
+        record = self.checksum_dir / f"{step}.json"
+        if not record.is_file():
+            return None
+        try:
+            sums = json.loads(record.read_text())
+        except ValueError:
+            return f"{record} is not valid JSON"
+        step_dir = self.directory / str(step)
+        for name, digest in sums.items():
+            path = step_dir / name
+            if not path.is_file():
+                return f"{path} is missing"
+            if sha256_file(path) != digest:
+                return f"{path} differs from the sha256 recorded when it was saved"
+        return None
+
+    def latest_intact_step(self, set_aside: bool = False) -> int | None:
+        """The newest step whose files match their checksums; each damaged newer one is reported
+        (and with `set_aside`, moved to `<run_dir>/corrupt_checkpoints/` so training can save that
+        step again). None when there is no checkpoint; an error when none is intact."""
+        steps = self.steps()
+        for i, step in reversed(list(enumerate(steps))):
+            problem = self.damage(step)
+            if problem is None:
+                return step
+            before = f"falling back to step {steps[i - 1]}" if i else "no earlier checkpoint"
+            print(f"warning: checkpoint step {step} is damaged: {problem}; {before}",
+                  file=sys.stderr)
+            if set_aside:
+                corrupt = self.directory.parent / CORRUPT_SUBDIR
+                corrupt.mkdir(exist_ok=True)
+                shutil.move(str(self.directory / str(step)), str(corrupt / str(step)))
+                (self.checksum_dir / f"{step}.json").unlink(missing_ok=True)
+                self.manager.reload()
+        if steps:
+            raise CheckpointError(
+                f"{self.directory}: every checkpoint is damaged (see above); start a new run_dir "
+                f"or restore the files from a backup"
+            )
+        return None
 
     # --- restore ----------------------------------------------------------------------------
 

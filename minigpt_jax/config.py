@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from minigpt_jax.files import write_json_atomic
 from minigpt_jax.init_from import frozen_modules, parse_init_from
 from minigpt_jax.model import GPTConfig
 
+_POSITIVE_MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "vocab_size", "block_size")
 # Model fields the run sets elsewhere: compute_dtype is the run's dtype policy (top-level key).
 _RUN_LEVEL_MODEL_FIELDS = ("compute_dtype",)
 
@@ -103,10 +105,16 @@ def default_config() -> ml_collections.ConfigDict:
 def model_config(c: ml_collections.ConfigDict) -> GPTConfig:
     """The run's GPTConfig: the preset, the fields the config sets, and the run's dtype policy."""
     fields = {k: v for k, v in c.model.to_dict().items() if k != "preset" and v is not None}
+    for key in _POSITIVE_MODEL_FIELDS:
+        if key in fields and fields[key] <= 0:
+            raise ConfigError(f"model.{key}", f"must be positive, got {fields[key]}")
     try:
         return GPTConfig.preset(c.model.preset, **fields, compute_dtype=c.compute_dtype)
     except (TypeError, ValueError) as e:
-        raise ConfigError("model", str(e)) from e
+        named = re.match(r"(\w+)=", str(e))  # GPTConfig's messages start with the field
+        key = "compute_dtype" if named and named[1] == "compute_dtype" else (
+            f"model.{named[1]}" if named else "model")
+        raise ConfigError(key, str(e)) from e
 
 
 def model_config_from_record(record: dict[str, Any]) -> GPTConfig:
@@ -171,8 +179,31 @@ def validate_config(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         raise ConfigError("loss_chunks", f"{c.loss_chunks}: use 0 (full logits) or a slice count")
     if not 0 <= c.warmup_steps <= c.total_steps:
         raise ConfigError("warmup_steps", f"{c.warmup_steps} is not within [0, total_steps]")
+    if not 0 <= c.lr < float("inf"):
+        raise ConfigError("lr", f"{c.lr}: use a finite, non-negative rate (negative ascends)")
+    if c.min_lr < 0:
+        raise ConfigError("min_lr", f"{c.min_lr} is negative; use 0 <= min_lr <= lr")
     if c.min_lr > c.lr:
-        raise ConfigError("min_lr", f"{c.min_lr} is above lr={c.lr}")
+        raise ConfigError("min_lr", f"{c.min_lr} is above lr={c.lr}; use 0 <= min_lr <= lr")
+    if not 0.0 <= model.dropout < 1.0:
+        raise ConfigError("model.dropout", f"{model.dropout} is not a probability in [0, 1)")
+    if c.seed < 0:
+        raise ConfigError("seed", f"{c.seed}: use a non-negative integer")
+    if model.attention_impl == "cudnn":
+        import jax
+
+        if jax.default_backend() != "gpu":
+            raise ConfigError(
+                "model.attention_impl",
+                f"'cudnn' runs only on NVIDIA GPUs and this run is on {jax.default_backend()}; "
+                f"use 'auto' (the default) or 'xla'",
+            )
+        if model.compute_dtype != "bfloat16":
+            raise ConfigError(
+                "model.attention_impl",
+                f"'cudnn' needs compute_dtype bfloat16, not {model.compute_dtype}; "
+                f"set --config.compute_dtype=bfloat16 or use 'auto'",
+            )
     if c.eval_every < 0 or c.checkpoint_every < 0:
         raise ConfigError("eval_every", "eval_every and checkpoint_every must be >= 0")
     frozen_modules(c.freeze)

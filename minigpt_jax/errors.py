@@ -38,15 +38,23 @@ class TokenizerError(UserError):
     """A tokenizer file that is missing or damaged, or is not the one a run recorded."""
 
 
+class DivergedError(UserError):
+    """Training went non-finite (loss or parameters). Exit status 3, not 2: the input was valid
+    but the settings did not train, and a sweep script can tell the two apart."""
+
+    exit_code = 3
+
+
 @contextlib.contextmanager
 def exit_on_user_error(*also: type[BaseException]) -> Iterator[None]:
     """Around a command's body: a `UserError` (or one of `also`) becomes `error: <message>` on
-    stderr and exit status 2; every other exception keeps its traceback."""
+    stderr and exit status 2 (or the error's `exit_code`); every other exception keeps its
+    traceback."""
     try:
         yield
     except (UserError, *also) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, always
-        raise SystemExit(2) from None
+        raise SystemExit(getattr(e, "exit_code", 2)) from None
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ from absl import logging as absl_logging
 from minigpt_jax import input_pipeline, sharding
 from minigpt_jax.checkpoint import load_params
 from minigpt_jax.config import accumulation_steps
-from minigpt_jax.errors import exit_on_user_error
+from minigpt_jax.errors import DataError, exit_on_user_error
 from minigpt_jax.files import write_json_atomic
 from minigpt_jax.model import GPT
 from minigpt_jax.shards import find_split
@@ -51,6 +51,21 @@ def eval_batches(
         shard_index=jax.process_index(),
         shard_count=jax.process_count(),
     )
+
+
+def check_eval_data(cfg: ml_collections.ConfigDict, val_paths: list[Path], vocab_size: int) -> None:
+    """Read every batch an evaluation will read, before training: a val split smaller than one
+    batch, ids past the vocabulary, or (SFT) windows without one counted token fail now, with the
+    file named, rather than at the first evaluation."""
+    counted = 0.0
+    for batch in eval_batches(cfg, val_paths, vocab_size):
+        counted += float(batch["weights"].sum()) if "weights" in batch else batch["targets"].size
+    if counted == 0:
+        raise DataError(
+            f"{val_paths[0].parent}: the first {cfg.eval_tokens} validation tokens have no "
+            f"token the loss counts (their loss masks are all zero); raise config.eval_tokens "
+            f"or re-make the data with answers in the val split"
+        )
 
 
 def evaluate_sums(eval_step, params, batches, mesh) -> tuple[float, float]:

@@ -67,14 +67,38 @@ def parse_init_from(spec: str) -> InitSpec:
     )
 
 
-def _load_checkpoint(spec: InitSpec) -> tuple[GPTConfig, Any]:
-    """The checkpoint's own model config (its record) and params, as host arrays."""
+def check_same_tokenizer(
+    saved: dict[str, Any] | None, current: dict[str, Any] | None, key: str, where: str
+) -> None:
+    """A checkpoint's weights mean something only with the tokenizer they were trained with: a
+    resume or fine-tune on shards of another tokenizer (same vocabulary size or not) is refused."""
+    from minigpt_jax.tokenizer import same_tokenizer
+
+    if saved and current and saved.get("sha256") and not same_tokenizer(saved, current):
+        raise ConfigError(
+            key,
+            f"{where} was trained with tokenizer {saved.get('name')!r} (sha256 "
+            f"{str(saved.get('sha256'))[:12]}), but the shards in config.data_dir use "
+            f"{current.get('name')!r} (sha256 {str(current.get('sha256'))[:12]}); use data made "
+            f"with the checkpoint's tokenizer, or start a new run_dir",
+        )
+
+
+def _load_checkpoint(
+    spec: InitSpec, tokenizer: dict[str, Any] | None = None
+) -> tuple[GPTConfig, Any]:
+    """The checkpoint's own model config (its record) and params, as host arrays; refused when
+    it recorded another tokenizer than the run's (`tokenizer`), even one of the same size."""
     from minigpt_jax.checkpoint import load_params
 
     try:
         params, record = load_params(spec.target, step=spec.step)
     except (OSError, ValueError, KeyError) as e:
         raise ConfigError("init_from", f"checkpoint:{spec.target}: {e}") from e
+    check_same_tokenizer(
+        record["tokenizer"], tokenizer, "init_from",
+        f"checkpoint:{spec.target} (step {record['step']})",
+    )
     return record["model"], jax.device_get(params)
 
 
@@ -116,8 +140,12 @@ def adapt_params(params: Any, source: GPTConfig, target: GPTConfig, where: str) 
     return traverse_util.unflatten_dict(flat)
 
 
-def load_init_params(spec: str, model_cfg: GPTConfig) -> dict[str, Any]:
-    """Params for `GPT(model_cfg)` from `spec` (train.py's fine-tuning hook); host numpy arrays."""
+def load_init_params(
+    spec: str, model_cfg: GPTConfig, tokenizer: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Params for `GPT(model_cfg)` from `spec` (train.py's fine-tuning hook); host numpy arrays.
+
+    `tokenizer`: the run's tokenizer record, which a checkpoint's recorded one must match."""
     parsed = parse_init_from(spec)
     if parsed.kind == "scratch":
         raise ConfigError("init_from", "'scratch' has no weights to load; train.py inits instead")
@@ -127,5 +155,5 @@ def load_init_params(spec: str, model_cfg: GPTConfig) -> dict[str, Any]:
         except CheckpointError as e:
             raise ConfigError("init_from", str(e)) from e
     else:
-        source_cfg, params = _load_checkpoint(parsed)
+        source_cfg, params = _load_checkpoint(parsed, tokenizer)
     return adapt_params(params, source_cfg, model_cfg, spec)

@@ -11,13 +11,20 @@ save in flight).
 
 A run directory with a checkpoint resumes by itself (train state and data position, see
 minigpt_jax/checkpoint.py); SIGTERM or SIGINT saves a checkpoint of the step just taken and exits
-(status 0 after SIGTERM, 130 after SIGINT).
+(status 0 after SIGTERM, 130 after SIGINT). A signal during start-up (checks, compiling, restoring)
+exits at once with status 130 (or 143 after SIGTERM): nothing has been written yet.
+
+Exit statuses: 0 done (or stopped by SIGTERM), 2 bad input (one line naming the file or key),
+3 diverged (non-finite loss or parameters; the last good checkpoint is kept), 130 interrupted.
+The run directory is locked first thing (minigpt_jax/run_dir.py): a second run on it exits 2.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import os
 import signal
 import sys
 import threading
@@ -31,7 +38,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from minigpt_jax import checkpoint, input_pipeline, sharding, shards
+from minigpt_jax import checkpoint, input_pipeline, run_dir, sharding, shards
 from minigpt_jax.config import (
     accumulation_steps,
     config_record,
@@ -39,8 +46,15 @@ from minigpt_jax.config import (
     validate_config,
     write_run_files,
 )
-from minigpt_jax.errors import CheckpointError, ConfigError, exit_on_user_error
-from minigpt_jax.evaluate import evaluate
+from minigpt_jax.errors import (
+    CheckpointError,
+    ConfigError,
+    DivergedError,
+    TokenizerError,
+    exit_on_user_error,
+)
+from minigpt_jax.evaluate import check_eval_data, evaluate
+from minigpt_jax.init_from import check_same_tokenizer
 from minigpt_jax.loggers import make_loggers
 from minigpt_jax.model import GPT, GPTConfig
 from minigpt_jax.peak import device_peak_flops
@@ -70,7 +84,10 @@ def resolve_tokenizer(cfg: ml_collections.ConfigDict) -> dict[str, Any] | None:
     """
     from minigpt_jax.tokenizer import load_tokenizer, tokenizer_record
 
-    tokenizer = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
+    try:
+        tokenizer = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
+    except TokenizerError as e:
+        raise ConfigError("tokenizer", str(e)) from None
     manifest = shards.check_manifest(cfg.data_dir, tokenizer.identity if tokenizer else None)
     check_packing(cfg, manifest)
     if tokenizer is not None:
@@ -134,13 +151,19 @@ def open_checkpoints(
     Refuses to start fresh over another run's checkpoints: they are never overwritten silently.
     """
     ckpts = checkpoint.RunCheckpoints(cfg.run_dir, cfg.keep_checkpoints, cfg.keep_best)
-    latest = ckpts.latest_step()
-    if latest is not None and not cfg.resume:
+    try:
+        latest = ckpts.latest_step()
+        if latest is not None and not cfg.resume:
+            raise CheckpointError(
+                f"{ckpts.directory} already holds checkpoints (latest step {latest}) and "
+                f"config.resume=False; pass a new --config.run_dir, or drop resume=False to "
+                f"continue"
+            )
+        if latest is not None:  # damaged ones (checksums) are set aside, with a message
+            latest = ckpts.latest_intact_step(set_aside=jax.process_index() == 0)
+    except BaseException:
         ckpts.close()
-        raise CheckpointError(
-            f"{ckpts.directory} already holds checkpoints (latest step {latest}) and "
-            f"config.resume=False; pass a new --config.run_dir, or drop resume=False to continue"
-        )
+        raise
     return ckpts, latest
 
 
@@ -175,16 +198,25 @@ def check_data(cfg: ml_collections.ConfigDict) -> tuple[GPTConfig, list[Path], l
             f"({tokenizer['vocab_size']} ids); set --config.model.vocab_size="
             f"{tokenizer['vocab_size']}",
         )
+    check_eval_data(cfg, val_paths, model_cfg.vocab_size)  # not at the first eval, after hours
     return model_cfg, train_paths, val_paths, tokenizer
 
 
 def setup(cfg: ml_collections.ConfigDict) -> Run:
     """Check, open, build and compile everything the loop needs; resume when a checkpoint exists."""
     model_cfg, train_paths, val_paths, tokenizer = check_data(cfg)
-    ckpts, resume_step = open_checkpoints(cfg)  # before anything is written into run_dir
-    if jax.process_index() == 0:
+    ckpts, resume_step = open_checkpoints(cfg)
+    try:
+        run = _build(cfg, model_cfg, train_paths, val_paths, tokenizer, ckpts, resume_step)
+    except BaseException:
+        ckpts.close()  # Orbax's threads, else they outlive the error message at exit
+        raise
+    if jax.process_index() == 0:  # only now: a refused resume leaves the run's files as they were
         write_run_files(cfg.run_dir, cfg, tokenizer)
+    return run
 
+
+def _build(cfg, model_cfg, train_paths, val_paths, tokenizer, ckpts, resume_step) -> Run:
     mesh = sharding.make_mesh(cfg.mesh_data, cfg.mesh_fsdp)
     model = GPT(model_cfg)
     schedule = make_lr_schedule(cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.total_steps)
@@ -211,7 +243,9 @@ def setup(cfg: ml_collections.ConfigDict) -> Run:
         # fine-tuning: pretrained params, fresh optimizer state
         from minigpt_jax.init_from import load_init_params
 
-        params = jax.device_put(load_init_params(cfg.init_from, model_cfg), state_shardings.params)
+        params = jax.device_put(
+            load_init_params(cfg.init_from, model_cfg, tokenizer), state_shardings.params
+        )
         opt_state = jax.jit(tx.init, out_shardings=state_shardings.opt_state)(params)
         state = state.replace(params=params, opt_state=opt_state)
 
@@ -233,25 +267,34 @@ def setup(cfg: ml_collections.ConfigDict) -> Run:
     data_iter = iter(data)
     if resume_step is not None:
         state, data_iter = resume(
-            ckpts, resume_step, abstract_state, state_shardings, data_iter, cfg
+            ckpts, resume_step, abstract_state, state_shardings, data_iter, cfg, tokenizer
         )
     return Run(cfg, model_cfg, mesh, schedule, train_step, eval_step, state, data_iter,
                val_paths, tokenizer, ckpts)
 
 
-def train_and_evaluate(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
-    """Train as configured; returns the last logged metrics record."""
-    run = setup(cfg)
-    try:
-        return train_loop(run)
-    finally:
-        run.ckpts.close()  # waits for the save in flight
+def train_and_evaluate(cfg: ml_collections.ConfigDict, command: bool = False) -> dict[str, Any]:
+    """Train as configured, holding the run directory's lock throughout; returns the last logged
+    metrics record.
+
+    `command=True` runs as `python -m minigpt_jax.train` does: it joins a multi-process job when
+    the environment describes one, and a signal during start-up exits the process at once.
+    """
+    with run_dir.locked(cfg.run_dir) as lock:
+        with ExitOnSignalDuringStartup(lock) if command else contextlib.nullcontext():
+            if command:
+                sharding.initialize_distributed()
+            run = setup(cfg)
+        try:
+            return train_loop(run)
+        finally:
+            run.ckpts.close()  # waits for the save in flight
 
 
 def train_loop(run: Run) -> dict[str, Any]:
     """Steps from the state's step to `total_steps`: log, evaluate, checkpoint, stop on a signal."""
     cfg, mesh, ckpts = run.cfg, run.mesh, run.ckpts
-    run_dir, is_main = Path(cfg.run_dir), jax.process_index() == 0
+    is_main = jax.process_index() == 0
     tokens_per_step = cfg.batch_size * cfg.block_size
     flops_per_step = flops_per_token(run.model_cfg, cfg.block_size) * tokens_per_step
     peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else device_peak_flops(cfg.compute_dtype)
@@ -280,7 +323,7 @@ def train_loop(run: Run) -> dict[str, Any]:
                 do_eval = is_last or (cfg.eval_every and step % cfg.eval_every == 0)
                 record = None
                 if do_eval or step % cfg.log_every == 0:
-                    step_metrics = _read_metrics(metrics, step, run_dir)  # waits for the device
+                    step_metrics = _read_metrics(metrics, step, ckpts)  # waits for the device
                     now = time.perf_counter()
                     tokens_per_s = (
                         steps_since * tokens_per_step / (now - t_last) if steps_since else 0.0
@@ -293,10 +336,16 @@ def train_loop(run: Run) -> dict[str, Any]:
                         "mfu": tokens_per_s / tokens_per_step * flops_per_step / peak_total,
                     }
                     if do_eval:
-                        record["val_loss"] = evaluate(
-                            run.eval_step, state.params, cfg, run.val_paths,
-                            run.model_cfg.vocab_size, mesh,
-                        )
+                        try:
+                            record["val_loss"] = evaluate(
+                                run.eval_step, state.params, cfg, run.val_paths,
+                                run.model_cfg.vocab_size, mesh,
+                            )
+                        except Exception:  # keep the steps trained so far, then report
+                            ckpts.save(step, state, data_iter, config_json, run.tokenizer,
+                                       loss=metrics["loss"])
+                            tqdm.write(f"evaluation failed: saved step {step} to {ckpts.directory}")
+                            raise
                     # Until the next record everything counts (data, logging, saves) but the
                     # evaluation, which trains no tokens.
                     t_last = time.perf_counter() if do_eval else now
@@ -318,7 +367,8 @@ def train_loop(run: Run) -> dict[str, Any]:
                     or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
                 ):
                     val_loss = record.get("val_loss") if record else None
-                    ckpts.save(step, state, data_iter, config_json, run.tokenizer, val_loss)
+                    ckpts.save(step, state, data_iter, config_json, run.tokenizer, val_loss,
+                               loss=metrics["loss"])
                 if stopping:
                     tqdm.write(
                         f"{stop.received or 'preemption'}: saved step {step} to {ckpts.directory}; "
@@ -332,9 +382,14 @@ def train_loop(run: Run) -> dict[str, Any]:
     return last_record
 
 
-def resume(ckpts, step, abstract_state, state_shardings, data_iter, cfg):
-    """Train state and data position from `step`; a changed batch size keeps the data order."""
-    saved_cfg = ckpts.record(step)["config"]
+def resume(ckpts, step, abstract_state, state_shardings, data_iter, cfg, tokenizer=None):
+    """Train state and data position from `step`; a changed batch size keeps the data order.
+
+    Refuses shards made with another tokenizer than the checkpoint's, even of the same size."""
+    saved = ckpts.record(step)
+    where = str(ckpts.directory / str(step))
+    check_same_tokenizer(saved["tokenizer"], tokenizer, "data_dir", where)
+    saved_cfg = saved["config"]
     same_data = all(saved_cfg.get(k) == cfg[k] for k in ("block_size", "seed"))
     state, restored_iter = ckpts.restore(
         step, abstract_state, state_shardings, data_iter if same_data else None
@@ -355,12 +410,15 @@ def resume(ckpts, step, abstract_state, state_shardings, data_iter, cfg):
     return state, data_iter
 
 
-def _read_metrics(metrics, step: int, run_dir: Path) -> dict[str, float]:
+def _read_metrics(metrics, step: int, ckpts: checkpoint.RunCheckpoints) -> dict[str, float]:
     loss, grad_norm = (float(x) for x in jax.device_get((metrics["loss"], metrics["grad_norm"])))
     if not math.isfinite(loss):
-        raise FloatingPointError(
-            f"train loss is {loss} at step {step}; lower config.lr, raise config.warmup_steps, "
-            f"or check the data (run_dir {run_dir})"
+        ckpts.wait()  # the save in flight (of finite params: see RunCheckpoints.save) completes
+        last = ckpts.latest_step()
+        kept = f"step {last} ({ckpts.directory / str(last)})" if last is not None else "none"
+        raise DivergedError(
+            f"train loss is {loss} at step {step}; the last good checkpoint is {kept}. Lower "
+            f"config.lr, raise config.warmup_steps or lower config.grad_clip, or check the data"
         )
     return {"train_loss": loss, "grad_norm": grad_norm}
 
@@ -383,6 +441,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
             _fail("--config is required, e.g. --config configs/small.py")
         _CONFIG.value.keys()  # a config file that failed to load raises its OSError here
         return rest
+    except SyntaxError as e:
+        _fail(f"{e.filename}:{e.lineno}: syntax error in the config file ({e.msg})")
     except (flags.Error, AttributeError, KeyError) as e:
         text = str(e).replace("\\n", " ").strip("'\"")
         _fail(f"{text} (see minigpt_jax/config.py for every key)")
@@ -391,12 +451,45 @@ def _parse_flags(argv: list[str]) -> list[str]:
     return []
 
 
+class ExitOnSignalDuringStartup:
+    """SIGINT/SIGTERM while checking, compiling or restoring: one line, then `os._exit`.
+
+    A KeyboardInterrupt unwinding through XLA's compiler and Orbax's threads ended in a segfault at
+    interpreter exit; nothing has been written yet, so the process leaves at once (releasing the
+    run directory's lock first). The handler runs between Python bytecodes, so a compile in
+    progress finishes before it does. The train loop installs its own save-then-stop handlers.
+    """
+
+    def __init__(self, lock: run_dir.RunDirLock):
+        self.lock, self._previous = lock, {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        del frame
+        name = signal.Signals(signum).name
+        print(f"{name} during start-up: stopped before training; nothing was written",
+              file=sys.stderr, flush=True)
+        self.lock.release()
+        os._exit(128 + signum)
+
+    def __enter__(self) -> ExitOnSignalDuringStartup:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in StopOnSignal.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
+
+
 def main(argv: list[str]) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)  # keep JAX's backend probing out of the training log
-    with exit_on_user_error(sharding.DistributedError):
-        sharding.initialize_distributed()
-        record = train_and_evaluate(_CONFIG.value)
+    try:
+        with exit_on_user_error(sharding.DistributedError):
+            record = train_and_evaluate(_CONFIG.value, command=True)
+    except KeyboardInterrupt:  # a second Ctrl-C, during the final save
+        print("interrupted (SIGINT); the last committed checkpoint is intact", file=sys.stderr)
+        sys.exit(130)
     if record.get("signal") == "SIGINT":
         sys.exit(130)  # the shell's convention for Ctrl-C; SIGTERM (preemption) exits 0
 
