@@ -60,7 +60,7 @@ def make_data(root: Path, tokenizer=BYTE, **kw) -> Path:
         for split in ("train", "val")
         for p in shards.find_shards(data, split)
     ]
-    shards.write_manifest(data, tokenizer, "uint16", listed)
+    shards.write_manifest(data, tokenizer, "uint16", listed, writer="download_data")
     return data
 
 
