@@ -345,8 +345,8 @@ def test_tiny_model_trains_and_evaluator_runs(tmp_path):
     # Greedy accuracy again, by hand: each cell's first 4 problems decoded with `sample` in one
     # batch of 4 (as --batch_size 4 makes the evaluator do) and scored with Python integers.
     from minigpt_jax.checkpoint import load_params
-    from minigpt_jax.tasks.arithmetic.evaluate import load_test_set
     from minigpt_jax.generate import sample
+    from minigpt_jax.tasks.arithmetic.evaluate import load_test_set
 
     params, record = load_params(c.run_dir)
     tok = ByteTokenizer()

@@ -10,7 +10,7 @@ import pytest
 from conftest import read_jsonl_texts, read_metrics, tiny_config, write_random_shards
 
 from minigpt_jax import evaluate, train
-from minigpt_jax.input_pipeline import token_dtype, write_shard
+from minigpt_jax.shards import token_dtype, write_shard
 from minigpt_jax.tokenizer import ByteTokenizer, load_tokenizer
 
 # Val text of the trained run: "abc" + end-of-text, repeated. Any stretch of targets whose length is
