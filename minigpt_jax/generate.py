@@ -173,7 +173,9 @@ def sample(
 
     Prompts longer than `block_size - max_new_tokens + 1` keep their last tokens (see module doc).
     """
-    if not prompts or any(len(p) == 0 for p in prompts):
+    if not prompts:
+        raise ValueError("no prompts to continue (--num_samples must be at least 1)")
+    if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token (start with end-of-text if empty)")
     if not 1 <= max_new_tokens <= model_cfg.block_size:
         raise ValueError(
