@@ -77,7 +77,13 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval_every = 200  # 0: only at the end
     c.eval_tokens = 65_536
     c.data_workers = 0  # Grain worker processes; 0 reads in threads of the main process
-    c.peak_tflops = 0.0  # per-device peak for MFU; 0 = vendor figure or measured at start
+    c.peak_tflops = 0.0  # per-device peak for MFU; 0 = vendor figure, or measured (peak.py)
+    # Where metrics go (minigpt_jax/loggers.py): any of "jsonl" (metrics.jsonl), "tensorboard"
+    # (event files in run_dir; extra [tensorboard]), "wandb" (extra [wandb]; WANDB_MODE=offline
+    # works), e.g. --config.loggers="('jsonl','tensorboard')".
+    c.loggers = ("jsonl",)
+    c.wandb_project = "minigpt_jax"
+    c.wandb_run_name = ""  # "": the run_dir's name
 
     # Sharding (see minigpt_jax/sharding.py): -1 takes the devices the other axis leaves.
     c.mesh_data = -1
@@ -171,6 +177,9 @@ def validate_config(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         raise ConfigError("eval_every", "eval_every and checkpoint_every must be >= 0")
     frozen_modules(c.freeze)
     parse_init_from(c.init_from)
+    from minigpt_jax.loggers import check_loggers  # loggers.py raises this module's ConfigError
+
+    check_loggers(c.loggers)
     data_dir = Path(c.data_dir)
     if not data_dir.is_dir():
         raise ConfigError(

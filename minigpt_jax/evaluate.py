@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -161,12 +162,24 @@ def write_record(path: Path, result: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax's notes on read-only restores
     parser = argparse.ArgumentParser(description="Evaluate a checkpoint on the validation shards.")
-    parser.add_argument("--run_dir", required=True)
+    parser.add_argument("--run_dir", help="a training run (required unless --hf_dir)")
     parser.add_argument("--step", default=None, help="a step number, latest (default) or best")
     parser.add_argument("--data_dir", default=None, help="default: the run's config.data_dir")
     parser.add_argument("--eval_tokens", type=int, default=None, help="default: the run's")
     parser.add_argument("--tokenizer", default=None, help="override: byte, gpt2 or a path")
+    parser.add_argument("--task", choices=("val_loss", "hellaswag"), default="val_loss")
+    parser.add_argument(
+        "--task_data",
+        help="hellaswag: a .jsonl (ctx, endings, label) or a "
+        "datasets name/directory; default: the hub's Rowan/hellaswag",
+    )
+    parser.add_argument("--hf_dir", help="hellaswag: score Hugging Face GPT-2 weights instead")
+    parser.add_argument("--limit", type=int, default=None, help="hellaswag: first N examples")
     args = parser.parse_args(argv)
+    if args.task == "hellaswag":
+        return _hellaswag(args)
+    if not args.run_dir:
+        parser.error("--run_dir is required")
 
     with exit_on_user_error(OSError):
         result = evaluate_checkpoint(
@@ -180,6 +193,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             out = Path(args.run_dir) / f"eval_step{result['step']}.json"
             write_record(out, result)
             print(f"wrote {out}")
+    return result
+
+
+def _hellaswag(args: argparse.Namespace) -> dict[str, Any]:
+    from minigpt_jax.hellaswag import evaluate_hellaswag
+
+    if bool(args.run_dir) == bool(args.hf_dir):
+        print("error: --task hellaswag takes one of --run_dir or --hf_dir", file=sys.stderr)
+        sys.exit(2)
+    with exit_on_user_error(OSError):
+        result, out = evaluate_hellaswag(
+            args.run_dir, args.hf_dir, args.task_data, args.step, args.tokenizer, args.limit
+        )
+    print(f"hellaswag  acc {result['acc']:.4f}  acc_norm {result['acc_norm']:.4f}  n {result['n']}")
+    write_json_atomic(out, result, indent=2)
+    print(f"wrote {out}")
     return result
 
 

@@ -17,7 +17,6 @@ minigpt_jax/checkpoint.py); SIGTERM or SIGINT saves a checkpoint of the step jus
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import signal
 import sys
@@ -42,10 +41,11 @@ from minigpt_jax.config import (
 )
 from minigpt_jax.errors import CheckpointError, ConfigError, exit_on_user_error
 from minigpt_jax.evaluate import evaluate
+from minigpt_jax.loggers import make_loggers
 from minigpt_jax.model import GPT, GPTConfig
+from minigpt_jax.peak import device_peak_flops
 from minigpt_jax.train_state import (
     create_train_state,
-    device_peak_flops,
     flops_per_token,
     make_eval_step,
     make_lr_schedule,
@@ -87,18 +87,6 @@ def check_packing(cfg: ml_collections.ConfigDict, manifest: dict[str, Any] | Non
             f"{cfg.data_dir} packs whole documents into {packed}-token chunks; train with "
             f"--config.block_size={packed} or re-make the data with --block_size={cfg.block_size}",
         )
-
-
-class MetricsLog:
-    """Appends one JSON object per logged step to <run_dir>/metrics.jsonl (process 0 only)."""
-
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
 
 
 class StopOnSignal:
@@ -268,10 +256,10 @@ def train_loop(run: Run) -> dict[str, Any]:
     flops_per_step = flops_per_token(run.model_cfg, cfg.block_size) * tokens_per_step
     peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else device_peak_flops(cfg.compute_dtype)
     peak_total = peak * jax.device_count()
-    log = MetricsLog(run_dir / "metrics.jsonl", is_main)
 
     state, data_iter = run.state, run.data_iter
     start_step = int(state.step)
+    log = make_loggers(cfg, start_step, is_main)
     progress = tqdm(
         total=cfg.total_steps, initial=start_step, disable=not is_main, dynamic_ncols=True
     )
@@ -309,10 +297,13 @@ def train_loop(run: Run) -> dict[str, Any]:
                             run.eval_step, state.params, cfg, run.val_paths,
                             run.model_cfg.vocab_size, mesh,
                         )
-                    log.write(record)
+                    # Until the next record everything counts (data, logging, saves) but the
+                    # evaluation, which trains no tokens.
+                    t_last = time.perf_counter() if do_eval else now
+                    log.write(step, record)
                     _show(progress, record, is_main)
                     last_record = record
-                    t_last, steps_since = time.perf_counter(), 0  # eval is not throughput
+                    steps_since = 0
 
                 # One process's signal alone would hang the others inside a collective save:
                 # multi-host jobs stop at JAX's preemption sync point, which all hosts agree on.
@@ -336,6 +327,7 @@ def train_loop(run: Run) -> dict[str, Any]:
                     last_record = {**last_record, "stopped_at": step, "signal": stop.received}
                     break
         finally:
+            log.close()
             progress.close()
     return last_record
 

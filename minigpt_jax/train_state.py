@@ -8,14 +8,12 @@ give the same update as one big batch whatever the loss mask.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from minigpt_jax.init_from import frozen_modules
@@ -219,42 +217,3 @@ def flops_per_token(config: GPTConfig, seq_len: int) -> float:
     """
     n = count_params(config, non_embedding=True)
     return 6 * n + 12 * config.n_layer * config.n_embd * seq_len
-
-
-# Dense peak FLOP/s per device from vendor sheets (bf16 for the bf16 column; TF32 for float32).
-_PEAK_FLOPS = {
-    "H200": {"bfloat16": 989e12, "float32": 494e12},
-    "H100": {"bfloat16": 989e12, "float32": 494e12},
-    "A100": {"bfloat16": 312e12, "float32": 156e12},
-    "L4": {"bfloat16": 121e12, "float32": 60e12},
-    "A10": {"bfloat16": 125e12, "float32": 62.5e12},
-    "TPU v4": {"bfloat16": 275e12, "float32": 275e12},
-    "TPU v5 lite": {"bfloat16": 197e12, "float32": 197e12},
-    "TPU v5": {"bfloat16": 459e12, "float32": 459e12},
-}
-
-
-def measure_matmul_peak(dtype: str = "float32", n: int = 2048, repeats: int = 7) -> float:
-    """Measured FLOP/s of a large jitted matmul on the default device (median of `repeats`).
-
-    The honest peak for machines without a vendor sheet entry (CPUs differ by core count, AVX width
-    and clock), measured with the same compiler the model runs through.
-    """
-    a = jnp.ones((n, n), dtype)
-    matmul = jax.jit(lambda x: x @ x)
-    matmul(a).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        matmul(a).block_until_ready()
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / float(np.median(times))
-
-
-def device_peak_flops(dtype: str = "float32") -> float:
-    """Peak FLOP/s of one device: the vendor figure when known, else measured."""
-    kind = jax.devices()[0].device_kind
-    for name, peaks in _PEAK_FLOPS.items():
-        if name.lower() in kind.lower():
-            return peaks[dtype]
-    return measure_matmul_peak(dtype, n=1024)  # large enough to saturate a CPU, quick at start-up

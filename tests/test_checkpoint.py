@@ -19,6 +19,7 @@ from conftest import REPO, read_metrics
 from minigpt_jax import checkpoint, input_pipeline, sharding, shards, train
 from minigpt_jax.checkpoint import CheckpointError, RunCheckpoints, load_params
 from minigpt_jax.config import config_record
+from minigpt_jax.loggers import JsonlLogger
 from minigpt_jax.model import GPT, GPTConfig
 from minigpt_jax.train_state import create_train_state, make_lr_schedule, make_optimizer
 
@@ -139,14 +140,14 @@ def test_other_model_shape_lists_the_mismatched_parameters(tiny_shards, tmp_path
 
 def _raise_sigterm_at(monkeypatch, stop_step: int) -> None:
     """Deliver a real SIGTERM to this process while step `stop_step` is being logged."""
-    write = train.MetricsLog.write
+    write = JsonlLogger.write
 
-    def write_then_signal(self, record):
-        write(self, record)
-        if record["step"] == stop_step:
+    def write_then_signal(self, step, record):
+        write(self, step, record)
+        if step == stop_step:
             signal.raise_signal(signal.SIGTERM)
 
-    monkeypatch.setattr(train.MetricsLog, "write", write_then_signal)
+    monkeypatch.setattr(JsonlLogger, "write", write_then_signal)
 
 
 def test_exact_resume_after_sigterm(tiny_shards, tmp_path, monkeypatch, capsys):
