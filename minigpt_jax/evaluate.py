@@ -206,8 +206,9 @@ def _hellaswag(args: argparse.Namespace) -> dict[str, Any]:
         result, out = evaluate_hellaswag(
             args.run_dir, args.hf_dir, args.task_data, args.step, args.tokenizer, args.limit
         )
-    print(f"hellaswag  acc {result['acc']:.4f}  acc_norm {result['acc_norm']:.4f}  n {result['n']}")
-    write_json_atomic(out, result, indent=2)
+        print(f"hellaswag  acc {result['acc']:.4f}  acc_norm {result['acc_norm']:.4f}  "
+              f"n {result['n']}", flush=True)
+        write_record(out, result)
     print(f"wrote {out}")
     return result
 
