@@ -355,17 +355,38 @@ class RunCheckpoints:
 
     # --- restore ----------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _reading(self, step: int) -> Iterator[None]:
+        """What Orbax raises on a damaged step directory (an item missing or empty, a truncated
+        file, bad JSON, a config no model fits) as one CheckpointError naming the directory and
+        the other steps."""
+        try:
+            yield
+        except CheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError, OSError) as e:
+            first_line = (str(e).splitlines() or [""])[0][:200]
+            others = ", ".join(str(s) for s in self.steps() if s != step)
+            hint = (f"the run's other checkpoints: {others} (--step picks one)" if others
+                    else "the run has no other checkpoint")
+            raise CheckpointError(
+                f"{self.directory / str(step)}: damaged checkpoint ({type(e).__name__}: "
+                f"{first_line}); {hint}"
+            ) from e
+
     def record(self, step: int) -> dict[str, Any]:
         """The checkpoint's {step, config, tokenizer} (tokenizer None when the run had none)."""
-        restored = self.manager.restore(
-            step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore(),
-                                             TOKENIZER: ocp.args.JsonRestore()})
-        )
+        with self._reading(step):
+            restored = self.manager.restore(
+                step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore(),
+                                                 TOKENIZER: ocp.args.JsonRestore()})
+            )
         return {"step": step, "config": restored[CONFIG], "tokenizer": restored[TOKENIZER] or None}
 
     def check_params(self, step: int, abstract_params: Any) -> None:
         """One clear error listing every parameter whose path or shape differs from the target."""
-        saved = self.manager.item_metadata(step)[STATE]
+        with self._reading(step):
+            saved = self.manager.item_metadata(step)[STATE]
         saved = getattr(saved, "tree", saved)
         if not isinstance(saved, dict) or "params" not in saved:
             raise CheckpointError(f"{self.directory / str(step)}: no params in this checkpoint")
@@ -415,14 +436,15 @@ class RunCheckpoints:
         """Only the params (no optimizer state is read): inference and fine-tuning."""
         self.check_params(step, abstract_params)
         target = {"params": with_shardings(abstract_params, shardings)}
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(
-                target,
-                restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                partial_restore=True,
-            )}),
-        )
+        with self._reading(step):
+            restored = self.manager.restore(
+                step,
+                args=ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(
+                    target,
+                    restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                    partial_restore=True,
+                )}),
+            )
         return restored[STATE]["params"]
 
 
@@ -460,7 +482,8 @@ def load_params(
     try:
         step = ckpts.resolve_step(step)
         record = ckpts.record(step)
-        model_cfg = model_cfg or model_config_from_record(record)
+        with ckpts._reading(step):  # a config edited into nonsense is damage too
+            model_cfg = model_cfg or model_config_from_record(record)
         model = GPT(model_cfg)
         abstract = jax.eval_shape(
             lambda: model.init(jax.random.key(0), np.zeros((1, 1), np.int32))["params"]

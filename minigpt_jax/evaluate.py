@@ -8,7 +8,9 @@ The bytes come from decoding the evaluated target tokens with the run's own toke
 markers count zero bytes). The eval windows are consecutive, so their targets are one contiguous
 stretch of the val shards and decode without splitting a character.
 
-Prints the numbers and writes them to `<run_dir>/eval_step<N>.json`.
+Prints the numbers, then writes them to `<run_dir>/eval_step<N>.json` (a run directory that cannot
+be written loses only the record, not the result). A diverged checkpoint (non-finite parameters) is
+never scored: the latest finite one is, with a note, unless a step was asked for.
 """
 
 from __future__ import annotations
@@ -26,13 +28,12 @@ import numpy as np
 from absl import logging as absl_logging
 
 from minigpt_jax import input_pipeline, sharding
-from minigpt_jax.checkpoint import load_params
 from minigpt_jax.config import accumulation_steps
-from minigpt_jax.errors import DataError, exit_on_user_error
+from minigpt_jax.errors import CheckpointError, DataError, UserError, exit_on_user_error
 from minigpt_jax.files import write_json_atomic
+from minigpt_jax.inference import inference_tokenizer, load_finite_params
 from minigpt_jax.model import GPT
 from minigpt_jax.shards import find_split
-from minigpt_jax.tokenizer import load_run_tokenizer, load_tokenizer
 from minigpt_jax.train_state import make_eval_step
 
 
@@ -110,16 +111,26 @@ def evaluate_checkpoint(
     step: int | str | None = None,
     data_dir: str | None = None,
     eval_tokens: int | None = None,
-    tokenizer: Any = None,
+    tokenizer: str | None = None,
 ) -> dict[str, Any]:
-    """{step, loss, perplexity, bits_per_byte, tokens, bytes, ...} of one checkpoint on val data."""
+    """{step, loss, perplexity, bits_per_byte, tokens, bytes, ...} of one checkpoint on val data.
+
+    `tokenizer` overrides the run's own (byte, gpt2 or a path) and must fit the model.
+    """
+    if eval_tokens is not None and eval_tokens <= 0:
+        raise UserError(f"--eval_tokens {eval_tokens}: must be a positive number of tokens")
     mesh = sharding.make_mesh()  # data-parallel over the devices at hand, whatever trained it
-    params, record = load_params(run_dir, step, mesh=mesh)
+    params, record = load_finite_params(run_dir, step, mesh=mesh)
     cfg = ml_collections.ConfigDict(record["config"])
     if data_dir:
         cfg.data_dir = data_dir
-    if eval_tokens:
+    if eval_tokens is not None:
         cfg.eval_tokens = eval_tokens
+    tok = (
+        inference_tokenizer(record, tokenizer, cfg.data_dir)
+        if tokenizer or record["tokenizer"]
+        else None
+    )
     model_cfg = record["model"]
     param_shardings = jax.tree.map(lambda x: x.sharding, params)
     eval_step = jax.jit(
@@ -131,6 +142,11 @@ def evaluate_checkpoint(
     batches = list(eval_batches(cfg, val_paths, model_cfg.vocab_size))
     loss_sum, tokens = evaluate_sums(eval_step, params, batches, mesh)
     loss = loss_sum / tokens
+    if not math.isfinite(loss):
+        raise CheckpointError(
+            f"{run_dir} step {record['step']}: its validation loss is not finite although its "
+            f"parameters are; evaluate another step, or check {cfg.data_dir}'s val shards"
+        )
     result: dict[str, Any] = {
         "step": record["step"],
         "loss": loss,
@@ -139,14 +155,23 @@ def evaluate_checkpoint(
         "data_dir": str(cfg.data_dir),
         "eval_tokens": int(cfg.eval_tokens),
     }
-    if tokenizer is None and record["tokenizer"]:
-        tokenizer = load_run_tokenizer(record["tokenizer"], cfg.data_dir)
-    if tokenizer is not None and jax.process_count() == 1:
+    if tok is not None and jax.process_count() == 1:
         weights = [b["weights"] for b in batches] if "weights" in batches[0] else None
-        n_bytes = count_bytes([b["targets"] for b in batches], tokenizer, weights)
+        n_bytes = count_bytes([b["targets"] for b in batches], tok, weights)
         result["bytes"] = n_bytes
         result["bits_per_byte"] = loss_sum / math.log(2) / n_bytes
     return result
+
+
+def write_record(path: Path, result: dict[str, Any]) -> None:
+    """The result as JSON, after it was printed: a failure to write loses only this record."""
+    try:
+        write_json_atomic(path, result, indent=2)
+    except OSError as e:
+        raise UserError(
+            f"{path}: not written ({e.strerror or e}); the result is printed above; make "
+            f"{path.parent} writable to keep it"
+        ) from e
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -172,16 +197,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error("--run_dir is required")
 
     with exit_on_user_error(OSError):
-        tok = load_tokenizer(args.tokenizer) if args.tokenizer else None
-        result = evaluate_checkpoint(args.run_dir, args.step, args.data_dir, args.eval_tokens, tok)
-    line = f"step {result['step']}  loss {result['loss']:.4f}  ppl {result['perplexity']:.3f}"
-    if "bits_per_byte" in result:
-        line += f"  bits/byte {result['bits_per_byte']:.4f}"
-    print(line + f"  ({result['tokens']} tokens of {result['data_dir']})")
-    if jax.process_index() == 0:
-        out = Path(args.run_dir) / f"eval_step{result['step']}.json"
-        write_json_atomic(out, result, indent=2)
-        print(f"wrote {out}")
+        result = evaluate_checkpoint(
+            args.run_dir, args.step, args.data_dir, args.eval_tokens, args.tokenizer
+        )
+        line = f"step {result['step']}  loss {result['loss']:.4f}  ppl {result['perplexity']:.3f}"
+        if "bits_per_byte" in result:
+            line += f"  bits/byte {result['bits_per_byte']:.4f}"
+        print(line + f"  ({result['tokens']} tokens of {result['data_dir']})", flush=True)
+        if jax.process_index() == 0:
+            out = Path(args.run_dir) / f"eval_step{result['step']}.json"
+            write_record(out, result)
+            print(f"wrote {out}")
     return result
 
 
@@ -195,8 +221,9 @@ def _hellaswag(args: argparse.Namespace) -> dict[str, Any]:
         result, out = evaluate_hellaswag(
             args.run_dir, args.hf_dir, args.task_data, args.step, args.tokenizer, args.limit
         )
-    print(f"hellaswag  acc {result['acc']:.4f}  acc_norm {result['acc_norm']:.4f}  n {result['n']}")
-    write_json_atomic(out, result, indent=2)
+        print(f"hellaswag  acc {result['acc']:.4f}  acc_norm {result['acc_norm']:.4f}  "
+              f"n {result['n']}", flush=True)
+        write_record(out, result)
     print(f"wrote {out}")
     return result
 

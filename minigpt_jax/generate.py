@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
+import os
+import sys
 from typing import Any
 
 import jax
@@ -65,12 +68,27 @@ def filter_logits(
     return logits_BV
 
 
-def _pick(logits_BV, key, temperature, top_k, top_p, *, greedy, use_top_k, use_top_p):
+def pick_tokens(
+    logits_BV: jax.Array,
+    key: jax.Array,
+    vocab_size: int,
+    temperature: jax.Array | float = 1.0,
+    top_k: jax.Array | int | None = None,
+    top_p: jax.Array | float | None = None,
+    *,
+    greedy: bool = False,
+) -> jax.Array:
+    """(B,) token ids, never a padded one (>= vocab_size) nor one whose logit is NaN.
+
+    The model already gives padded ids -inf, but the guard belongs here, after the filters: a
+    temperature of inf or NaN turns -inf into NaN, which `categorical` would happily pick.
+    """
+    if not greedy:
+        logits_BV = filter_logits(logits_BV, temperature, top_k, top_p)
+    real_V = jnp.arange(logits_BV.shape[-1]) < vocab_size
+    logits_BV = jnp.where(real_V & ~jnp.isnan(logits_BV), logits_BV, -jnp.inf)
     if greedy:
         return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
-    logits_BV = filter_logits(
-        logits_BV, temperature, top_k if use_top_k else None, top_p if use_top_p else None
-    )
     return jax.random.categorical(key, logits_BV, axis=-1).astype(jnp.int32)
 
 
@@ -98,13 +116,12 @@ def _decode(
     model = GPT(model_cfg)
     B, P = tokens_BP.shape
     pick = functools.partial(
-        _pick,
+        pick_tokens,
+        vocab_size=model_cfg.vocab_size,
         temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
+        top_k=top_k if use_top_k else None,
+        top_p=top_p if use_top_p else None,
         greedy=greedy,
-        use_top_k=use_top_k,
-        use_top_p=use_top_p,
     )
     cache = KVCache.zeros(model_cfg, B, P + max_new_tokens, start_B)
     logits_BPV, cache = model.apply({"params": params}, tokens_BP, cache=cache)
@@ -156,14 +173,16 @@ def sample(
 
     Prompts longer than `block_size - max_new_tokens + 1` keep their last tokens (see module doc).
     """
-    if not prompts or any(len(p) == 0 for p in prompts):
+    if not prompts:
+        raise ValueError("no prompts to continue (--num_samples must be at least 1)")
+    if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token (start with end-of-text if empty)")
     if not 1 <= max_new_tokens <= model_cfg.block_size:
         raise ValueError(
             f"max_new_tokens={max_new_tokens} must be in [1, block_size={model_cfg.block_size}]"
         )
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature} must be >= 0 (0 is greedy)")
+    if not 0 <= temperature < math.inf:  # also refuses NaN
+        raise ValueError(f"temperature={temperature} must be a finite number >= 0 (0 is greedy)")
     if top_k is not None and not 1 <= top_k <= model_cfg.vocab_size:
         raise ValueError(f"top_k={top_k} must be in [1, vocab_size={model_cfg.vocab_size}]")
     if top_p is not None and not 0 < top_p <= 1:
@@ -227,18 +246,14 @@ def main(argv: list[str] | None = None) -> list[str]:
     )
     args = parser.parse_args(argv)
 
-    from minigpt_jax.checkpoint import load_params
     from minigpt_jax.errors import exit_on_user_error
+    from minigpt_jax.inference import inference_tokenizer, load_finite_params
     from minigpt_jax.sft_data import chat_prompt_tokens, format_chat
-    from minigpt_jax.tokenizer import load_run_tokenizer, load_tokenizer
 
     with exit_on_user_error(ValueError, OSError):  # sample's ValueErrors are bad arguments
-        params, record = load_params(args.run_dir, args.step)
-        if args.tokenizer:
-            tok = load_tokenizer(args.tokenizer)
-        else:
-            data_dir = args.data_dir or record["config"].get("data_dir")
-            tok = load_run_tokenizer(record["tokenizer"], data_dir)
+        params, record = load_finite_params(args.run_dir, args.step)
+        data_dir = args.data_dir or record["config"].get("data_dir")
+        tok = inference_tokenizer(record, args.tokenizer, data_dir)
         model_cfg = record["model"]
         top_k = min(args.top_k, model_cfg.vocab_size) if args.top_k else None
         if args.chat:
@@ -258,10 +273,14 @@ def main(argv: list[str] | None = None) -> list[str]:
         )
     shown_prompt = format_chat(args.prompt) if args.chat else args.prompt
     texts = [shown_prompt + tok.decode(ids) for ids in outs]
-    for i, text in enumerate(texts):
-        if args.num_samples > 1:
-            print(f"--- sample {i} (step {record['step']})")
-        print(text)
+    try:
+        for i, text in enumerate(texts):
+            if args.num_samples > 1:
+                print(f"--- sample {i} (step {record['step']})")
+            print(text, flush=True)
+    except BrokenPipeError:  # `generate ... | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush
+        raise SystemExit(141) from None  # 128 + SIGPIPE, as a shell pipeline reports it
     return texts
 
 

@@ -221,14 +221,11 @@ def evaluate_hellaswag(
         out_dir = Path(hf_dir) if Path(hf_dir).is_dir() else Path(".")
         source: dict[str, Any] = {"hf_dir": str(hf_dir)}
     else:
-        from minigpt_jax.checkpoint import load_params, load_run_tokenizer
+        from minigpt_jax.inference import inference_tokenizer, load_finite_params
 
-        params, record = load_params(run_dir, step)
+        params, record = load_finite_params(run_dir, step)
         model_cfg = record["model"]
-        if tokenizer_spec:
-            tokenizer = load_tokenizer(tokenizer_spec)
-        else:
-            tokenizer = load_run_tokenizer(record["tokenizer"], record["config"].get("data_dir"))
+        tokenizer = inference_tokenizer(record, tokenizer_spec, record["config"].get("data_dir"))
         out_dir = Path(run_dir)
         source = {"run_dir": str(run_dir), "step": record["step"]}
     scores = score_examples(model_cfg, params, tokenizer, examples, batch_size)

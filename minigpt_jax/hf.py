@@ -130,6 +130,11 @@ def _check_config(hf: Mapping[str, Any], path: Path) -> None:
     for key in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
         if not isinstance(hf.get(key), int) or hf[key] <= 0:
             raise CheckpointError(f"{path}: {key}={hf.get(key)!r} must be a positive integer")
+    if hf["n_embd"] % hf["n_head"]:
+        raise CheckpointError(
+            f"{path}: n_embd={hf['n_embd']} is not divisible by n_head={hf['n_head']}; "
+            f"this is not a GPT-2 config (every head has n_embd / n_head dimensions)"
+        )
 
 
 def config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> GPTConfig:
@@ -426,7 +431,15 @@ def import_as_run(
         path = Path(like_run) / "config.json"
         if not path.is_file():
             raise CheckpointError(f"{path}: not found; --like_run takes a training run directory")
-        cfg = ml_collections.ConfigDict(json.loads(path.read_text()))
+        try:
+            like = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(
+                f"{path}: not valid JSON ({e}); --like_run takes a training run directory"
+            ) from e
+        if not isinstance(like, dict):
+            raise CheckpointError(f"{path}: expected a run's config (a JSON object)")
+        cfg = ml_collections.ConfigDict(like)
     else:
         cfg = default_config()
     cfg.unlock()
@@ -463,11 +476,9 @@ def import_as_run(
 
 def export_run(run_dir: str, out_dir: str, step: str | None = None) -> Path:
     """A training run's checkpoint as a `transformers` GPT-2 directory."""
-    from minigpt_jax.checkpoint import load_params
+    from minigpt_jax.inference import load_finite_params
 
-    if step is not None and step not in ("latest", "best"):
-        step = int(step)
-    params, record = load_params(run_dir, None if step == "latest" else step)
+    params, record = load_finite_params(run_dir, step)  # the step as typed: "4", "best", ...
     if record["model"].doc_sep_id >= 0:
         warnings.warn(
             f"{run_dir}: trained with document masking (doc_sep_id={record['model'].doc_sep_id}); "

@@ -12,7 +12,8 @@ the last `A:` line is its answer. Reported per set, operation and digit count:
 - verified@N: the majority among the sampled solutions whose every written step checks out with
   exact arithmetic (`checker.verify_solution`); plain majority when none does.
 
-A markdown table goes to stdout and everything to `<run_dir>/eval_arithmetic.json`.
+A markdown table goes to stdout and then everything to `<run_dir>/eval_arithmetic.json` (an
+unwritable `--out` loses only that file, never the printed results).
 """
 
 from __future__ import annotations
@@ -27,8 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from minigpt_jax.errors import DataError, exit_on_user_error
-from minigpt_jax.files import write_json_atomic
+from minigpt_jax.errors import DataError, UserError, exit_on_user_error
 from minigpt_jax.tasks.arithmetic import checker
 from minigpt_jax.tasks.arithmetic import problems as arithmetic
 from minigpt_jax.tasks.arithmetic.data import TEST_FILES
@@ -52,6 +52,11 @@ def load_test_set(data_dir: str | Path, name: str) -> list[arithmetic.Problem]:
                 raise DataError(
                     f"{path}:{i}: not a test problem ({e}); regenerate the file"
                 ) from e
+    if not problems:
+        raise DataError(
+            f"{path}: holds no problems; regenerate it with "
+            f"`python scripts/make_arithmetic_data.py --out_dir {data_dir}`"
+        )
     return problems
 
 
@@ -236,6 +241,18 @@ def markdown_table(results: dict[str, dict[str, dict[str, Any]]], samples: int) 
     return "\n".join(lines)
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """Before any compile: these would fail (or run nothing) only after loading the model."""
+    if args.batch_size < 1:
+        raise UserError(f"--batch_size {args.batch_size}: must be at least 1")
+    if args.samples < 0:
+        raise UserError(f"--samples {args.samples}: must be >= 0 (0 = greedy only)")
+    if not 0 <= args.temperature < math.inf:
+        raise UserError(f"--temperature {args.temperature}: must be a finite number >= 0")
+    if args.max_per_cell < 0:
+        raise UserError(f"--max_per_cell {args.max_per_cell}: must be >= 0 (0 = all)")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(
         prog="python -m minigpt_jax.eval_arithmetic", description=__doc__,
@@ -254,10 +271,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", default=None, help="default: <run_dir>/eval_arithmetic.json")
     args = ap.parse_args(argv)
 
-    from minigpt_jax.checkpoint import load_params
+    from minigpt_jax.evaluate import write_record
     from minigpt_jax.generate import sample
+    from minigpt_jax.inference import inference_tokenizer, load_finite_params
     from minigpt_jax.shards import read_manifest
-    from minigpt_jax.tokenizer import load_run_tokenizer
 
     step: int | str | None = args.step
     if isinstance(step, str) and step.isdigit():
@@ -265,9 +282,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     elif step == "latest":
         step = None
     with exit_on_user_error(OSError):
-        params, record = load_params(args.run_dir, step)
+        _check_args(args)
+        params, record = load_finite_params(args.run_dir, step)
         data_dir = args.data_dir or record["config"].get("data_dir")
-        tok = load_run_tokenizer(record["tokenizer"], data_dir)
+        tok = inference_tokenizer(record, None, data_dir)
         names = [s for s in args.sets.split(",") if s]
         unknown = sorted(set(names) - set(TEST_FILES))
         if unknown:
@@ -313,9 +331,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - t0, 1),
         "results": results,
     }
-    out = Path(args.out) if args.out else Path(args.run_dir) / "eval_arithmetic.json"
-    write_json_atomic(out, report, indent=2)
     print(f"{args.run_dir} step {record['step']} (worked steps: {report['worked_steps']})")
-    print(markdown_table(results, args.samples))
+    print(markdown_table(results, args.samples), flush=True)
+    out = Path(args.out) if args.out else Path(args.run_dir) / "eval_arithmetic.json"
+    with exit_on_user_error():
+        write_record(out, report)
     print(f"wrote {out}")
     return report
