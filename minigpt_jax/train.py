@@ -227,6 +227,8 @@ def _build(cfg, model_cfg, train_paths, val_paths, tokenizer, ckpts, resume_step
         b1=cfg.adam_b1,
         b2=cfg.adam_b2,
         freeze=cfg.freeze,
+        optimizer=cfg.optimizer,
+        muon_lr_scale=cfg.muon_lr / cfg.lr if cfg.optimizer == "muon" else 0.0,
     )
     num_micro = accumulation_steps(cfg.batch_size, cfg.micro_batch_size, jax.device_count())
     rng = jax.random.key(cfg.seed)
