@@ -160,8 +160,11 @@ class RunCheckpoints:
             best_mode="min",
             preservation_policy=policies.AnyPreservationPolicy(keep_policies),
             enable_async_checkpointing=async_save,
-            # hash each step's files once committed, in Orbax's background thread
-            async_options=ocp.AsyncOptions(post_finalization_callback=self.record_checksums),
+            # hash each step's files once committed, in Orbax's background thread (synchronous
+            # saves are hashed at wait/close: Orbax takes the callback from async managers only)
+            async_options=ocp.AsyncOptions(post_finalization_callback=self.record_checksums)
+            if async_save
+            else None,
             cleanup_tmp_directories=not read_only,  # what a killed save left behind
             read_only=read_only,
             create=not read_only,

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,3 +50,29 @@ def sha256_file(path: str | os.PathLike) -> str:
         while chunk := f.read(1 << 22):
             h.update(chunk)
     return h.hexdigest()
+
+
+def read_jsonl(
+    path: str | os.PathLike, error: Callable[[str], Exception]
+) -> Iterator[tuple[str, Any]]:
+    """(`path:line`, parsed value) for each non-blank line of a JSON Lines file.
+
+    The one JSONL reader of the package's own files (SFT pairs, HellaSwag rows, test problems,
+    metrics): a line that is not UTF-8 or not JSON raises `error(message)` naming `path:line`.
+    """
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise error(
+                    f"{where}: not UTF-8 text (byte {e.start} of the line is "
+                    f"0x{raw[e.start]:02x}); convert the file to UTF-8"
+                ) from None
+            if not line.strip():
+                continue
+            try:
+                yield where, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise error(f"{where}: not a JSON line ({e.msg})") from None

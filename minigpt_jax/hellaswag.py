@@ -17,7 +17,6 @@ opens (the hub dataset `Rowan/hellaswag` by default, or a local dataset director
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from minigpt_jax.errors import DataError
+from minigpt_jax.files import read_jsonl as read_json_lines
 from minigpt_jax.model import GPT, GPTConfig
 
 HUB_DATASET = "Rowan/hellaswag"
@@ -64,18 +64,7 @@ def _example(raw: Any, where: str) -> Example:
 
 
 def read_jsonl(path: str | Path) -> list[Example]:
-    path = Path(path)
-    examples = []
-    with open(path) as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise HellaSwagError(f"{path}:{i}: not a JSON line ({e.msg})") from e
-            examples.append(_example(raw, f"{path}:{i}"))
-    return examples
+    return [_example(raw, where) for where, raw in read_json_lines(path, HellaSwagError)]
 
 
 def load_with_datasets(source: str, split: str = "validation") -> list[Example]:

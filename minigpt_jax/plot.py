@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from minigpt_jax.files import read_jsonl
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -133,15 +135,9 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise PlotError(f"{path} not found; pass a run directory that training has logged to")
     records = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PlotError(f"{path}:{i}: not a JSON line ({e.msg})") from e
+    for where, record in read_jsonl(path, PlotError):
         if not isinstance(record, dict) or "step" not in record:
-            raise PlotError(f"{path}:{i}: a metrics record needs a 'step'")
+            raise PlotError(f"{where}: a metrics record needs a 'step'")
         records.append(record)
     return records
 

@@ -18,7 +18,6 @@ the model sees exactly the context it was fine-tuned on.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from collections.abc import Sequence
@@ -28,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from minigpt_jax.errors import DataError, TokenizerError
-from minigpt_jax.files import copy_atomic
+from minigpt_jax.files import copy_atomic, read_jsonl
 from minigpt_jax.shards import (
     check_shard_size,
     claim_out_dir,
@@ -85,39 +84,24 @@ def read_examples(path: str | os.PathLike) -> list[tuple[str, str]]:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     examples = []
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            where = f"{path}:{lineno}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
+    for where, record in read_jsonl(path, DataError):
+        if not isinstance(record, dict):
+            raise DataError(
+                f'{where}: expected an object {{"prompt": ..., "response": ...}}'
+            )
+        for key in ("prompt", "response"):
+            if not isinstance(record.get(key), str):
                 raise DataError(
-                    f"{where}: not UTF-8 text (byte {e.start} of the line is "
-                    f"0x{raw[e.start]:02x}); convert the file to UTF-8"
-                ) from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not valid JSON ({e})") from e
-            if not isinstance(record, dict):
-                raise DataError(
-                    f'{where}: expected an object {{"prompt": ..., "response": ...}}'
+                    f'{where}: "{key}" must be a string, got {type(record.get(key)).__name__}; '
+                    f'each line is {{"prompt": "...", "response": "..."}}'
                 )
-            for key in ("prompt", "response"):
-                if not isinstance(record.get(key), str):
-                    raise DataError(
-                        f'{where}: "{key}" must be a string, got {type(record.get(key)).__name__}; '
-                        f'each line is {{"prompt": "...", "response": "..."}}'
-                    )
-                try:
-                    check_text(record[key])
-                except TokenizerError as e:
-                    raise DataError(f'{where}: "{key}": {e}') from None
-            if not record["response"]:
-                raise DataError(f'{where}: "response" is empty; there is nothing to learn')
-            examples.append((record["prompt"], record["response"]))
+            try:
+                check_text(record[key])
+            except TokenizerError as e:
+                raise DataError(f'{where}: "{key}": {e}') from None
+        if not record["response"]:
+            raise DataError(f'{where}: "response" is empty; there is nothing to learn')
+        examples.append((record["prompt"], record["response"]))
     if not examples:
         raise DataError(f"{path}: no examples")
     return examples

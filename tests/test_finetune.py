@@ -135,7 +135,7 @@ def test_changing_prompt_tokens_does_not_change_the_loss(sft_shards):
         ('{"prompt": 3, "response": "y"}', r'qa\.jsonl:2: "prompt" must be a string'),
         ('{"prompt": "x", "response": ""}', r'qa\.jsonl:2: "response" is empty'),
         ("[1, 2]", r"qa\.jsonl:2: expected an object"),
-        ("{oops", r"qa\.jsonl:2: not valid JSON"),
+        ("{oops", r"qa\.jsonl:2: not a JSON line"),
     ],
 )
 def test_bad_sft_lines_are_named(tmp_path, line, match):

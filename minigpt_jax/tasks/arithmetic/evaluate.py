@@ -19,7 +19,6 @@ unwritable `--out` loses only that file, never the printed results).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from minigpt_jax.errors import DataError, UserError, exit_on_user_error
+from minigpt_jax.files import read_jsonl
 from minigpt_jax.tasks.arithmetic import checker
 from minigpt_jax.tasks.arithmetic import problems as arithmetic
 from minigpt_jax.tasks.arithmetic.data import TEST_FILES
@@ -44,14 +44,11 @@ def load_test_set(data_dir: str | Path, name: str) -> list[arithmetic.Problem]:
             f"`python scripts/make_arithmetic_data.py --out_dir {data_dir}`"
         )
     problems = []
-    with open(path) as f:
-        for i, line in enumerate(f, 1):
-            try:
-                problems.append(arithmetic.Problem.from_json(json.loads(line)))
-            except (ValueError, KeyError, TypeError) as e:
-                raise DataError(
-                    f"{path}:{i}: not a test problem ({e}); regenerate the file"
-                ) from e
+    for where, record in read_jsonl(path, DataError):
+        try:
+            problems.append(arithmetic.Problem.from_json(record))
+        except (ValueError, KeyError, TypeError) as e:
+            raise DataError(f"{where}: not a test problem ({e}); regenerate the file") from e
     if not problems:
         raise DataError(
             f"{path}: holds no problems; regenerate it with "
