@@ -388,6 +388,11 @@ def save_hf_gpt2(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if config.mixer != "attention":
+        raise ValueError(
+            f"mixer={config.mixer!r}: transformers' GPT-2 has attention only; only attention "
+            f"models export"
+        )
     tensors = hf_tensors_from_params(config, params)
     atomic_write(
         out / "model.safetensors", lambda p: save_file(tensors, str(p), metadata={"format": "pt"})

@@ -20,7 +20,7 @@ from minigpt_jax.config import ConfigError
 from minigpt_jax.hf import HFFormatError, load_hf_gpt2, pad_vocab
 from minigpt_jax.model import GPTConfig, param_shapes
 
-_MUST_MATCH = ("vocab_size", "n_layer", "n_head", "n_embd")
+_MUST_MATCH = ("vocab_size", "n_layer", "n_head", "n_embd", "mixer", "attention_every")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,6 +18,12 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from minigpt_jax.mixers import DeltaState, GatedDeltaNet
+
+# Token mixers a layer can use. Only mixers that pass tests/test_mixers.py and the model tests
+# (recurrent == parallel, causality, document resets, generation == recompute) are listed.
+MIXERS = ("attention", "gated_deltanet")
+
 _PRESETS: dict[str, dict[str, Any]] = {
     # OpenAI's four GPT-2 sizes.
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
@@ -54,6 +60,10 @@ class GPTConfig:
     # packed anywhere in a window then trains exactly as it is prompted at inference, at position 0
     # (arithmetic, SFT). -1: one causal stream, as GPT-2.
     doc_sep_id: int = -1
+    # Token mixer of each layer (see MIXERS and minigpt_jax/mixers.py). attention_every: 0 = every
+    # layer uses `mixer`; k > 0 = every k-th layer (k-1, 2k-1, ...) is attention, the rest `mixer`.
+    mixer: str = "attention"
+    attention_every: int = 0
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -69,6 +79,25 @@ class GPTConfig:
             )
         if self.doc_sep_id >= 0 and self.attention_impl == "cudnn":
             raise ValueError("doc_sep_id needs a document mask: use attention_impl 'xla' or 'auto'")
+        if self.mixer not in MIXERS:
+            raise ValueError(f"mixer={self.mixer!r}: use one of {', '.join(MIXERS)}")
+        if self.attention_every < 0 or (self.attention_every and self.mixer == "attention"):
+            raise ValueError(
+                f"attention_every={self.attention_every}: use 0 (every layer is `mixer`) or, "
+                f"with a mixer other than attention, k > 0 for attention in every k-th layer"
+            )
+
+    def is_attention(self, layer: int) -> bool:
+        every = self.attention_every
+        return self.mixer == "attention" or (every > 0 and (layer + 1) % every == 0)
+
+    @property
+    def attention_layers(self) -> list[int]:
+        return [i for i in range(self.n_layer) if self.is_attention(i)]
+
+    @property
+    def mixer_layers(self) -> list[int]:
+        return [i for i in range(self.n_layer) if not self.is_attention(i)]
 
     @property
     def padded_vocab_size(self) -> int:
@@ -115,27 +144,33 @@ def _layer_norm(name: str) -> nn.LayerNorm:
 
 
 class KVCache(flax.struct.PyTreeNode):
-    """Keys and values of every layer for incremental decoding (`GPT.__call__(..., cache=...)`).
+    """What decoding carries (`GPT.__call__(..., cache=...)`): keys and values of every attention
+    layer, and the fixed-size recurrent state of every mixer layer (stacked in layer order).
 
     Rows are left-padded so that all prompts of a batch end in the same column and every decode
     step writes one column for the whole batch: `start_B` is each row's first real column, `index`
-    the next column to write. A row's positions count from its own start: padding never shifts them.
+    the next column to write. A row's positions count from its own start: padding never shifts them,
+    and a mixer's state starts afresh at that column.
     """
 
     k_LBSHK: jax.Array
     v_LBSHK: jax.Array
     start_B: jax.Array  # int32, first non-padding column of each row
     index: jax.Array  # int32 scalar, the column the next token is written to
+    mixer: DeltaState  # leaves stacked over the mixer layers (leading axis of size 0 if none)
 
     @classmethod
     def zeros(cls, config: GPTConfig, batch: int, length: int, start_B: jax.Array) -> KVCache:
         H = config.n_head
-        shape = (config.n_layer, batch, length, H, config.n_embd // H)
+        shape = (len(config.attention_layers), batch, length, H, config.n_embd // H)
+        one = DeltaState.zeros(batch, config.n_embd, H, config.dtype)
+        n_mixer = len(config.mixer_layers)
         return cls(
             k_LBSHK=jnp.zeros(shape, config.dtype),
             v_LBSHK=jnp.zeros(shape, config.dtype),
             start_B=jnp.asarray(start_B, jnp.int32),
             index=jnp.zeros((), jnp.int32),
+            mixer=jax.tree.map(lambda x: jnp.zeros((n_mixer, *x.shape), x.dtype), one),
         )
 
 
@@ -211,7 +246,13 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
+    """Pre-norm residual block: a token mixer (attention or `cfg.mixer`, by `is_attention`), an MLP.
+
+    `layer` is the block's index among the layers of its own kind: its slot in the cache stacks.
+    """
+
     config: GPTConfig
+    attention: bool = True
 
     @nn.compact
     def __call__(
@@ -219,17 +260,33 @@ class Block(nn.Module):
         x_BTD: jax.Array,
         deterministic: bool,
         doc_mask_B1TT: jax.Array | None = None,
+        reset_BT: jax.Array | None = None,
         cache: KVCache | None = None,
         layer: int = 0,
-    ) -> jax.Array | tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        attn = CausalSelfAttention(self.config, name="attn")
-        if cache is None:
-            x_BTD = x_BTD + attn(_layer_norm("ln_1")(x_BTD), deterministic, doc_mask_B1TT)
+    ) -> jax.Array | tuple[jax.Array, Any]:
+        cfg = self.config
+        h_BTD = _layer_norm("ln_1")(x_BTD)
+        carry = None  # what this layer adds to the cache: new keys and values, or its next state
+        if self.attention:
+            attn = CausalSelfAttention(cfg, name="attn")
+            if cache is None:
+                y_BTD = attn(h_BTD, deterministic, doc_mask_B1TT)
+            else:
+                y_BTD, carry = attn(h_BTD, deterministic, cache=cache, layer=layer)
         else:
-            y_BTD, kv = attn(_layer_norm("ln_1")(x_BTD), deterministic, cache=cache, layer=layer)
-            x_BTD = x_BTD + y_BTD
-        x_BTD = x_BTD + MLP(self.config, name="mlp")(_layer_norm("ln_2")(x_BTD), deterministic)
-        return x_BTD if cache is None else (x_BTD, kv)
+            mixer = GatedDeltaNet(
+                cfg.n_embd,
+                cfg.n_head,
+                dtype=cfg.dtype,
+                proj_init=nn.initializers.normal(0.02 / math.sqrt(2 * cfg.n_layer)),
+                name="mixer",
+            )
+            state = None if cache is None else jax.tree.map(lambda x: x[layer], cache.mixer)
+            y_BTD, carry = mixer(h_BTD, reset_BT, state)
+            y_BTD = nn.Dropout(cfg.dropout)(y_BTD, deterministic=deterministic)
+        x_BTD = x_BTD + y_BTD
+        x_BTD = x_BTD + MLP(cfg, name="mlp")(_layer_norm("ln_2")(x_BTD), deterministic)
+        return x_BTD if cache is None else (x_BTD, carry)
 
 
 class GPT(nn.Module):
@@ -258,6 +315,10 @@ class GPT(nn.Module):
         wte = nn.Embed(cfg.padded_vocab_size, cfg.n_embd, embedding_init=embed_init, name="wte")
         wpe = nn.Embed(cfg.block_size, cfg.n_embd, embedding_init=embed_init, name="wpe")
         doc_mask_B1TT = None
+        # Where a mixer's state starts afresh: each document's first token; in a decode, also each
+        # row's first real column (the left padding before it is forgotten). doc_sep_id=-1 never
+        # matches a token.
+        reset_BT = tokens_BT == cfg.doc_sep_id
         if cache is None and cfg.doc_sep_id >= 0:
             pos_BT, doc_mask_B1TT = document_positions_and_mask(tokens_BT, cfg.doc_sep_id)
             x_BTD = wte(tokens_BT) + wpe(pos_BT)
@@ -266,23 +327,32 @@ class GPT(nn.Module):
         else:  # each row counts positions from its own first real column
             col_BT = cache.index + jnp.arange(T)[None]
             pos_BT = jnp.clip(col_BT - cache.start_B[:, None], 0, cfg.block_size - 1)
+            reset_BT = reset_BT | (col_BT == cache.start_B[:, None])
             x_BTD = wte(tokens_BT) + wpe(pos_BT)
         x_BTD = nn.Dropout(cfg.dropout)(x_BTD, deterministic=deterministic)
 
         if cache is None:
             block_cls = nn.remat(Block, static_argnums=(2,)) if cfg.remat else Block
             for i in range(cfg.n_layer):
-                x_BTD = block_cls(cfg, name=f"h_{i}")(x_BTD, deterministic, doc_mask_B1TT)
+                block = block_cls(cfg, cfg.is_attention(i), name=f"h_{i}")
+                x_BTD = block(x_BTD, deterministic, doc_mask_B1TT, reset_BT)
         else:
-            k_LBSHK, v_LBSHK = cache.k_LBSHK, cache.v_LBSHK
+            k_LBSHK, v_LBSHK, states = cache.k_LBSHK, cache.v_LBSHK, cache.mixer
             for i in range(cfg.n_layer):
-                block = Block(cfg, name=f"h_{i}")
-                x_BTD, (k_BTHK, v_BTHK) = block(x_BTD, deterministic, cache=cache, layer=i)
-                # Only the new columns are written: in a decode loop XLA updates the cache in place.
-                at, dtype = (i, 0, cache.index, 0, 0), k_LBSHK.dtype
-                k_LBSHK = jax.lax.dynamic_update_slice(k_LBSHK, k_BTHK[None].astype(dtype), at)
-                v_LBSHK = jax.lax.dynamic_update_slice(v_LBSHK, v_BTHK[None].astype(dtype), at)
-            cache = cache.replace(k_LBSHK=k_LBSHK, v_LBSHK=v_LBSHK, index=cache.index + T)
+                attention = cfg.is_attention(i)
+                j = (cfg.attention_layers if attention else cfg.mixer_layers).index(i)
+                block = Block(cfg, attention, name=f"h_{i}")
+                x_BTD, carry = block(x_BTD, deterministic, reset_BT=reset_BT, cache=cache, layer=j)
+                if attention:  # only the new columns: in a decode loop XLA updates them in place
+                    (k_BTHK, v_BTHK), dtype = carry, k_LBSHK.dtype
+                    at = (j, 0, cache.index, 0, 0)
+                    k_LBSHK = jax.lax.dynamic_update_slice(k_LBSHK, k_BTHK[None].astype(dtype), at)
+                    v_LBSHK = jax.lax.dynamic_update_slice(v_LBSHK, v_BTHK[None].astype(dtype), at)
+                else:
+                    states = jax.tree.map(lambda s, new, j=j: s.at[j].set(new), states, carry)
+            cache = cache.replace(
+                k_LBSHK=k_LBSHK, v_LBSHK=v_LBSHK, mixer=states, index=cache.index + T
+            )
         x_BTD = _layer_norm("ln_f")(x_BTD)
         if return_hidden:
             if cache is not None:

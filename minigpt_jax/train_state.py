@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from minigpt_jax.loss import head_cross_entropy, summed_cross_entropy
+from minigpt_jax.mixers import gated_deltanet_flops_per_token
 from minigpt_jax.model import GPT, GPTConfig, count_params
 
 Batch = Mapping[str, jax.Array]  # inputs_BT, targets_BT, optional weights_BT (loss mask)
@@ -220,12 +221,16 @@ def make_eval_step(model: GPT, loss_chunks: int = 0) -> Callable[[Any, Batch], M
 
 
 def flops_per_token(config: GPTConfig, seq_len: int) -> float:
-    """Training FLOPs per token: 6N for the matmuls plus the attention scores (PaLM appendix B).
+    """Training FLOPs per token: 6N for the matmuls plus each layer's token mixing: attention's
+    scores (PaLM appendix B), or a mixer's recurrence (`mixers.gated_deltanet_flops_per_token`).
 
     N leaves out the position table (a lookup, not a matmul), as nanoGPT's `estimate_mfu` does.
     """
     n = count_params(config, non_embedding=True)
-    return 6 * n + 12 * config.n_layer * config.n_embd * seq_len
+    attention = 12 * config.n_embd * seq_len
+    mixer = gated_deltanet_flops_per_token(config.n_embd, config.n_head, seq_len)
+    n_attention = len(config.attention_layers)
+    return 6 * n + n_attention * attention + (config.n_layer - n_attention) * mixer
 
 
 # Dense peak FLOP/s per device from vendor sheets (bf16 for the bf16 column; TF32 for float32).
