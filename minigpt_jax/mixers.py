@@ -13,8 +13,8 @@ Two forms of the same function:
 - training and prefill: chunkwise. Inside a chunk of C tokens the recurrence unrolls to
   S_t = g_t S_0 + sum_{i<=t} (g_t / g_i) k_i w_i^T, where the pseudo-values w solve the unit lower
   triangular system (I + A) w = b v - b g K S_0 (the WY form; A_ti = b_t (g_t/g_i) k_t.k_i, i < t).
-  Everything that does not depend on S_0 is batched matmuls and one triangular solve over all
-  chunks at once; only three (C x K) @ (K x K) products per chunk run in a `lax.scan`.
+  Everything that does not depend on S_0 is batched matmuls and one C x C triangular inverse over
+  all chunks at once; only three (C x K) @ (K x K) products per chunk run in a `lax.scan`.
 - decoding: the recurrence itself, one token at a time, with a fixed-size state per layer.
 
 Decays are kept in log space and only ever exponentiated as differences g_t - g_i with i <= t, so
@@ -124,16 +124,14 @@ def delta_rule_chunked(
     )
     end_NBH = jnp.where((seg_end_NB == seg_in_NB)[..., None], jnp.exp(g_NBHC[..., -1]), 0.0)
 
-    # WY form: (I + A) [U | W] = [b v | b g k], then w = U - W S_0 once S_0 is known.
+    # WY form: [U | W] = (I + A)^-1 [b v | b g k], then w = U - W S_0 once S_0 is known.
     bk_NBHCK = b_NBHC[..., None] * k_NBHCK
     kk_NBHCC = jnp.einsum("nbhck,nbhdk->nbhcd", bk_NBHCK, k_NBHCK)
     A_NBHCC = jnp.where(jnp.tril(causal_CC, -1), kk_NBHCC * decay_NBHCC, 0.0)
     rhs_NBHCX = jnp.concatenate(
         [b_NBHC[..., None] * v_NBHCK, (from_in_NBHC[..., None] * bk_NBHCK)], axis=-1
     )
-    sol_NBHCX = jax.lax.linalg.triangular_solve(
-        A_NBHCC + jnp.eye(C), rhs_NBHCX, left_side=True, lower=True, unit_diagonal=True
-    )
+    sol_NBHCX = unit_lower_inverse(A_NBHCC) @ rhs_NBHCX
     U_NBHCK, W_NBHCK = sol_NBHCX[..., :K], sol_NBHCX[..., K:]
     qk_NBHCC = jnp.einsum("nbhck,nbhdk->nbhcd", q_NBHCK, k_NBHCK) * decay_NBHCC
     qin_NBHCK = from_in_NBHC[..., None] * q_NBHCK
@@ -150,6 +148,41 @@ def delta_rule_chunked(
     S_BHKK, o_NBHCK = jax.lax.scan(step, S_BHKK, xs)
     o_BTHK = jnp.moveaxis(o_NBHCK.swapaxes(0, 1), 2, 3).reshape(B, N * C, H, K)
     return o_BTHK[:, :T], S_BHKK
+
+
+@jax.custom_vjp
+def unit_lower_inverse(A_XCC: jax.Array) -> jax.Array:
+    """(I + A)^-1 for strictly lower triangular A (batched over leading axes), by forward
+    substitution: C row updates, each one batched matrix-vector product.
+
+    Not `lax.linalg.triangular_solve`: on CPU its kernel waits on XLA's own thread pool for its
+    batch and deadlocks when two solves run at once on a 2-thread pool (seen with jaxlib 0.10.2).
+    The custom VJP (d(T) = -T dA T) keeps the backward pass to two matmuls instead of storing
+    every row update.
+    """
+    return _unit_lower_inverse_fwd(A_XCC)[0]
+
+
+def _unit_lower_inverse_fwd(A_XCC: jax.Array) -> tuple[jax.Array, jax.Array]:
+    C = A_XCC.shape[-1]
+    eye_CC = jnp.eye(C, dtype=A_XCC.dtype)
+
+    def row(i, T_XCC):  # T[i] = e_i - A[i, :i] T[:i]; rows >= i of T are still zero
+        A_i_X1C = jax.lax.dynamic_slice_in_dim(A_XCC, i, 1, axis=-2)
+        T_i_X1C = jax.lax.dynamic_slice_in_dim(eye_CC, i, 1, axis=0) - A_i_X1C @ T_XCC
+        return jax.lax.dynamic_update_slice_in_dim(T_XCC, T_i_X1C, i, axis=-2)
+
+    T_XCC = jax.lax.fori_loop(0, C, row, jnp.zeros_like(A_XCC))
+    return T_XCC, T_XCC
+
+
+def _unit_lower_inverse_bwd(T_XCC: jax.Array, g_XCC: jax.Array) -> tuple[jax.Array]:
+    T_t = T_XCC.swapaxes(-1, -2)
+    strict_CC = jnp.tril(jnp.ones(T_XCC.shape[-2:], bool), -1)
+    return (jnp.where(strict_CC, -(T_t @ g_XCC @ T_t), 0.0),)
+
+
+unit_lower_inverse.defvjp(_unit_lower_inverse_fwd, _unit_lower_inverse_bwd)
 
 
 def _short_conv(
@@ -252,9 +285,10 @@ class GatedDeltaNet(nn.Module):
 def gated_deltanet_flops_per_token(n_embd: int, n_head: int, seq_len: int) -> float:
     """Training FLOPs per token of one layer's recurrence (the projections are in 6N).
 
-    Per head and token, forward: chunk-local k.k, q.k, the triangular solve (2K right-hand sides)
-    and the intra-chunk product, each 2CK; against the carried state, W S, q S and the state
-    update, each 2K^2. Dense as executed, like the attention term of PaLM's formula; x3 to train.
+    Per head and token, forward: chunk-local k.k, q.k and the intra-chunk product, each 2CK; the
+    inverse (C row updates of 2C^2) 2C^2; applying it to [v | k], 4CK; against the carried state,
+    W S, q S and the state update, each 2K^2. Dense as executed, like the attention term of PaLM's
+    formula; x3 to train.
     """
     C, K = min(CHUNK, seq_len), n_embd // n_head
-    return 3 * n_head * (8 * C * K + 6 * K * K)
+    return 3 * n_head * (10 * C * K + 2 * C * C + 6 * K * K)
