@@ -357,8 +357,19 @@ def hf_config_dict(config: GPTConfig, eot_id: int | None = None) -> dict[str, An
     }
 
 
+def check_exportable(config: GPTConfig) -> None:
+    """HF's GPT2LMHeadModel is GPT-2's architecture only: any other switch is refused here."""
+    changed = config.gpt2_differences()
+    if changed:
+        raise HFFormatError(
+            f"only GPT-2's architecture exports to transformers' GPT2LMHeadModel; this model sets "
+            f"{', '.join(changed)}. Train with the GPT-2 defaults to export"
+        )
+
+
 def hf_tensors_from_params(config: GPTConfig, params: Any) -> dict[str, np.ndarray]:
     """Our params -> GPT2LMHeadModel's state dict (prefixed, unpadded, lm_head left tied)."""
+    check_exportable(config)
     flat = traverse_util.flatten_dict(dict(params))
     expected = _expected_hf_shapes(config)
     ours = {path for path, _ in expected.values()}
@@ -388,11 +399,6 @@ def save_hf_gpt2(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if config.mixer != "attention":
-        raise ValueError(
-            f"mixer={config.mixer!r}: transformers' GPT-2 has attention only; only attention "
-            f"models export"
-        )
     tensors = hf_tensors_from_params(config, params)
     atomic_write(
         out / "model.safetensors", lambda p: save_file(tensors, str(p), metadata={"format": "pt"})
@@ -479,6 +485,7 @@ def export_run(run_dir: str, out_dir: str, step: str | None = None) -> Path:
     if step is not None and step not in ("latest", "best"):
         step = int(step)
     params, record = load_params(run_dir, None if step == "latest" else step)
+    check_exportable(record["model"])
     if record["model"].doc_sep_id >= 0:
         warnings.warn(
             f"{run_dir}: trained with document masking (doc_sep_id={record['model'].doc_sep_id}); "

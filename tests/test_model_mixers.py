@@ -17,7 +17,7 @@ from minigpt_jax import generate, train
 from minigpt_jax.checkpoint import load_params
 from minigpt_jax.model import GPT, MIXERS, GPTConfig, KVCache
 from minigpt_jax.sharding import make_mesh, tree_shardings
-from minigpt_jax.train_state import flops_per_token
+from minigpt_jax.train_state import flops_per_token, muon_labels
 
 BASE = dict(vocab_size=257, block_size=48)
 PURE = GPTConfig.preset("tiny", mixer="gated_deltanet", **BASE)
@@ -120,7 +120,7 @@ def test_documents_packed_in_a_row_are_independent():
     np.testing.assert_allclose(whole[0, 20:], alone[0], atol=1e-5, rtol=1e-5)
 
 
-def test_flops_and_sharding_know_the_mixer():
+def test_flops_sharding_and_muon_know_the_mixer():
     attention = GPTConfig.preset("small", vocab_size=257)
     pure = GPTConfig.preset("small", vocab_size=257, mixer="gated_deltanet")
     # Per token, the recurrence costs the same at 4k as at 256; attention's scores grow with T.
@@ -130,6 +130,10 @@ def test_flops_and_sharding_know_the_mixer():
     shapes = jax.eval_shape(lambda: GPT(pure).init(jax.random.key(0), jnp.zeros((1, 4), int)))
     shardings = tree_shardings(shapes, make_mesh())
     assert jax.tree.structure(shardings) == jax.tree.structure(shapes)
+    # Muon takes the mixer's projections, AdamW its convolution taps and gate parameters.
+    labels = muon_labels(shapes["params"])["h_0"]["mixer"]
+    assert labels["c_qkv"]["kernel"] == "muon" and labels["c_proj"]["kernel"] == "muon"
+    assert labels["conv"] == labels["A_log"] == labels["o_norm"] == "adamw"
 
 
 @pytest.mark.slow
