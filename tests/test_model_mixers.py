@@ -167,3 +167,23 @@ def test_hybrid_trains_and_resumes_bit_exactly(tiny_shards, tmp_path, monkeypatc
         strict=True,
     ):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.slow
+def test_bench_quick_rows():
+    """`bench/mixer_bench.py all --quick`: every row runs; decoding memory per sequence is flat in
+    the context for the mixer and grows for attention; MQAR accuracy is a fraction."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "mixer_bench.py"
+    spec = importlib.util.spec_from_file_location("mixer_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.main(["all", "--quick"])
+    decode = {(r["kind"], r["context"]): r for r in rows if r["bench"] == "decode"}
+    mem = {k: r["state_mib_per_seq"] for k, r in decode.items()}
+    assert mem[("gated_deltanet", 64)] == mem[("gated_deltanet", 256)]
+    assert mem[("attention", 256)] > mem[("attention", 64)]
+    assert {r["kind"] for r in rows if r["bench"] == "scaling"} == set(bench.KINDS)
+    assert all(0 <= r["accuracy"] <= 1 for r in rows if r["bench"] == "mqar")
