@@ -79,6 +79,9 @@ def param_spec(shape: tuple[int, ...], fsdp_size: int) -> P:
 
     The rule depends on the shape alone, so Adam's `mu`/`nu` (shaped like their parameter) get the
     same spec as the parameter and the update is elementwise on local shards, with no communication.
+    Every architecture switch's parameters take this one rule: the untied head `lm_head` (V, D) is
+    split along the vocabulary like `wte`; Muon's momentum follows its matrix (Newton-Schulz then
+    runs on the sharded matrix and XLA gathers what it needs); RMSNorm gains stay replicated.
     """
     if fsdp_size == 1 or int(np.prod(shape, dtype=np.int64)) < MIN_SHARDED_SIZE:
         return P()

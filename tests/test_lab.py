@@ -348,3 +348,14 @@ def test_modern_muon_run_resumes_bit_exact_loads_evaluates_and_refuses_hf_export
     err = capsys.readouterr().err
     assert "only GPT-2's architecture exports" in err and "pos_emb='rope'" in err
     assert "Traceback" not in err and not (tmp_path / "hf").exists()
+
+
+def test_untied_head_and_modern_params_get_fsdp_specs():
+    from jax.sharding import PartitionSpec as P
+
+    from minigpt_jax.model import param_shapes
+    from minigpt_jax.sharding import FSDP, param_spec
+
+    shapes = param_shapes(cfg_of("modern"))
+    assert param_spec(tuple(shapes["lm_head"].shape), 2) == P(FSDP, None)  # split by vocabulary
+    assert param_spec(tuple(shapes["h_0"]["ln_1"]["scale"].shape), 2) == P()  # a gain: replicated

@@ -1,0 +1,55 @@
+"""bench/speedrun.py --quick end to end: real runs, then the table, the JSON and the plot."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+from conftest import REPO
+
+
+def _speedrun():
+    spec = importlib.util.spec_from_file_location("speedrun", REPO / "bench" / "speedrun.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_crossing_interpolates_and_never_extrapolates():
+    speedrun = _speedrun()
+    xs, ys = [100, 200, 300], [3.0, 2.0, 1.0]
+    assert speedrun.crossing(xs, ys, 1.5) == pytest.approx(250)
+    assert speedrun.crossing(xs, ys, 0.5) is None  # never reached
+    assert speedrun.crossing(xs, ys, 5.0) == 100  # below target from the first point
+    assert speedrun.value_at(xs, ys, 150) == pytest.approx(2.5)
+    assert speedrun.value_at(xs, ys, 301) is None
+
+
+@pytest.mark.slow
+def test_quick_mode_writes_table_json_and_plot(shared_data, tmp_path):
+    speedrun = _speedrun()
+    out = tmp_path / "speedrun"
+    argv = ["--quick", "--out_dir", str(out), "--classics", str(shared_data / "classics")]
+    results = speedrun.main(argv)
+    for name in ("results.json", "results.md", "curves.png"):
+        assert (out / name).stat().st_size > 0
+    saved = json.loads((out / "results.json").read_text())
+    assert set(saved["variants"]) == {"gpt2", "best-stack+muon"}
+    base = saved["variants"]["gpt2"]
+    assert 0 < base["tokens_ratio"] <= 1.0  # the baseline reaches its own final loss
+    for row in saved["variants"].values():
+        for key in ("final_val_loss", "tokens_to_baseline", "tokens_ratio", "flops_ratio",
+                    "seconds_ratio", "val_loss_at_baseline_seconds", "params", "tokens_per_s",
+                    "best_lr", "flops_per_token"):
+            assert key in row
+        assert 0 < row["final_val_loss"] < 5.6  # below ln 257: the runs learned
+    modern = saved["variants"]["best-stack+muon"]
+    assert modern["params"] != base["params"]  # untied head in, position table and biases out
+    # The val documents were never trained on.
+    train = (out / "train.jsonl").read_text().splitlines()
+    val = set((out / "val.jsonl").read_text().splitlines())
+    assert val and not val & set(train)
+    table = (out / "results.md").read_text()
+    assert "| gpt2 |" in table and "| best-stack+muon |" in table
+    assert results["target_val_loss"] == base["final_val_loss"]
