@@ -33,8 +33,8 @@ def test_chunked_rule_equals_recurrence(T, chunk, log_a_scale):
     """Lengths off the chunk grid, one partial chunk, and gates that decay to zero within a chunk
     (exp of large negative cumulative sums) all match the token-by-token recurrence."""
     inputs = rule_inputs(T, log_a_scale=log_a_scale)
-    o_ref, S_ref = mixers.delta_rule_recurrent(*inputs)
-    o, S = mixers.delta_rule_chunked(*inputs, chunk=chunk)
+    o_ref, S_ref = jax.jit(mixers.delta_rule_recurrent)(*inputs)
+    o, S = jax.jit(functools.partial(mixers.delta_rule_chunked, chunk=chunk))(*inputs)
     assert np.all(np.isfinite(o))
     np.testing.assert_allclose(o, o_ref, atol=1e-5, rtol=0)
     np.testing.assert_allclose(S, S_ref, atol=1e-5, rtol=0)
@@ -55,7 +55,7 @@ def test_delta_rule_overwrites_a_key():
 def layer_and_params(seed: int = 0, chunk: int = 8):
     layer = GatedDeltaNet(n_embd=D, n_head=H, chunk=chunk)
     x = jnp.zeros((1, 4, D))
-    params = layer.init(jax.random.key(seed), x, jnp.zeros((1, 4), bool))["params"]
+    params = jax.jit(layer.init)(jax.random.key(seed), x, jnp.zeros((1, 4), bool))["params"]
     return layer, params
 
 
@@ -70,10 +70,11 @@ def test_layer_step_by_step_equals_parallel_with_a_prefill():
     T, P = 29, 13
     x = random_x(T)
     reset = jnp.zeros((B, T), bool).at[1, 17].set(True)
-    y_ref, state_ref = layer.apply({"params": params}, x, reset)
-    y_pre, state = layer.apply({"params": params}, x[:, :P], reset[:, :P])
+    apply = jax.jit(layer.apply)
+    y_ref, state_ref = apply({"params": params}, x, reset)
+    y_pre, state = apply({"params": params}, x[:, :P], reset[:, :P])
     ys = [y_pre]
-    step = jax.jit(layer.apply)
+    step = apply
     for t in range(P, T):
         y_t, state = step({"params": params}, x[:, t : t + 1], reset[:, t : t + 1], state)
         ys.append(y_t)
@@ -92,7 +93,7 @@ def test_layer_is_causal():
     def out_t(x):
         return layer.apply({"params": params}, x, reset)[0][:, t].sum()
 
-    g = np.asarray(jax.grad(out_t)(x))
+    g = np.asarray(jax.jit(jax.grad(out_t))(x))
     assert np.all(np.abs(g[:, : t + 1]).sum(-1) > 0)
     np.testing.assert_array_equal(g[:, t + 1 :], 0.0)
 
@@ -104,15 +105,16 @@ def test_reset_equals_running_documents_separately():
     x = random_x(30)
     cut = 11  # inside the second chunk of 8
     reset = jnp.zeros((B, 30), bool).at[:, cut].set(True)
-    y_packed, _ = layer.apply({"params": params}, x, reset)
-    y_a, _ = layer.apply({"params": params}, x[:, :cut], reset[:, :cut])
-    y_b, _ = layer.apply({"params": params}, x[:, cut:], jnp.zeros((B, 30 - cut), bool))
+    apply = jax.jit(layer.apply)
+    y_packed, _ = apply({"params": params}, x, reset)
+    y_a, _ = apply({"params": params}, x[:, :cut], reset[:, :cut])
+    y_b, _ = apply({"params": params}, x[:, cut:], jnp.zeros((B, 30 - cut), bool))
     np.testing.assert_allclose(y_packed[:, :cut], y_a, atol=1e-5, rtol=0)
     np.testing.assert_allclose(y_packed[:, cut:], y_b, atol=1e-5, rtol=0)
     # A state full of an earlier document is forgotten at a reset, in a one-token step too.
-    _, dirty = layer.apply({"params": params}, random_x(9, seed=7), jnp.zeros((B, 9), bool))
+    _, dirty = apply({"params": params}, random_x(9, seed=7), jnp.zeros((B, 9), bool))
     first = jnp.ones((B, 1), bool)
-    y_step, _ = layer.apply({"params": params}, x[:, cut : cut + 1], first, dirty)
+    y_step, _ = apply({"params": params}, x[:, cut : cut + 1], first, dirty)
     np.testing.assert_allclose(y_step, y_b[:, :1], atol=1e-5, rtol=0)
 
 
