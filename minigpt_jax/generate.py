@@ -3,7 +3,8 @@
 `python -m minigpt_jax.generate --run_dir DIR --prompt TEXT [--max_new_tokens 200 --temperature 0.8
 --top_k 200 --top_p P --num_samples 1 --seed 0 --step N|best]`
 
-The prompt is run once through the model (prefill), which writes every layer's keys and values into
+The prompt is run once through the model (prefill, in chunks of PREFILL_CHUNK columns), which writes
+every attention layer's keys and values, and every recurrent mixer layer's fixed-size state, into
 the cache; each new token then costs one column instead of a forward pass over the whole context.
 The whole decode is one `lax.while_loop` under `jit`, so no Python runs between tokens. Prompts are
 left-padded to a power-of-two length and the batch to a power-of-two size: a new prompt of a
@@ -29,6 +30,9 @@ import numpy as np
 from absl import logging as absl_logging
 
 from minigpt_jax.model import GPT, GPTConfig, KVCache
+
+# Prompts longer than this are prefilled in chunks of it (a power of two, like the prompt buckets).
+PREFILL_CHUNK = 512
 
 
 def _bucket(n: int, minimum: int = 1) -> int:
@@ -92,6 +96,30 @@ def pick_tokens(
     return jax.random.categorical(key, logits_BV, axis=-1).astype(jnp.int32)
 
 
+def prefill(
+    model: GPT, params: Any, tokens_BP: jax.Array, cache: KVCache, chunk: int = PREFILL_CHUNK
+) -> tuple[jax.Array, KVCache]:
+    """The prompt into the cache, `chunk` columns at a time: attention costs chunk x context per
+    step, never P x P, and a mixer's state is carried from chunk to chunk. Returns the last
+    column's logits."""
+    B, P = tokens_BP.shape
+    if P <= chunk:
+        logits_BPV, cache = model.apply({"params": params}, tokens_BP, cache=cache)
+        return logits_BPV[:, -1], cache
+    if P % chunk:
+        raise ValueError(f"prompt length {P} is not a multiple of the prefill chunk {chunk}")
+
+    def body(i, carry):
+        cache, _ = carry
+        tokens_BC = jax.lax.dynamic_slice_in_dim(tokens_BP, i * chunk, chunk, axis=1)
+        logits_BCV, cache = model.apply({"params": params}, tokens_BC, cache=cache)
+        return cache, logits_BCV[:, -1]
+
+    last_BV = jnp.zeros((B, model.config.padded_vocab_size), jnp.float32)
+    cache, last_BV = jax.lax.fori_loop(0, P // chunk, body, (cache, last_BV))
+    return last_BV, cache
+
+
 @functools.partial(
     jax.jit,
     static_argnames=("model_cfg", "max_new_tokens", "greedy", "use_top_k", "use_top_p"),
@@ -124,8 +152,8 @@ def _decode(
         greedy=greedy,
     )
     cache = KVCache.zeros(model_cfg, B, P + max_new_tokens, start_B)
-    logits_BPV, cache = model.apply({"params": params}, tokens_BP, cache=cache)
-    first_B = pick(logits_BPV[:, -1], jax.random.fold_in(key, 0))
+    last_BV, cache = prefill(model, params, tokens_BP, cache)
+    first_B = pick(last_BV, jax.random.fold_in(key, 0))
     fill = jnp.maximum(eot_id, 0)
     out_BN = jnp.full((B, max_new_tokens), fill, jnp.int32).at[:, 0].set(first_B)
 

@@ -24,7 +24,12 @@ import jax
 import jax.numpy as jnp
 
 from minigpt_jax.layers import MLP, MLPS, NORMS, dense, norm, residual_std, rms_normalize
+from minigpt_jax.mixers import DeltaState, GatedDeltaNet
 from minigpt_jax.positions import rope
+
+# Token mixers a layer can use. Only mixers that pass tests/test_mixers.py and the model tests
+# (recurrent == parallel, causality, document resets, generation == recompute) are listed.
+MIXERS = ("attention", "gated_deltanet")
 
 _PRESETS: dict[str, dict[str, Any]] = {
     # OpenAI's four GPT-2 sizes.
@@ -85,6 +90,10 @@ class GPTConfig:
     tie_embeddings: bool = True  # False: the head is its own (V, D) parameter `lm_head`
     zero_init_proj: bool = False  # attention and MLP output projections start at zero
     logit_softcap: float = 0.0  # c > 0: logits = c * tanh(logits / c) (training and inference)
+    # Token mixer of each layer (see MIXERS and minigpt_jax/mixers.py). attention_every: 0 = every
+    # layer uses `mixer`; k > 0 = every k-th layer (k-1, 2k-1, ...) is attention, the rest `mixer`.
+    mixer: str = "attention"
+    attention_every: int = 0
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -111,6 +120,26 @@ class GPTConfig:
             )
         if not self.logit_softcap >= 0:
             raise ValueError(f"logit_softcap={self.logit_softcap}: use 0 (off) or a positive cap")
+        if self.mixer not in MIXERS:
+            raise ValueError(f"mixer={self.mixer!r}: use one of {', '.join(MIXERS)}")
+        if self.attention_every < 0 or (self.attention_every and self.mixer == "attention"):
+            raise ValueError(
+                f"attention_every={self.attention_every}: use 0 (every layer is `mixer`) or, "
+                f"with a mixer other than attention, k > 0 for attention in every k-th layer"
+            )
+
+    def is_attention(self, layer: int) -> bool:
+        every = self.attention_every
+        return self.mixer == "attention" or (every > 0 and (layer + 1) % every == 0)
+
+    @property
+    def attention_layers(self) -> list[int]:
+        return [i for i in range(self.n_layer) if self.is_attention(i)]
+
+    @property
+    def mixer_layers(self) -> list[int]:
+        return [i for i in range(self.n_layer) if not self.is_attention(i)]
+
 
     def gpt2_differences(self) -> list[str]:
         """The architecture switches set away from GPT-2 (empty for GPT-2 itself)."""
@@ -138,7 +167,8 @@ class GPTConfig:
 
 # The fields that change what the parameters compute (everything above is size, dtype or kernel).
 ARCHITECTURE_FIELDS = (
-    "pos_emb", "norm", "bias", "qk_norm", "mlp", "tie_embeddings", "zero_init_proj", "logit_softcap"
+    "pos_emb", "norm", "bias", "qk_norm", "mlp", "tie_embeddings", "zero_init_proj",
+    "logit_softcap", "mixer", "attention_every",
 )
 
 
@@ -152,27 +182,33 @@ def _resolve_attention_impl(config: GPTConfig) -> str:
 
 
 class KVCache(flax.struct.PyTreeNode):
-    """Keys and values of every layer for incremental decoding (`GPT.__call__(..., cache=...)`).
+    """What decoding carries (`GPT.__call__(..., cache=...)`): keys and values of every attention
+    layer, and the fixed-size recurrent state of every mixer layer (stacked in layer order).
 
     Rows are left-padded so that all prompts of a batch end in the same column and every decode
     step writes one column for the whole batch: `start_B` is each row's first real column, `index`
-    the next column to write. A row's positions count from its own start: padding never shifts them.
+    the next column to write. A row's positions count from its own start: padding never shifts them,
+    and a mixer's state starts afresh at that column.
     """
 
     k_LBSHK: jax.Array
     v_LBSHK: jax.Array
     start_B: jax.Array  # int32, first non-padding column of each row
     index: jax.Array  # int32 scalar, the column the next token is written to
+    mixer: DeltaState  # leaves stacked over the mixer layers (leading axis of size 0 if none)
 
     @classmethod
     def zeros(cls, config: GPTConfig, batch: int, length: int, start_B: jax.Array) -> KVCache:
         H = config.n_head
-        shape = (config.n_layer, batch, length, H, config.n_embd // H)
+        shape = (len(config.attention_layers), batch, length, H, config.n_embd // H)
+        one = DeltaState.zeros(batch, config.n_embd, H, config.dtype)
+        n_mixer = len(config.mixer_layers)
         return cls(
             k_LBSHK=jnp.zeros(shape, config.dtype),
             v_LBSHK=jnp.zeros(shape, config.dtype),
             start_B=jnp.asarray(start_B, jnp.int32),
             index=jnp.zeros((), jnp.int32),
+            mixer=jax.tree.map(lambda x: jnp.zeros((n_mixer, *x.shape), x.dtype), one),
         )
 
 
@@ -240,7 +276,13 @@ class CausalSelfAttention(nn.Module):
 
 
 class Block(nn.Module):
+    """Pre-norm residual block: a token mixer (attention or `cfg.mixer`, by `is_attention`), an MLP.
+
+    `layer` is the block's index among the layers of its own kind: its slot in the cache stacks.
+    """
+
     config: GPTConfig
+    attention: bool = True
 
     @nn.compact
     def __call__(
@@ -249,19 +291,33 @@ class Block(nn.Module):
         deterministic: bool,
         doc_mask_B1TT: jax.Array | None = None,
         pos_BT: jax.Array | None = None,
+        reset_BT: jax.Array | None = None,
         cache: KVCache | None = None,
         layer: int = 0,
-    ) -> jax.Array | tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    ) -> jax.Array | tuple[jax.Array, Any]:
         cfg = self.config
-        attn = CausalSelfAttention(cfg, name="attn")
         h_BTD = norm(cfg, "ln_1")(x_BTD)
-        if cache is None:
-            x_BTD = x_BTD + attn(h_BTD, deterministic, doc_mask_B1TT, pos_BT)
+        carry = None  # what this layer adds to the cache: new keys and values, or its next state
+        if self.attention:
+            attn = CausalSelfAttention(cfg, name="attn")
+            if cache is None:
+                y_BTD = attn(h_BTD, deterministic, doc_mask_B1TT, pos_BT)
+            else:
+                y_BTD, carry = attn(h_BTD, deterministic, pos_BT=pos_BT, cache=cache, layer=layer)
         else:
-            y_BTD, kv = attn(h_BTD, deterministic, pos_BT=pos_BT, cache=cache, layer=layer)
-            x_BTD = x_BTD + y_BTD
+            mixer = GatedDeltaNet(
+                cfg.n_embd,
+                cfg.n_head,
+                dtype=cfg.dtype,
+                proj_init=nn.initializers.normal(residual_std(cfg)),
+                name="mixer",
+            )
+            state = None if cache is None else jax.tree.map(lambda x: x[layer], cache.mixer)
+            y_BTD, carry = mixer(h_BTD, reset_BT, state)
+            y_BTD = nn.Dropout(cfg.dropout)(y_BTD, deterministic=deterministic)
+        x_BTD = x_BTD + y_BTD
         x_BTD = x_BTD + MLP(cfg, name="mlp")(norm(cfg, "ln_2")(x_BTD), deterministic)
-        return x_BTD if cache is None else (x_BTD, kv)
+        return x_BTD if cache is None else (x_BTD, carry)
 
 
 class GPT(nn.Module):
@@ -292,6 +348,10 @@ class GPT(nn.Module):
         if not cfg.tie_embeddings:
             head_VD = self.param("lm_head", embed_init, (cfg.padded_vocab_size, cfg.n_embd))
         doc_mask_B1TT = None
+        # Where a mixer's state starts afresh: each document's first token; in a decode, also each
+        # row's first real column (the left padding before it is forgotten). doc_sep_id=-1 never
+        # matches a token.
+        reset_BT = tokens_BT == cfg.doc_sep_id
         if cache is None and cfg.doc_sep_id >= 0:
             pos_BT, doc_mask_B1TT = document_positions_and_mask(tokens_BT, cfg.doc_sep_id)
         elif cache is None:
@@ -299,6 +359,7 @@ class GPT(nn.Module):
         else:  # each row counts positions from its own first real column
             col_BT = cache.index + jnp.arange(T)[None]
             pos_BT = jnp.clip(col_BT - cache.start_B[:, None], 0, cfg.block_size - 1)
+            reset_BT = reset_BT | (col_BT == cache.start_B[:, None])
         x_BTD = wte(tokens_BT)
         if cfg.pos_emb == "learned":
             x_BTD = x_BTD + nn.Embed(cfg.block_size, cfg.n_embd, embedding_init=embed_init,
@@ -308,19 +369,27 @@ class GPT(nn.Module):
         if cache is None:
             block_cls = nn.remat(Block, static_argnums=(2,)) if cfg.remat else Block
             for i in range(cfg.n_layer):
-                x_BTD = block_cls(cfg, name=f"h_{i}")(x_BTD, deterministic, doc_mask_B1TT, pos_BT)
+                block = block_cls(cfg, cfg.is_attention(i), name=f"h_{i}")
+                x_BTD = block(x_BTD, deterministic, doc_mask_B1TT, pos_BT, reset_BT)
         else:
-            k_LBSHK, v_LBSHK = cache.k_LBSHK, cache.v_LBSHK
+            k_LBSHK, v_LBSHK, states = cache.k_LBSHK, cache.v_LBSHK, cache.mixer
             for i in range(cfg.n_layer):
-                block = Block(cfg, name=f"h_{i}")
-                x_BTD, (k_BTHK, v_BTHK) = block(
-                    x_BTD, deterministic, pos_BT=pos_BT, cache=cache, layer=i
+                attention = cfg.is_attention(i)
+                j = (cfg.attention_layers if attention else cfg.mixer_layers).index(i)
+                block = Block(cfg, attention, name=f"h_{i}")
+                x_BTD, carry = block(
+                    x_BTD, deterministic, pos_BT=pos_BT, reset_BT=reset_BT, cache=cache, layer=j
                 )
-                # Only the new columns are written: in a decode loop XLA updates the cache in place.
-                at, dtype = (i, 0, cache.index, 0, 0), k_LBSHK.dtype
-                k_LBSHK = jax.lax.dynamic_update_slice(k_LBSHK, k_BTHK[None].astype(dtype), at)
-                v_LBSHK = jax.lax.dynamic_update_slice(v_LBSHK, v_BTHK[None].astype(dtype), at)
-            cache = cache.replace(k_LBSHK=k_LBSHK, v_LBSHK=v_LBSHK, index=cache.index + T)
+                if attention:  # only the new columns: in a decode loop XLA updates them in place
+                    (k_BTHK, v_BTHK), dtype = carry, k_LBSHK.dtype
+                    at = (j, 0, cache.index, 0, 0)
+                    k_LBSHK = jax.lax.dynamic_update_slice(k_LBSHK, k_BTHK[None].astype(dtype), at)
+                    v_LBSHK = jax.lax.dynamic_update_slice(v_LBSHK, v_BTHK[None].astype(dtype), at)
+                else:
+                    states = jax.tree.map(lambda s, new, j=j: s.at[j].set(new), states, carry)
+            cache = cache.replace(
+                k_LBSHK=k_LBSHK, v_LBSHK=v_LBSHK, mixer=states, index=cache.index + T
+            )
         x_BTD = norm(cfg, "ln_f")(x_BTD)
         if return_hidden:
             if cache is not None:

@@ -18,6 +18,7 @@ import optax
 
 from minigpt_jax.init_from import frozen_modules
 from minigpt_jax.loss import head_cross_entropy, summed_cross_entropy
+from minigpt_jax.mixers import gated_deltanet_flops_per_token
 from minigpt_jax.model import GPT, GPTConfig, count_params, head_weight
 
 Batch = Mapping[str, jax.Array]  # inputs_BT, targets_BT, optional weights_BT (loss mask)
@@ -68,11 +69,13 @@ MUON_MOMENTUM = 0.95  # modded-nanogpt's and optax's default (Nesterov)
 def muon_labels(params: Any) -> Any:
     """"muon" for the blocks' hidden matrices (attention and MLP kernels), "adamw" for the rest:
     token and position tables, the untied head, biases and norm gains (Muon is for matrices that
-    map one hidden space to another; embeddings and the head are lookups or a readout)."""
+    map one hidden space to another; embeddings and the head are lookups or a readout). A mixer's
+    short convolution (`conv`, taps x channels) is per-channel weights, not a matrix: AdamW."""
 
     def label(path, p):
         in_block = str(getattr(path[0], "key", "")).startswith("h_")
-        return "muon" if in_block and p.ndim == 2 else "adamw"
+        is_conv = getattr(path[-1], "key", "") == "conv"
+        return "muon" if in_block and p.ndim == 2 and not is_conv else "adamw"
 
     return jax.tree_util.tree_map_with_path(label, params)
 
@@ -248,7 +251,8 @@ def make_eval_step(model: GPT, loss_chunks: int = 0) -> Callable[[Any, Batch], M
 
 
 def flops_per_token(config: GPTConfig, seq_len: int) -> float:
-    """Training FLOPs per token: 6N for the matmuls plus the attention scores (PaLM appendix B).
+    """Training FLOPs per token: 6N for the matmuls plus each layer's token mixing: attention's
+    scores (PaLM appendix B), or a mixer's recurrence (`mixers.gated_deltanet_flops_per_token`).
 
     N leaves out the lookup tables (`count_params(non_embedding=True)`): the position table, as
     nanoGPT's `estimate_mfu` does, and the token table when the head is untied (then `lm_head` is
@@ -256,4 +260,8 @@ def flops_per_token(config: GPTConfig, seq_len: int) -> float:
     any other switch that adds weights count through N.
     """
     n = count_params(config, non_embedding=True)
-    return 6 * n + 12 * config.n_layer * config.n_embd * seq_len
+    attention = 12 * config.n_embd * seq_len
+    mixer = gated_deltanet_flops_per_token(config.n_embd, config.n_head, seq_len)
+    n_attention = len(config.attention_layers)
+    return 6 * n + n_attention * attention + (config.n_layer - n_attention) * mixer
+

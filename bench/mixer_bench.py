@@ -1,0 +1,232 @@
+"""Attention vs gated DeltaNet vs a hybrid: decoding cost, training cost vs length, recall (MQAR).
+
+    python bench/mixer_bench.py decode [--contexts 256,1024,4096,16384] [--batch 1]
+    python bench/mixer_bench.py scaling [--lengths 256,512,1024,2048,4096]
+    python bench/mixer_bench.py mqar [--widths 64,128,256] [--seq_len 256 --pairs 32 --steps 2000]
+    python bench/mixer_bench.py all --quick        # CI-sized rows of each (tiny, seconds)
+
+- decode: a prompt of each context length is prefilled in chunks (`generate.prefill`), then
+  `--new_tokens` greedy tokens are decoded in one compiled loop; reports decode tokens/s and the
+  decoding memory per sequence (KV cache, or the fixed-size recurrent state). The attention model
+  must read its whole cache every token, the mixer only its state: the crossover is where the
+  mixer's flat per-token cost wins.
+- scaling: one training step (forward, backward, AdamW) of one sequence per length, same width;
+  the exponent is the least-squares slope of log step time vs log length (1 = linear, 2 =
+  quadratic). Short lengths are dominated by the length-free parameter work, so the slope
+  understates attention's asymptotic 2: compare the two kinds' exponents, not one to 2.
+- mqar: multi-query associative recall as in Zoology (Arora et al. 2023): `pairs` key-value pairs,
+  then every key queried once at random later positions; the loss and accuracy are on the queried
+  values only. Accuracy vs width for attention, the mixer and the hybrid (attention every 2nd
+  layer).
+
+Every model is the repository's `GPT` through its own train step (`make_train_step`); the three
+kinds differ only in `mixer` / `attention_every`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from minigpt_jax import generate
+from minigpt_jax.model import GPT, GPTConfig, KVCache
+from minigpt_jax.train_state import (
+    create_train_state,
+    make_lr_schedule,
+    make_optimizer,
+    make_train_step,
+)
+
+KINDS = {
+    "attention": dict(mixer="attention"),
+    "gated_deltanet": dict(mixer="gated_deltanet"),
+    "hybrid": dict(mixer="gated_deltanet", attention_every=2),
+}
+
+
+def model_config(kind: str, n_layer: int, n_embd: int, n_head: int, vocab: int, block: int):
+    return GPTConfig(
+        vocab_size=vocab, block_size=block, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+        **KINDS[kind],
+    )
+
+
+def _median_time(fn, repeats: int) -> float:
+    jax.block_until_ready(fn())  # compile
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def decode_row(kind: str, context: int, args) -> dict:
+    cfg = model_config(
+        kind, args.n_layer, args.n_embd, args.n_head, 257, context + args.new_tokens
+    )
+    model = GPT(cfg)
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    B = args.batch
+    prompt = jax.random.randint(jax.random.key(1), (B, context), 0, 256)
+    length = context + args.new_tokens
+    start = jnp.zeros((B,), jnp.int32)
+
+    @jax.jit
+    def prefill(params, prompt):
+        cache = KVCache.zeros(cfg, B, length, start)
+        return generate.prefill(model, params, prompt, cache)
+
+    @jax.jit
+    def decode(params, last_BV, cache):
+        def step(_, carry):
+            last_B, cache = carry
+            logits, cache = model.apply({"params": params}, last_B[:, None], cache=cache)
+            return jnp.argmax(logits[:, 0], -1).astype(jnp.int32), cache
+
+        first = jnp.argmax(last_BV, -1).astype(jnp.int32)
+        return jax.lax.fori_loop(0, args.new_tokens, step, (first, cache))[0]
+
+    last_BV, cache = prefill(params, prompt)
+    prefill_s = _median_time(lambda: prefill(params, prompt), args.repeats)
+    decode_s = _median_time(lambda: decode(params, last_BV, cache), args.repeats)
+    cache_bytes = sum(x.nbytes for x in jax.tree.leaves(cache) if x.ndim > 1)
+    return {
+        "bench": "decode", "kind": kind, "context": context, "batch": B,
+        "decode_tok_s": round(B * args.new_tokens / decode_s, 1),
+        "ms_per_token": round(1e3 * decode_s / args.new_tokens, 3),
+        "prefill_s": round(prefill_s, 3),
+        "state_mib_per_seq": round(cache_bytes / B / 2**20, 3),
+    }
+
+
+def scaling_rows(kind: str, args) -> list[dict]:
+    rows = []
+    for T in args.lengths:
+        cfg = model_config(kind, args.n_layer, args.n_embd, args.n_head, 257, T)
+        model = GPT(cfg)
+        tx = make_optimizer(make_lr_schedule(1e-3, 1e-4, 10, 1000))
+        state = create_train_state(model, tx, jax.random.key(0))
+        step = jax.jit(make_train_step(model, tx))
+        tokens = np.random.default_rng(0).integers(0, 257, (1, T + 1)).astype(np.int32)
+        batch = {"inputs": jnp.asarray(tokens[:, :-1]), "targets": jnp.asarray(tokens[:, 1:])}
+        s = _median_time(lambda st=state, f=step, b=batch: f(st, b), args.repeats)
+        rows.append({"bench": "scaling", "kind": kind, "seq_len": T, "step_s": round(s, 4)})
+    logs = np.log([[r["seq_len"], r["step_s"]] for r in rows])
+    exponent = float(np.polyfit(logs[:, 0], logs[:, 1], 1)[0])
+    for r in rows:
+        r["fitted_exponent"] = round(exponent, 2)
+    return rows
+
+
+def mqar_batch(rng: np.random.Generator, batch: int, seq_len: int, pairs: int, n_keys: int):
+    """Zoology's MQAR: `k1 v1 ... kP vP`, then the P keys again in random order at random later
+    positions (gaps are token 0); the target after each queried key is its value."""
+    if 4 * pairs > seq_len:
+        raise ValueError(f"seq_len={seq_len} is too short for {pairs} pairs (needs 4 x pairs)")
+    keys = np.stack([rng.choice(n_keys, pairs, replace=False) for _ in range(batch)]) + 1
+    values = rng.integers(0, n_keys, (batch, pairs)) + 1 + n_keys
+    seq = np.zeros((batch, seq_len + 1), np.int32)
+    seq[:, 0 : 2 * pairs : 2], seq[:, 1 : 2 * pairs : 2] = keys, values
+    weights = np.zeros((batch, seq_len), np.float32)
+    for b in range(batch):
+        # Query slots at even offsets after the context, so a query's value slot is free.
+        slots = 2 * pairs + 2 * rng.choice((seq_len - 2 * pairs) // 2, pairs, replace=False)
+        order = rng.permutation(pairs)
+        seq[b, slots], seq[b, slots + 1] = keys[b, order], values[b, order]
+        weights[b, slots] = 1.0
+    return {"inputs": seq[:, :-1], "targets": seq[:, 1:], "weights": weights}
+
+
+def mqar_row(kind: str, width: int, args) -> dict:
+    n_keys = args.mqar_vocab // 2
+    cfg = model_config(kind, 2, width, max(width // 64, 1), 2 * n_keys + 1, args.seq_len)
+    model = GPT(cfg)
+    results = {}
+    for lr in args.lrs:  # Zoology sweeps the learning rate per model; report the best
+        tx = make_optimizer(make_lr_schedule(lr, lr / 10, args.steps // 10, args.steps), 0.1)
+        state = create_train_state(model, tx, jax.random.key(args.seed))
+        step = jax.jit(make_train_step(model, tx), donate_argnums=0)
+        rng = np.random.default_rng(args.seed)
+        for _ in range(args.steps):
+            batch = mqar_batch(rng, args.batch, args.seq_len, args.pairs, n_keys)
+            state, metrics = step(state, jax.tree.map(jnp.asarray, batch))
+        test = mqar_batch(np.random.default_rng(10_000 + args.seed), 256, args.seq_len,
+                          args.pairs, n_keys)
+        logits = jax.jit(model.apply)({"params": state.params}, jnp.asarray(test["inputs"]))
+        hit = np.asarray(jnp.argmax(logits, -1)) == test["targets"]
+        acc = float((hit * test["weights"]).sum() / test["weights"].sum())
+        results[lr] = (acc, float(metrics["loss"]))
+    best = max(results, key=lambda lr: results[lr][0])
+    return {
+        "bench": "mqar", "kind": kind, "width": width, "seq_len": args.seq_len,
+        "pairs": args.pairs, "steps": args.steps, "best_lr": best,
+        "accuracy": round(results[best][0], 4), "final_train_loss": round(results[best][1], 4),
+        "by_lr": {str(lr): round(a, 4) for lr, (a, _) in results.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("what", choices=["decode", "scaling", "mqar", "all"])
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of every row")
+    p.add_argument("--kinds", default="attention,gated_deltanet,hybrid")
+    p.add_argument("--n_layer", type=int, default=4)
+    p.add_argument("--n_embd", type=int, default=256)
+    p.add_argument("--n_head", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--contexts", default="256,1024,4096,16384")
+    p.add_argument("--batch", type=int, default=1, help="decode batch")
+    p.add_argument("--new_tokens", type=int, default=64)
+    p.add_argument("--lengths", default="256,512,1024,2048,4096")
+    p.add_argument("--widths", default="64,128,256")
+    p.add_argument("--seq_len", type=int, default=256)
+    p.add_argument("--pairs", type=int, default=32)
+    p.add_argument("--mqar_vocab", type=int, default=512, help="keys + values")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--mqar_batch", type=int, default=32, dest="batch_mqar")
+    p.add_argument("--lrs", default="1e-3,3e-3")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="also append the rows to this JSON-lines file")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.n_layer, args.n_embd, args.n_head, args.repeats = 2, 64, 2, 1
+        args.contexts, args.new_tokens, args.lengths = "64,256", 8, "64,128,256"
+        args.widths, args.seq_len, args.pairs, args.steps = "32", 64, 8, 30
+        args.mqar_vocab, args.lrs = 64, "3e-3"
+    kinds = args.kinds.split(",")
+    args.lengths = [int(x) for x in args.lengths.split(",")]
+    args.lrs = [float(x) for x in args.lrs.split(",")]
+    rows = []
+
+    def emit(row):
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    if args.what in ("decode", "all"):
+        for context in (int(c) for c in args.contexts.split(",")):
+            for kind in kinds:
+                emit(decode_row(kind, context, args))
+    if args.what in ("scaling", "all"):
+        for kind in kinds:
+            for row in scaling_rows(kind, args):
+                emit(row)
+    if args.what in ("mqar", "all"):
+        mqar_args = argparse.Namespace(**{**vars(args), "batch": args.batch_mqar})
+        for width in (int(w) for w in args.widths.split(",")):
+            for kind in kinds:
+                emit(mqar_row(kind, width, mqar_args))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
