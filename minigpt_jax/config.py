@@ -72,6 +72,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.adam_b1 = 0.9
     c.adam_b2 = 0.95
     c.compute_dtype = "float32"  # "bfloat16" on GPUs and TPUs
+    # "adamw" | "muon": Muon (optax.contrib.muon) for the blocks' hidden matrices at muon_lr, AdamW
+    # at lr for embeddings, head, biases and gains; one warmup + cosine shape scales both.
+    c.optimizer = "adamw"
+    c.muon_lr = 0.02  # peak lr of the Muon group (modded-nanogpt's order); used when optimizer=muon
 
     c.log_every = 10
     c.eval_every = 200  # 0: only at the end
@@ -175,6 +179,11 @@ def validate_config(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         raise ConfigError("min_lr", f"{c.min_lr} is above lr={c.lr}")
     if c.eval_every < 0 or c.checkpoint_every < 0:
         raise ConfigError("eval_every", "eval_every and checkpoint_every must be >= 0")
+    if c.optimizer not in ("adamw", "muon"):
+        raise ConfigError("optimizer", f"{c.optimizer!r}: use 'adamw' or 'muon'")
+    if c.optimizer == "muon" and not (c.muon_lr > 0 and c.lr > 0):
+        raise ConfigError("muon_lr", f"optimizer=muon needs muon_lr > 0 and lr > 0, got "
+                          f"muon_lr={c.muon_lr}, lr={c.lr}")
     frozen_modules(c.freeze)
     parse_init_from(c.init_from)
     from minigpt_jax.loggers import check_loggers  # loggers.py raises this module's ConfigError

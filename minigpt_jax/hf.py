@@ -354,8 +354,19 @@ def hf_config_dict(config: GPTConfig, eot_id: int | None = None) -> dict[str, An
     }
 
 
+def check_exportable(config: GPTConfig) -> None:
+    """HF's GPT2LMHeadModel is GPT-2's architecture only: any other switch is refused here."""
+    changed = config.gpt2_differences()
+    if changed:
+        raise CheckpointError(
+            f"only GPT-2's architecture exports to transformers' GPT2LMHeadModel; this model sets "
+            f"{', '.join(changed)}. Train with the GPT-2 defaults to export"
+        )
+
+
 def hf_tensors_from_params(config: GPTConfig, params: Any) -> dict[str, np.ndarray]:
     """Our params -> GPT2LMHeadModel's state dict (prefixed, unpadded, lm_head left tied)."""
+    check_exportable(config)
     flat = traverse_util.flatten_dict(dict(params))
     expected = _expected_hf_shapes(config)
     ours = {path for path, _ in expected.values()}
@@ -468,6 +479,7 @@ def export_run(run_dir: str, out_dir: str, step: str | None = None) -> Path:
     if step is not None and step not in ("latest", "best"):
         step = int(step)
     params, record = load_params(run_dir, None if step == "latest" else step)
+    check_exportable(record["model"])
     if record["model"].doc_sep_id >= 0:
         warnings.warn(
             f"{run_dir}: trained with document masking (doc_sep_id={record['model'].doc_sep_id}); "

@@ -20,9 +20,9 @@ from flax import traverse_util
 
 from minigpt_jax.errors import CheckpointError, ConfigError
 from minigpt_jax.hf import load_hf_gpt2, pad_vocab
-from minigpt_jax.model import GPTConfig, param_shapes
+from minigpt_jax.model import ARCHITECTURE_FIELDS, GPTConfig, param_shapes
 
-_MUST_MATCH = ("vocab_size", "n_layer", "n_head", "n_embd")
+_MUST_MATCH = ("vocab_size", "n_layer", "n_head", "n_embd", *ARCHITECTURE_FIELDS)
 # What `freeze` can hold fixed while the rest fine-tunes (the tied head freezes with wte).
 FREEZE_GROUPS = {"none": (), "embeddings": ("wte", "wpe")}
 
@@ -99,9 +99,11 @@ def adapt_params(params: Any, source: GPTConfig, target: GPTConfig, where: str) 
             f"{source.block_size}",
         )
     flat = {k: np.asarray(v, np.float32) for k, v in traverse_util.flatten_dict(params).items()}
-    flat[("wpe", "embedding")] = flat[("wpe", "embedding")][: target.block_size]
-    wte = flat[("wte", "embedding")][: target.vocab_size]
-    flat[("wte", "embedding")] = pad_vocab(wte, target.padded_vocab_size)
+    if ("wpe", "embedding") in flat:
+        flat[("wpe", "embedding")] = flat[("wpe", "embedding")][: target.block_size]
+    for table in (("wte", "embedding"), ("lm_head",)):
+        if table in flat:
+            flat[table] = pad_vocab(flat[table][: target.vocab_size], target.padded_vocab_size)
     expected = traverse_util.flatten_dict(param_shapes(target))
     if set(flat) != set(expected):
         diff = sorted("/".join(p) for p in set(flat) ^ set(expected))

@@ -1,4 +1,4 @@
-"""Next-token cross-entropy: from materialised logits, or fused with the tied head in time chunks.
+"""Next-token cross-entropy: from materialised logits, or fused with the head in time chunks.
 
 Both return (sum of per-token losses, number of counted tokens) in float32: sums rather than means,
 so that micro-batches, devices and eval batches combine exactly.
@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from minigpt_jax.model import tied_head_logits
+from minigpt_jax.model import head_matmul, mask_padded_logits
 
 
 def summed_cross_entropy(
@@ -43,13 +43,16 @@ def head_cross_entropy(
     vocab_size: int,
     chunks: int,
     dtype=jnp.float32,
+    softcap: float = 0.0,
 ) -> tuple[jax.Array, jax.Array]:
-    """(loss sum, token count) of the tied head `x @ wte.T` without materialising its logits.
+    """(loss sum, token count) of the head `x @ wte.T` without materialising its logits.
 
-    `x_BTD` is the final LayerNorm's output; rows of `wte_VD` past `vocab_size` (vocabulary
-    padding) never win. Matmuls run in `dtype`, the softmax in float32. T is split into equal
-    slices, as many as the largest divisor of T that is at most `chunks`. Reverse mode only (the
-    gradient is formed in the forward pass): `jax.grad`, not `jax.jvp`.
+    `x_BTD` is the final norm's output and `wte_VD` the head (`model.head_weight`: the token table
+    when tied); rows past `vocab_size` (vocabulary padding) never win. `softcap` = c > 0 caps the
+    logits at c * tanh(logits / c), as the model's head does. Matmuls run in `dtype`, the softmax
+    in float32. T is split into equal slices, as many as the largest divisor of T that is at most
+    `chunks`. Reverse mode only (the gradient is formed in the forward pass): `jax.grad`, not
+    `jax.jvp`.
 
     On a multi-device mesh XLA all-reduces the head's gradient once per slice, not once per step:
     a few slices (the default 8) keep that small next to the matmuls.
@@ -59,7 +62,9 @@ def head_cross_entropy(
     if weights_BT is None:
         weights_BT = jnp.ones(targets_BT.shape, jnp.float32)
     weights_BT = jax.lax.stop_gradient(weights_BT.astype(jnp.float32))  # data, never a variable
-    loss_sum = _fused(x_BTD, wte_VD, targets_BT, weights_BT, vocab_size, chunks, jnp.dtype(dtype))
+    loss_sum = _fused(
+        x_BTD, wte_VD, targets_BT, weights_BT, vocab_size, chunks, jnp.dtype(dtype), float(softcap)
+    )
     return loss_sum, weights_BT.sum()
 
 
@@ -67,6 +72,16 @@ def _time_slices(x, chunks: int):
     """(B, T, ...) -> (chunks, B, T/chunks, ...): the scan axis first, the batch axis kept."""
     B, T = x.shape[:2]
     return x.reshape(B, chunks, T // chunks, *x.shape[2:]).swapaxes(0, 1)
+
+
+def _slice_logits(x_BCD, wte_VD, vocab_size, dtype, softcap):
+    """(logits, d logits / d raw logits or None): the soft-cap's derivative is 1 - tanh^2, taken
+    from the finite pre-mask values so that padded entries (-inf) give 0, not NaN."""
+    raw_BCV = head_matmul(x_BCD, wte_VD, dtype)
+    if not softcap:
+        return mask_padded_logits(raw_BCV, vocab_size), None
+    tanh_BCV = jnp.tanh(raw_BCV / softcap)
+    return mask_padded_logits(softcap * tanh_BCV, vocab_size), 1 - tanh_BCV * tanh_BCV
 
 
 def _slice_loss(logits_BCV, targets_BC, weights_BC):
@@ -79,30 +94,33 @@ def _slice_loss(logits_BCV, targets_BC, weights_BC):
     return losses_BC.sum(), exp_BCV / sum_BC1
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def _fused(x_BTD, wte_VD, targets_BT, weights_BT, vocab_size, chunks, dtype):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+def _fused(x_BTD, wte_VD, targets_BT, weights_BT, vocab_size, chunks, dtype, softcap):
     """Loss only (evaluation): one slice of logits at a time, no gradient work."""
 
     def body(total, xs):
         x_BCD, t_BC, w_BC = xs
-        loss, _ = _slice_loss(tied_head_logits(x_BCD, wte_VD, vocab_size, dtype), t_BC, w_BC)
+        logits_BCV, _ = _slice_logits(x_BCD, wte_VD, vocab_size, dtype, softcap)
+        loss, _ = _slice_loss(logits_BCV, t_BC, w_BC)
         return total + loss, None
 
     xs = tuple(_time_slices(a, chunks) for a in (x_BTD, targets_BT, weights_BT))
     return jax.lax.scan(body, jnp.zeros((), jnp.float32), xs)[0]
 
 
-def _fused_fwd(x_BTD, wte_VD, targets_BT, weights_BT, vocab_size, chunks, dtype):
-    """Loss and both gradients, slice by slice: d loss / d logits = (softmax - onehot) * weight."""
+def _fused_fwd(x_BTD, wte_VD, targets_BT, weights_BT, vocab_size, chunks, dtype, softcap):
+    """Loss and both gradients, slice by slice: d loss / d logits = (softmax - onehot) * weight,
+    times 1 - tanh^2 under the soft-cap."""
     V = wte_VD.shape[0]
 
     def body(carry, xs):
         total, dwte_VD = carry
         x_BCD, t_BC, w_BC = xs
-        loss, softmax_BCV = _slice_loss(
-            tied_head_logits(x_BCD, wte_VD, vocab_size, dtype), t_BC, w_BC
-        )
+        logits_BCV, dcap_BCV = _slice_logits(x_BCD, wte_VD, vocab_size, dtype, softcap)
+        loss, softmax_BCV = _slice_loss(logits_BCV, t_BC, w_BC)
         dlogits_BCV = (softmax_BCV - jax.nn.one_hot(t_BC, V, dtype=jnp.float32)) * w_BC[..., None]
+        if dcap_BCV is not None:
+            dlogits_BCV = dlogits_BCV * dcap_BCV
         dlogits_BCV = dlogits_BCV.astype(dtype)
         dx_BCD = jnp.einsum(
             "bcv,vd->bcd", dlogits_BCV, wte_VD.astype(dtype), preferred_element_type=jnp.float32
@@ -119,7 +137,7 @@ def _fused_fwd(x_BTD, wte_VD, targets_BT, weights_BT, vocab_size, chunks, dtype)
     return loss_sum, (dx_BTD.astype(x_BTD.dtype), dwte_VD.astype(wte_VD.dtype))
 
 
-def _fused_bwd(vocab_size, chunks, dtype, residuals, g):
+def _fused_bwd(vocab_size, chunks, dtype, softcap, residuals, g):
     dx_BTD, dwte_VD = residuals
     return g * dx_BTD, g * dwte_VD, None, None  # targets and weights are data
 

@@ -1,4 +1,9 @@
-"""GPT-2 as a functional Flax model: params pytree in, logits out.
+"""GPT-2 as a functional Flax model, plus the architecture switches of modern GPTs.
+
+The defaults are GPT-2 exactly; each GPTConfig field below `doc_sep_id` swaps one part for what
+modded-nanogpt's records use (RoPE, RMSNorm, no biases, QK-norm, ReLU^2 or SwiGLU, an untied head,
+zero-initialised output projections, logit soft-capping). Norms and MLPs live in `layers.py`, RoPE
+in `positions.py`; this file wires them.
 
 Module and parameter names follow OpenAI's GPT-2 tensors (`wte`, `wpe`, `h_{i}.attn.c_attn`, ...) so
 that importing or exporting Hugging Face weights is a name-for-name copy. Flax `Dense` kernels are
@@ -18,6 +23,9 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from minigpt_jax.layers import MLP, MLPS, NORMS, dense, norm, residual_std, rms_normalize
+from minigpt_jax.positions import rope
+
 _PRESETS: dict[str, dict[str, Any]] = {
     # OpenAI's four GPT-2 sizes.
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
@@ -28,6 +36,20 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "small": dict(n_layer=4, n_head=4, n_embd=256, block_size=256),
     "tiny": dict(n_layer=2, n_head=2, n_embd=64, block_size=64),
 }
+# The modern stack: provisional, pending the full speedrun bench (bench/speedrun.py).
+MODERN = dict(
+    pos_emb="rope",
+    norm="rmsnorm",
+    bias=False,
+    qk_norm=True,
+    mlp="relu2",
+    tie_embeddings=False,
+    zero_init_proj=True,
+    logit_softcap=15.0,
+)
+_PRESETS["small-modern"] = {**_PRESETS["small"], **MODERN}
+_PRESETS["gpt2-modern"] = {**_PRESETS["gpt2"], **MODERN}
+POS_EMBS = ("learned", "rope", "none")
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -54,6 +76,15 @@ class GPTConfig:
     # packed anywhere in a window then trains exactly as it is prompted at inference, at position 0
     # (arithmetic, SFT). -1: one causal stream, as GPT-2.
     doc_sep_id: int = -1
+    # Architecture switches (GPT-2's choice first).
+    pos_emb: str = "learned"  # "learned" table | "rope" (rotary) | "none" (causal mask only)
+    norm: str = "layernorm"  # "layernorm" | "rmsnorm"
+    bias: bool = True  # biases in every dense layer and LayerNorm
+    qk_norm: bool = False  # queries and keys RMS-normalised per head before the scores
+    mlp: str = "gelu"  # "gelu" | "relu2" (ReLU squared) | "swiglu" (see layers.mlp_width)
+    tie_embeddings: bool = True  # False: the head is its own (V, D) parameter `lm_head`
+    zero_init_proj: bool = False  # attention and MLP output projections start at zero
+    logit_softcap: float = 0.0  # c > 0: logits = c * tanh(logits / c) (training and inference)
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -69,6 +100,26 @@ class GPTConfig:
             )
         if self.doc_sep_id >= 0 and self.attention_impl == "cudnn":
             raise ValueError("doc_sep_id needs a document mask: use attention_impl 'xla' or 'auto'")
+        for field, allowed in (("pos_emb", POS_EMBS), ("norm", NORMS), ("mlp", MLPS)):
+            if getattr(self, field) not in allowed:
+                value = getattr(self, field)
+                raise ValueError(f"{field}={value!r}: use one of {', '.join(allowed)}")
+        if self.pos_emb == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(
+                f"pos_emb='rope' rotates channel pairs: head width n_embd/n_head="
+                f"{self.n_embd // self.n_head} must be even"
+            )
+        if not self.logit_softcap >= 0:
+            raise ValueError(f"logit_softcap={self.logit_softcap}: use 0 (off) or a positive cap")
+
+    def gpt2_differences(self) -> list[str]:
+        """The architecture switches set away from GPT-2 (empty for GPT-2 itself)."""
+        default = GPTConfig()
+        return [
+            f"{name}={getattr(self, name)!r}"
+            for name in ARCHITECTURE_FIELDS
+            if getattr(self, name) != getattr(default, name)
+        ]
 
     @property
     def padded_vocab_size(self) -> int:
@@ -85,6 +136,12 @@ class GPTConfig:
         return cls(**{**_PRESETS[name], **overrides})
 
 
+# The fields that change what the parameters compute (everything above is size, dtype or kernel).
+ARCHITECTURE_FIELDS = (
+    "pos_emb", "norm", "bias", "qk_norm", "mlp", "tie_embeddings", "zero_init_proj", "logit_softcap"
+)
+
+
 def _resolve_attention_impl(config: GPTConfig) -> str:
     if config.attention_impl != "auto":
         return config.attention_impl
@@ -92,22 +149,6 @@ def _resolve_attention_impl(config: GPTConfig) -> str:
         return "xla"
     on_gpu = jax.default_backend() == "gpu"
     return "cudnn" if on_gpu and config.compute_dtype == "bfloat16" else "xla"
-
-
-def _dense(features: int, config: GPTConfig, name: str, std: float = 0.02) -> nn.Dense:
-    return nn.Dense(
-        features,
-        dtype=config.dtype,
-        param_dtype=jnp.float32,
-        kernel_init=nn.initializers.normal(std),
-        bias_init=nn.initializers.zeros,
-        name=name,
-    )
-
-
-def _layer_norm(name: str) -> nn.LayerNorm:
-    # Normalise in float32 whatever the compute dtype: the residual stream stays float32 too.
-    return nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, param_dtype=jnp.float32, name=name)
 
 
 class KVCache(flax.struct.PyTreeNode):
@@ -169,14 +210,19 @@ class CausalSelfAttention(nn.Module):
         x_BTD: jax.Array,
         deterministic: bool,
         doc_mask_B1TT: jax.Array | None = None,
+        pos_BT: jax.Array | None = None,
         cache: KVCache | None = None,
         layer: int = 0,
     ) -> jax.Array | tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         cfg = self.config
         B, T, D = x_BTD.shape
         H, K = cfg.n_head, D // cfg.n_head
-        qkv_BT3D = _dense(3 * D, cfg, "c_attn")(x_BTD)
+        qkv_BT3D = dense(3 * D, cfg, "c_attn")(x_BTD)
         q_BTHK, k_BTHK, v_BTHK = (t.reshape(B, T, H, K) for t in jnp.split(qkv_BT3D, 3, axis=-1))
+        if cfg.qk_norm:
+            q_BTHK, k_BTHK = rms_normalize(q_BTHK), rms_normalize(k_BTHK)
+        if cfg.pos_emb == "rope":  # the cache holds rotated keys: each is rotated once
+            q_BTHK, k_BTHK = rope(q_BTHK, pos_BT), rope(k_BTHK, pos_BT)
         if cache is None:
             y_BTHK = jax.nn.dot_product_attention(
                 q_BTHK,
@@ -188,22 +234,9 @@ class CausalSelfAttention(nn.Module):
             )
         else:
             y_BTHK = _cached_attention(q_BTHK, k_BTHK, v_BTHK, cache, layer)
-        residual_std = 0.02 / math.sqrt(2 * cfg.n_layer)
-        y_BTD = _dense(D, cfg, "c_proj", std=residual_std)(y_BTHK.reshape(B, T, D))
+        y_BTD = dense(D, cfg, "c_proj", std=residual_std(cfg))(y_BTHK.reshape(B, T, D))
         y_BTD = nn.Dropout(cfg.dropout)(y_BTD, deterministic=deterministic)
         return y_BTD if cache is None else (y_BTD, (k_BTHK, v_BTHK))
-
-
-class MLP(nn.Module):
-    config: GPTConfig
-
-    @nn.compact
-    def __call__(self, x_BTD: jax.Array, deterministic: bool) -> jax.Array:
-        cfg = self.config
-        h_BTF = nn.gelu(_dense(4 * cfg.n_embd, cfg, "c_fc")(x_BTD), approximate=True)
-        residual_std = 0.02 / math.sqrt(2 * cfg.n_layer)
-        y_BTD = _dense(cfg.n_embd, cfg, "c_proj", std=residual_std)(h_BTF)
-        return nn.Dropout(cfg.dropout)(y_BTD, deterministic=deterministic)
 
 
 class Block(nn.Module):
@@ -215,16 +248,19 @@ class Block(nn.Module):
         x_BTD: jax.Array,
         deterministic: bool,
         doc_mask_B1TT: jax.Array | None = None,
+        pos_BT: jax.Array | None = None,
         cache: KVCache | None = None,
         layer: int = 0,
     ) -> jax.Array | tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        attn = CausalSelfAttention(self.config, name="attn")
+        cfg = self.config
+        attn = CausalSelfAttention(cfg, name="attn")
+        h_BTD = norm(cfg, "ln_1")(x_BTD)
         if cache is None:
-            x_BTD = x_BTD + attn(_layer_norm("ln_1")(x_BTD), deterministic, doc_mask_B1TT)
+            x_BTD = x_BTD + attn(h_BTD, deterministic, doc_mask_B1TT, pos_BT)
         else:
-            y_BTD, kv = attn(_layer_norm("ln_1")(x_BTD), deterministic, cache=cache, layer=layer)
+            y_BTD, kv = attn(h_BTD, deterministic, pos_BT=pos_BT, cache=cache, layer=layer)
             x_BTD = x_BTD + y_BTD
-        x_BTD = x_BTD + MLP(self.config, name="mlp")(_layer_norm("ln_2")(x_BTD), deterministic)
+        x_BTD = x_BTD + MLP(cfg, name="mlp")(norm(cfg, "ln_2")(x_BTD), deterministic)
         return x_BTD if cache is None else (x_BTD, kv)
 
 
@@ -243,8 +279,8 @@ class GPT(nn.Module):
 
         With `cache`, the tokens are the next columns of a decode (prefill or one step): returns the
         logits and the cache with these columns written (see `minigpt_jax.generate`).
-        `return_hidden=True` returns the final LayerNorm's float32 output instead of logits, for a
-        loss that applies the tied head itself (`loss.head_cross_entropy`).
+        `return_hidden=True` returns the final norm's float32 output instead of logits, for a loss
+        that applies the head itself (`loss.head_cross_entropy` with `head_weight(params, config)`).
         """
         cfg = self.config
         T = tokens_BT.shape[1]
@@ -252,41 +288,52 @@ class GPT(nn.Module):
             raise ValueError(f"sequence length {T} exceeds the model's block_size {cfg.block_size}")
         embed_init = nn.initializers.normal(0.02)
         wte = nn.Embed(cfg.padded_vocab_size, cfg.n_embd, embedding_init=embed_init, name="wte")
-        wpe = nn.Embed(cfg.block_size, cfg.n_embd, embedding_init=embed_init, name="wpe")
+        head_VD = wte.embedding if cfg.tie_embeddings else None
+        if not cfg.tie_embeddings:
+            head_VD = self.param("lm_head", embed_init, (cfg.padded_vocab_size, cfg.n_embd))
         doc_mask_B1TT = None
         if cache is None and cfg.doc_sep_id >= 0:
             pos_BT, doc_mask_B1TT = document_positions_and_mask(tokens_BT, cfg.doc_sep_id)
-            x_BTD = wte(tokens_BT) + wpe(pos_BT)
         elif cache is None:
-            x_BTD = wte(tokens_BT) + wpe(jnp.arange(T))[None]
+            pos_BT = jnp.arange(T)[None]
         else:  # each row counts positions from its own first real column
             col_BT = cache.index + jnp.arange(T)[None]
             pos_BT = jnp.clip(col_BT - cache.start_B[:, None], 0, cfg.block_size - 1)
-            x_BTD = wte(tokens_BT) + wpe(pos_BT)
+        x_BTD = wte(tokens_BT)
+        if cfg.pos_emb == "learned":
+            x_BTD = x_BTD + nn.Embed(cfg.block_size, cfg.n_embd, embedding_init=embed_init,
+                                     name="wpe")(pos_BT)
         x_BTD = nn.Dropout(cfg.dropout)(x_BTD, deterministic=deterministic)
 
         if cache is None:
             block_cls = nn.remat(Block, static_argnums=(2,)) if cfg.remat else Block
             for i in range(cfg.n_layer):
-                x_BTD = block_cls(cfg, name=f"h_{i}")(x_BTD, deterministic, doc_mask_B1TT)
+                x_BTD = block_cls(cfg, name=f"h_{i}")(x_BTD, deterministic, doc_mask_B1TT, pos_BT)
         else:
             k_LBSHK, v_LBSHK = cache.k_LBSHK, cache.v_LBSHK
             for i in range(cfg.n_layer):
                 block = Block(cfg, name=f"h_{i}")
-                x_BTD, (k_BTHK, v_BTHK) = block(x_BTD, deterministic, cache=cache, layer=i)
+                x_BTD, (k_BTHK, v_BTHK) = block(
+                    x_BTD, deterministic, pos_BT=pos_BT, cache=cache, layer=i
+                )
                 # Only the new columns are written: in a decode loop XLA updates the cache in place.
                 at, dtype = (i, 0, cache.index, 0, 0), k_LBSHK.dtype
                 k_LBSHK = jax.lax.dynamic_update_slice(k_LBSHK, k_BTHK[None].astype(dtype), at)
                 v_LBSHK = jax.lax.dynamic_update_slice(v_LBSHK, v_BTHK[None].astype(dtype), at)
             cache = cache.replace(k_LBSHK=k_LBSHK, v_LBSHK=v_LBSHK, index=cache.index + T)
-        x_BTD = _layer_norm("ln_f")(x_BTD)
+        x_BTD = norm(cfg, "ln_f")(x_BTD)
         if return_hidden:
             if cache is not None:
                 raise ValueError("return_hidden is for training and evaluation, not decoding")
             return x_BTD
 
-        logits_BTV = tied_head_logits(x_BTD, wte.embedding, cfg.vocab_size, cfg.dtype)
+        logits_BTV = head_logits(x_BTD, head_VD, cfg.vocab_size, cfg.dtype, cfg.logit_softcap)
         return logits_BTV if cache is None else (logits_BTV, cache)
+
+
+def head_weight(params: Any, config: GPTConfig) -> jax.Array:
+    """The (V, D) head matrix: the token table when tied, else its own `lm_head`."""
+    return params["wte"]["embedding"] if config.tie_embeddings else params["lm_head"]
 
 
 def document_positions_and_mask(
@@ -307,12 +354,21 @@ def document_positions_and_mask(
     return t_T[None] - start_BT, (same_doc_BTT & causal_TT[None])[:, None]
 
 
-def tied_head_logits(x_BTD: jax.Array, wte_VD: jax.Array, vocab_size: int, dtype) -> jax.Array:
-    """The token embedding read backwards: multiplied in `dtype`, accumulated in float32, padded
-    vocabulary entries -inf. The model's head and the fused loss (`loss.py`) both use it."""
-    logits_BTV = jnp.einsum(
-        "btd,vd->btv", x_BTD.astype(dtype), wte_VD.astype(dtype), preferred_element_type=jnp.float32
+def head_matmul(x_BTD: jax.Array, w_VD: jax.Array, dtype) -> jax.Array:
+    """x @ w.T multiplied in `dtype`, accumulated in float32 (the tied or untied head)."""
+    return jnp.einsum(
+        "btd,vd->btv", x_BTD.astype(dtype), w_VD.astype(dtype), preferred_element_type=jnp.float32
     )
+
+
+def head_logits(
+    x_BTD: jax.Array, w_VD: jax.Array, vocab_size: int, dtype, softcap: float = 0.0
+) -> jax.Array:
+    """The head's logits: soft-capped to (-c, c) when `softcap` = c > 0, padded vocabulary entries
+    -inf. The model's head and the fused loss (`loss.py`) both use it."""
+    logits_BTV = head_matmul(x_BTD, w_VD, dtype)
+    if softcap:
+        logits_BTV = softcap * jnp.tanh(logits_BTV / softcap)
     return mask_padded_logits(logits_BTV, vocab_size)
 
 
@@ -333,10 +389,15 @@ def param_shapes(config: GPTConfig) -> Any:
 def count_params(config: GPTConfig, non_embedding: bool = False) -> int:
     """Parameters as GPT-2 counts them: the tied head once, padded vocabulary rows not at all.
 
-    `non_embedding=True` leaves out the position table too (nanoGPT's convention for FLOPs).
+    `non_embedding=True` leaves out the lookup tables, keeping every matrix that is multiplied
+    (nanoGPT's convention for FLOPs): the position table always, the token table too when the head
+    is untied (the tied table is also the head's matmul, so it stays).
     """
     n = sum(leaf.size for leaf in jax.tree.leaves(param_shapes(config)))
-    n -= (config.padded_vocab_size - config.vocab_size) * config.n_embd
-    if non_embedding:
+    heads = 1 if config.tie_embeddings else 2
+    n -= heads * (config.padded_vocab_size - config.vocab_size) * config.n_embd
+    if non_embedding and config.pos_emb == "learned":
         n -= config.block_size * config.n_embd
+    if non_embedding and not config.tie_embeddings:
+        n -= config.vocab_size * config.n_embd
     return n

@@ -195,6 +195,8 @@ def setup(cfg: ml_collections.ConfigDict) -> Run:
         b1=cfg.adam_b1,
         b2=cfg.adam_b2,
         freeze=cfg.freeze,
+        optimizer=cfg.optimizer,
+        muon_lr_scale=cfg.muon_lr / cfg.lr if cfg.optimizer == "muon" else 0.0,
     )
     num_micro = accumulation_steps(cfg.batch_size, cfg.micro_batch_size, jax.device_count())
     rng = jax.random.key(cfg.seed)

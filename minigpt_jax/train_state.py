@@ -18,7 +18,7 @@ import optax
 
 from minigpt_jax.init_from import frozen_modules
 from minigpt_jax.loss import head_cross_entropy, summed_cross_entropy
-from minigpt_jax.model import GPT, GPTConfig, count_params
+from minigpt_jax.model import GPT, GPTConfig, count_params, head_weight
 
 Batch = Mapping[str, jax.Array]  # inputs_BT, targets_BT, optional weights_BT (loss mask)
 Metrics = dict[str, jax.Array]
@@ -61,6 +61,22 @@ def freeze_labels(params: Any, freeze: str = "none") -> Any:
     )
 
 
+OPTIMIZERS = ("adamw", "muon")
+MUON_MOMENTUM = 0.95  # modded-nanogpt's and optax's default (Nesterov)
+
+
+def muon_labels(params: Any) -> Any:
+    """"muon" for the blocks' hidden matrices (attention and MLP kernels), "adamw" for the rest:
+    token and position tables, the untied head, biases and norm gains (Muon is for matrices that
+    map one hidden space to another; embeddings and the head are lookups or a readout)."""
+
+    def label(path, p):
+        in_block = str(getattr(path[0], "key", "")).startswith("h_")
+        return "muon" if in_block and p.ndim == 2 else "adamw"
+
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
 def make_optimizer(
     lr_schedule: optax.Schedule,
     weight_decay: float = 0.1,
@@ -69,16 +85,36 @@ def make_optimizer(
     b2: float = 0.95,
     eps: float = 1e-8,
     freeze: str = "none",
+    optimizer: str = "adamw",
+    muon_lr_scale: float = 0.0,
 ) -> optax.GradientTransformation:
     """AdamW with global-norm clipping; `freeze="embeddings"` holds wte and wpe fixed.
+
+    `optimizer="muon"`: the hidden matrices (`muon_labels`) take `optax.contrib.muon` (Nesterov
+    momentum, Newton-Schulz orthogonalisation, optax's shape scaling) at `lr_schedule` times
+    `muon_lr_scale` (config: muon_lr / lr, so one warmup and cosine shape for both groups); the
+    rest keeps this AdamW at `lr_schedule`. Both follow the one global-norm clip. Muon's decoupled
+    weight decay is divided by the scale, so a matrix shrinks per step as under AdamW
+    (lr x weight_decay) whatever muon_lr is.
 
     Frozen leaves get zero updates and no Adam moments (optax.multi_transform), so they cost no
     optimizer memory and weight decay never shrinks them.
     """
-    tx = optax.chain(
-        optax.clip_by_global_norm(grad_clip),
-        optax.adamw(lr_schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=decay_mask),
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer={optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
+    adamw = optax.adamw(
+        lr_schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=decay_mask
     )
+    if optimizer == "muon":
+        if muon_lr_scale <= 0:
+            raise ValueError(f"optimizer='muon' needs muon_lr_scale > 0, got {muon_lr_scale}")
+        muon = optax.contrib.muon(
+            lambda count: lr_schedule(count) * muon_lr_scale,
+            beta=MUON_MOMENTUM,
+            weight_decay=weight_decay / muon_lr_scale,
+        )
+        adamw = optax.partition({"muon": muon, "adamw": adamw}, muon_labels)
+    tx = optax.chain(optax.clip_by_global_norm(grad_clip), adamw)
     if not frozen_modules(freeze):
         return tx
     return optax.multi_transform(
@@ -118,12 +154,13 @@ def batch_loss(
     )
     return head_cross_entropy(
         x_BTD,
-        params["wte"]["embedding"],
+        head_weight(params, cfg),
         batch["targets"],
         weights,
         vocab_size=cfg.vocab_size,
         chunks=loss_chunks,
         dtype=cfg.dtype,
+        softcap=cfg.logit_softcap,
     )
 
 
@@ -213,7 +250,10 @@ def make_eval_step(model: GPT, loss_chunks: int = 0) -> Callable[[Any, Batch], M
 def flops_per_token(config: GPTConfig, seq_len: int) -> float:
     """Training FLOPs per token: 6N for the matmuls plus the attention scores (PaLM appendix B).
 
-    N leaves out the position table (a lookup, not a matmul), as nanoGPT's `estimate_mfu` does.
+    N leaves out the lookup tables (`count_params(non_embedding=True)`): the position table, as
+    nanoGPT's `estimate_mfu` does, and the token table when the head is untied (then `lm_head` is
+    the V x D matmul, so an untied head costs parameters but no FLOPs). SwiGLU's third matrix and
+    any other switch that adds weights count through N.
     """
     n = count_params(config, non_embedding=True)
     return 6 * n + 12 * config.n_layer * config.n_embd * seq_len
