@@ -23,6 +23,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from minigpt_jax.digit_positions import digit_indices
 from minigpt_jax.layers import MLP, MLPS, NORMS, dense, norm, residual_std, rms_normalize
 from minigpt_jax.positions import rope
 
@@ -85,8 +86,16 @@ class GPTConfig:
     tie_embeddings: bool = True  # False: the head is its own (V, D) parameter `lm_head`
     zero_init_proj: bool = False  # attention and MLP output projections start at zero
     logit_softcap: float = 0.0  # c > 0: logits = c * tanh(logits / c) (training and inference)
+    # Digit positions (Abacus, see digit_positions.py): > 0 adds a learned embedding of each digit
+    # token's index within its number, indices 1..digit_pos_max (larger ones share the last row).
+    # Training adds a random offset in [0, digit_pos_offset_max) per sequence; `digit_ids` are the
+    # tokenizer's single-digit ids (`digit_positions.digit_token_ids`).
+    digit_pos_max: int = 0
+    digit_pos_offset_max: int = 0
+    digit_ids: tuple[int, ...] = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "digit_ids", tuple(int(i) for i in self.digit_ids))  # from JSON
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         if self.compute_dtype not in DTYPES:
@@ -111,6 +120,20 @@ class GPTConfig:
             )
         if not self.logit_softcap >= 0:
             raise ValueError(f"logit_softcap={self.logit_softcap}: use 0 (off) or a positive cap")
+        if self.digit_pos_max < 0 or not 0 <= self.digit_pos_offset_max < max(
+            self.digit_pos_max, 1
+        ):
+            raise ValueError(
+                f"digit_pos_max={self.digit_pos_max}, digit_pos_offset_max="
+                f"{self.digit_pos_offset_max}: use 0 (off), or 0 <= offset_max < digit_pos_max"
+            )
+        if self.digit_pos_max and not (
+            self.digit_ids and all(0 <= i < self.vocab_size for i in self.digit_ids)
+        ):
+            raise ValueError(
+                f"digit_pos_max={self.digit_pos_max} needs digit_ids: the tokenizer's digit token "
+                f"ids below vocab_size={self.vocab_size} (digit_positions.digit_token_ids)"
+            )
 
     def gpt2_differences(self) -> list[str]:
         """The architecture switches set away from GPT-2 (empty for GPT-2 itself)."""
@@ -138,7 +161,8 @@ class GPTConfig:
 
 # The fields that change what the parameters compute (everything above is size, dtype or kernel).
 ARCHITECTURE_FIELDS = (
-    "pos_emb", "norm", "bias", "qk_norm", "mlp", "tie_embeddings", "zero_init_proj", "logit_softcap"
+    "pos_emb", "norm", "bias", "qk_norm", "mlp", "tie_embeddings", "zero_init_proj",
+    "logit_softcap", "digit_pos_max",
 )
 
 
@@ -163,6 +187,7 @@ class KVCache(flax.struct.PyTreeNode):
     v_LBSHK: jax.Array
     start_B: jax.Array  # int32, first non-padding column of each row
     index: jax.Array  # int32 scalar, the column the next token is written to
+    digit_run_B: jax.Array  # int32, the digit run the last written column ends (digit positions)
 
     @classmethod
     def zeros(cls, config: GPTConfig, batch: int, length: int, start_B: jax.Array) -> KVCache:
@@ -173,6 +198,7 @@ class KVCache(flax.struct.PyTreeNode):
             v_LBSHK=jnp.zeros(shape, config.dtype),
             start_B=jnp.asarray(start_B, jnp.int32),
             index=jnp.zeros((), jnp.int32),
+            digit_run_B=jnp.zeros((batch,), jnp.int32),
         )
 
 
@@ -303,6 +329,21 @@ class GPT(nn.Module):
         if cfg.pos_emb == "learned":
             x_BTD = x_BTD + nn.Embed(cfg.block_size, cfg.n_embd, embedding_init=embed_init,
                                      name="wpe")(pos_BT)
+        if cfg.digit_pos_max:
+            digit_tokens_BT, run_B, offset_B = tokens_BT, None, None
+            if cache is not None:  # left padding is never part of a number
+                digit_tokens_BT = jnp.where(col_BT >= cache.start_B[:, None], tokens_BT, -1)
+                run_B = cache.digit_run_B
+            if not deterministic and cfg.digit_pos_offset_max:
+                offset_B = jax.random.randint(
+                    self.make_rng("digits"), (tokens_BT.shape[0],), 0, cfg.digit_pos_offset_max
+                )
+            index_BT, run_B = digit_indices(digit_tokens_BT, cfg.digit_ids, run_B, offset_B)
+            row_BT = jnp.clip(index_BT - 1, 0, cfg.digit_pos_max - 1)
+            wde = nn.Embed(cfg.digit_pos_max, cfg.n_embd, embedding_init=embed_init, name="wde")
+            x_BTD = x_BTD + jnp.where((index_BT > 0)[..., None], wde(row_BT), 0)
+            if cache is not None:
+                cache = cache.replace(digit_run_B=run_B)
         x_BTD = nn.Dropout(cfg.dropout)(x_BTD, deterministic=deterministic)
 
         if cache is None:
@@ -398,6 +439,8 @@ def count_params(config: GPTConfig, non_embedding: bool = False) -> int:
     n -= heads * (config.padded_vocab_size - config.vocab_size) * config.n_embd
     if non_embedding and config.pos_emb == "learned":
         n -= config.block_size * config.n_embd
+    if non_embedding:
+        n -= config.digit_pos_max * config.n_embd
     if non_embedding and not config.tie_embeddings:
         n -= config.vocab_size * config.n_embd
     return n
