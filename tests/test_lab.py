@@ -303,6 +303,7 @@ def test_modern_muon_run_resumes_bit_exact_loads_evaluates_and_refuses_hf_export
     from minigpt_jax import evaluate
     from minigpt_jax.checkpoint import load_params
     from minigpt_jax.init_from import load_init_params
+    from minigpt_jax.loggers import JsonlLogger
 
     model = {f"model.{k}": v for k, v in MODERN.items()}
     common = dict(total_steps=6, checkpoint_every=0, eval_every=0, log_every=1, warmup_steps=1,
@@ -310,15 +311,15 @@ def test_modern_muon_run_resumes_bit_exact_loads_evaluates_and_refuses_hf_export
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     train.train_and_evaluate(conftest.tiny_config(tiny_shards, straight, **common))
 
-    write = train.MetricsLog.write
+    write = JsonlLogger.write
 
-    def write_then_signal(self, record):
-        write(self, record)
-        if record["step"] == 3:
+    def write_then_signal(self, step, record):
+        write(self, step, record)
+        if step == 3:
             signal.raise_signal(signal.SIGTERM)
 
     with monkeypatch.context() as m:
-        m.setattr(train.MetricsLog, "write", write_then_signal)
+        m.setattr(JsonlLogger, "write", write_then_signal)
         assert train.train_and_evaluate(
             conftest.tiny_config(tiny_shards, resumed, **common))["stopped_at"] == 3
     train.train_and_evaluate(conftest.tiny_config(tiny_shards, resumed, **common))
