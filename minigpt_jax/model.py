@@ -23,6 +23,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from minigpt_jax.digit_positions import digit_indices
 from minigpt_jax.layers import MLP, MLPS, NORMS, dense, norm, residual_std, rms_normalize
 from minigpt_jax.mixers import DeltaState, GatedDeltaNet
 from minigpt_jax.positions import rope
@@ -94,8 +95,16 @@ class GPTConfig:
     # layer uses `mixer`; k > 0 = every k-th layer (k-1, 2k-1, ...) is attention, the rest `mixer`.
     mixer: str = "attention"
     attention_every: int = 0
+    # Digit positions (Abacus, see digit_positions.py): > 0 adds a learned embedding of each digit
+    # token's index within its number, indices 1..digit_pos_max (larger ones share the last row).
+    # Training adds a random offset in [0, digit_pos_offset_max) per sequence; `digit_ids` are the
+    # tokenizer's single-digit ids (`digit_positions.digit_token_ids`).
+    digit_pos_max: int = 0
+    digit_pos_offset_max: int = 0
+    digit_ids: tuple[int, ...] = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "digit_ids", tuple(int(i) for i in self.digit_ids))  # from JSON
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         if self.compute_dtype not in DTYPES:
@@ -126,6 +135,21 @@ class GPTConfig:
             raise ValueError(
                 f"attention_every={self.attention_every}: use 0 (every layer is `mixer`) or, "
                 f"with a mixer other than attention, k > 0 for attention in every k-th layer"
+            )
+
+        if self.digit_pos_max < 0 or not 0 <= self.digit_pos_offset_max < max(
+            self.digit_pos_max, 1
+        ):
+            raise ValueError(
+                f"digit_pos_max={self.digit_pos_max}, digit_pos_offset_max="
+                f"{self.digit_pos_offset_max}: use 0 (off), or 0 <= offset_max < digit_pos_max"
+            )
+        if self.digit_pos_max and not (
+            self.digit_ids and all(0 <= i < self.vocab_size for i in self.digit_ids)
+        ):
+            raise ValueError(
+                f"digit_pos_max={self.digit_pos_max} needs digit_ids: the tokenizer's digit token "
+                f"ids below vocab_size={self.vocab_size} (digit_positions.digit_token_ids)"
             )
 
     def is_attention(self, layer: int) -> bool:
@@ -168,7 +192,7 @@ class GPTConfig:
 # The fields that change what the parameters compute (everything above is size, dtype or kernel).
 ARCHITECTURE_FIELDS = (
     "pos_emb", "norm", "bias", "qk_norm", "mlp", "tie_embeddings", "zero_init_proj",
-    "logit_softcap", "mixer", "attention_every",
+    "logit_softcap", "mixer", "attention_every", "digit_pos_max",
 )
 
 
@@ -196,6 +220,7 @@ class KVCache(flax.struct.PyTreeNode):
     start_B: jax.Array  # int32, first non-padding column of each row
     index: jax.Array  # int32 scalar, the column the next token is written to
     mixer: DeltaState  # leaves stacked over the mixer layers (leading axis of size 0 if none)
+    digit_run_B: jax.Array  # int32, the digit run the last written column ends (digit positions)
 
     @classmethod
     def zeros(cls, config: GPTConfig, batch: int, length: int, start_B: jax.Array) -> KVCache:
@@ -209,6 +234,7 @@ class KVCache(flax.struct.PyTreeNode):
             start_B=jnp.asarray(start_B, jnp.int32),
             index=jnp.zeros((), jnp.int32),
             mixer=jax.tree.map(lambda x: jnp.zeros((n_mixer, *x.shape), x.dtype), one),
+            digit_run_B=jnp.zeros((batch,), jnp.int32),
         )
 
 
@@ -364,6 +390,21 @@ class GPT(nn.Module):
         if cfg.pos_emb == "learned":
             x_BTD = x_BTD + nn.Embed(cfg.block_size, cfg.n_embd, embedding_init=embed_init,
                                      name="wpe")(pos_BT)
+        if cfg.digit_pos_max:
+            digit_tokens_BT, run_B, offset_B = tokens_BT, None, None
+            if cache is not None:  # left padding is never part of a number
+                digit_tokens_BT = jnp.where(col_BT >= cache.start_B[:, None], tokens_BT, -1)
+                run_B = cache.digit_run_B
+            if not deterministic and cfg.digit_pos_offset_max:
+                offset_B = jax.random.randint(
+                    self.make_rng("digits"), (tokens_BT.shape[0],), 0, cfg.digit_pos_offset_max
+                )
+            index_BT, run_B = digit_indices(digit_tokens_BT, cfg.digit_ids, run_B, offset_B)
+            row_BT = jnp.clip(index_BT - 1, 0, cfg.digit_pos_max - 1)
+            wde = nn.Embed(cfg.digit_pos_max, cfg.n_embd, embedding_init=embed_init, name="wde")
+            x_BTD = x_BTD + jnp.where((index_BT > 0)[..., None], wde(row_BT), 0)
+            if cache is not None:
+                cache = cache.replace(digit_run_B=run_B)
         x_BTD = nn.Dropout(cfg.dropout)(x_BTD, deterministic=deterministic)
 
         if cache is None:
@@ -467,6 +508,8 @@ def count_params(config: GPTConfig, non_embedding: bool = False) -> int:
     n -= heads * (config.padded_vocab_size - config.vocab_size) * config.n_embd
     if non_embedding and config.pos_emb == "learned":
         n -= config.block_size * config.n_embd
+    if non_embedding:
+        n -= config.digit_pos_max * config.n_embd
     if non_embedding and not config.tie_embeddings:
         n -= config.vocab_size * config.n_embd
     return n

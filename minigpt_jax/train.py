@@ -198,6 +198,18 @@ def check_data(cfg: ml_collections.ConfigDict) -> tuple[GPTConfig, list[Path], l
             f"({tokenizer['vocab_size']} ids); set --config.model.vocab_size="
             f"{tokenizer['vocab_size']}",
         )
+    if model_cfg.digit_pos_max and tokenizer:
+        from minigpt_jax.digit_positions import digit_token_ids
+        from minigpt_jax.tokenizer import load_run_tokenizer
+
+        ids = digit_token_ids(load_run_tokenizer(tokenizer, cfg.data_dir))
+        if ids != model_cfg.digit_ids:
+            raise ConfigError(
+                "model.digit_ids",
+                f"{list(model_cfg.digit_ids)} are not the digit ids of the shards' tokenizer "
+                f"{tokenizer['name']!r} ({list(ids)}); set them with "
+                f"digit_positions.digit_token_ids(tokenizer)",
+            )
     check_eval_data(cfg, val_paths, model_cfg.vocab_size)  # not at the first eval, after hours
     return model_cfg, train_paths, val_paths, tokenizer
 

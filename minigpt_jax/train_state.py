@@ -193,11 +193,12 @@ def make_train_step(
 
     `loss_chunks` > 0 fuses the head with the loss (see `batch_loss`).
     """
-    use_dropout = model.config.dropout > 0
+    # Training-time randomness: dropout, and the digit positions' random offset.
+    use_rng = model.config.dropout > 0 or model.config.digit_pos_offset_max > 0
 
     def loss_and_count(params, micro: Batch, rng):
-        rngs = {"dropout": rng} if use_dropout else None
-        return batch_loss(model, params, micro, loss_chunks, not use_dropout, rngs)
+        rngs = {"dropout": rng, "digits": jax.random.fold_in(rng, 1)} if use_rng else None
+        return batch_loss(model, params, micro, loss_chunks, not use_rng, rngs)
 
     grad_fn = jax.value_and_grad(loss_and_count, has_aux=True)
 

@@ -369,3 +369,96 @@ def test_tiny_model_trains_and_evaluator_runs(tmp_path):
         assert cell["n"] == 4 and cell["greedy"] == right / 4, name
         assert cell["example"] == problems[0].prompt + texts[0], name
         assert set(cell["majority"]) == {1, 2} and set(cell["verified"]) == {1, 2}
+
+
+# --- presets, length sets, length curves (issue 17) --------------------------------------------
+
+
+def _corrupt(text: str, rng: random.Random) -> str:
+    """One digit of the solution changed to another digit."""
+    spots = [i for i, c in enumerate(text) if c.isdigit()]
+    i = rng.choice(spots)
+    return text[:i] + rng.choice([d for d in "0123456789" if d != text[i]]) + text[i + 1 :]
+
+
+@pytest.mark.parametrize("preset", sorted(arithmetic.PRESETS))
+def test_every_length_cell_of_every_preset_checks_and_corruption_fails(preset):
+    mix, heldout, long = arithmetic.PRESETS[preset]
+    rng = random.Random(0)
+    problems = arithmetic.heldout_problems(5, [(*cell[:3], 3) for cell in heldout + long])
+    problems += [arithmetic.sample_problem(rng, mix) for _ in range(200)]
+    assert {p.op for p in problems} == set(arithmetic.OPS)  # division is trained and tested
+    for p in problems:
+        text = solution(p)
+        _independent_check(p, text)
+        assert check_steps(p, text) == p.answer
+        for _ in range(3):
+            assert not verify_solution(p, _corrupt(text, rng)), (p, text)
+
+
+def test_long_preset_tests_trained_twice_and_three_times_the_longest_length():
+    mix, heldout, long = arithmetic.PRESETS["long"]
+    ranges = mix.operand_ranges()
+    assert ranges["+"] == ranges["-"] == ((1, 10), (1, 10))
+    for op in arithmetic.OPS:
+        a_max = ranges[op][0][1]
+        assert a_max in {da for o, da, _, _ in heldout if o == op}
+        assert {da for o, da, _, _ in long if o == op} == {2 * a_max, 3 * a_max}
+    assert ("*", 3, 2, 100) in heldout and ("/", 4, 1, 100) in heldout  # the issue's targets
+
+
+def test_long_preset_shards_respect_the_manifest_ranges(tmp_path):
+    manifest = arithmetic_data.write_dataset(
+        tmp_path, preset="long", train_tokens=60_000, val_tokens=8_192
+    )
+    ranges = manifest["task"]["operand_ranges"]
+    assert ranges["+"] == ranges["-"] == {"a": [1, 10], "b": [1, 10]}
+    seen = {op: [0, 0] for op in arithmetic.OPS}
+    for shard in manifest["shards"]:
+        for doc in _documents(tmp_path / shard["file"]):
+            m = re.match(r"^(\d+)([-+*/])(\d+)\n", doc)
+            op, a, b = m.group(2), int(m.group(1)), int(m.group(3))
+            da, db = len(str(a)), len(str(b))
+            assert ranges[op]["a"][0] <= da <= ranges[op]["a"][1], doc
+            assert ranges[op]["b"][0] <= db <= ranges[op]["b"][1], doc
+            seen[op] = [max(seen[op][0], da), max(seen[op][1], db)]
+    assert seen["+"][0] == 10 and seen["*"] == [5, 2]  # the ranges are used, up to their ends
+
+
+def test_arithmetic_long_context_fits_a_30_digit_worked_solution():
+    import importlib.util
+
+    from minigpt_jax.config import model_config
+
+    spec = importlib.util.spec_from_file_location(
+        "arithmetic_long", Path(__file__).parents[1] / "configs" / "arithmetic_long.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = model_config(module.get_config())
+    assert cfg.digit_ids == tuple(range(48, 58)) and cfg.pos_emb == "none"
+    _, heldout, long = arithmetic.PRESETS["long"]
+    big = 10**30 - 1
+    problems = [Problem("+", big, big), Problem("-", big, big // 7), Problem("*", big, 99),
+                Problem("/", big, 97)]
+    problems += arithmetic.heldout_problems(3, [(*cell[:3], 2) for cell in long])
+    for p in problems:  # <eot> + prompt + solution + <eot>
+        assert len(p.prompt) + len(solution(p)) + 2 <= cfg.block_size, p
+
+
+def test_length_curves_and_plot(tmp_path):
+    from minigpt_jax.tasks.arithmetic import evaluate
+
+    results = {
+        "heldout": {"add 10": {"greedy": 1.0, "verified": {8: 1.0}}, "mul 5x2": {"greedy": 0.9}},
+        "long": {"add 30": {"greedy": 0.25, "verified": {8: 0.5}}, "add 20": {"greedy": 0.75},
+                 "mul 10x2": {"greedy": 0.5}, "div 12/1": {"greedy": 0.0}},
+    }
+    curves = evaluate.length_curves(results, samples=8)
+    assert curves["add"]["greedy"] == [(10, 1.0), (20, 0.75), (30, 0.25)]
+    assert curves["add"]["verified@8"] == [(10, 1.0), (30, 0.5)]
+    assert curves["mul"]["greedy (b: 2 digits)"] == [(5, 0.9), (10, 0.5)]
+    assert "| add | greedy | 10: 1.000, 20: 0.750, 30: 0.250 |" in evaluate.curves_table(curves)
+    pytest.importorskip("matplotlib")
+    evaluate.plot_length_curves(curves, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 0

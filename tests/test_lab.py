@@ -315,7 +315,7 @@ def test_modern_muon_run_resumes_bit_exact_loads_evaluates_and_refuses_hf_export
 
     def write_then_signal(self, step, record):
         write(self, step, record)
-        if record["step"] == 3:
+        if step == 3:
             signal.raise_signal(signal.SIGTERM)
 
     with monkeypatch.context() as m:

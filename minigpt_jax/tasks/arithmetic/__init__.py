@@ -25,10 +25,12 @@ from minigpt_jax.tasks.arithmetic.problems import (
     MIN_WIDTH,
     OP_NAMES,
     OPS,
+    PRESETS,
     Mixture,
     Problem,
     document,
     heldout_problems,
+    length_specs,
     make_problem,
     random_int,
     sample_problem,
@@ -37,8 +39,10 @@ from minigpt_jax.tasks.arithmetic.problems import (
 )
 
 __all__ = [
-    "ANSWER_PREFIX", "HELDOUT_SPEC", "LONG_SPEC", "MIN_WIDTH", "OP_NAMES", "OPS", "Mixture",
-    "Problem", "StepError", "check_steps", "document", "heldout_problems", "majority_vote",
+    "ANSWER_PREFIX", "HELDOUT_SPEC", "LONG_SPEC", "MIN_WIDTH", "OP_NAMES", "OPS", "PRESETS",
+    "Mixture",
+    "Problem", "StepError", "check_steps", "document", "heldout_problems", "length_specs",
+    "majority_vote",
     "make_problem", "parse_answer", "random_int", "sample_problem", "solution",
     "training_problems", "true_step_fraction", "verified_vote", "verify_solution",
 ]

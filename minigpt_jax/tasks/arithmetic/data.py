@@ -2,6 +2,12 @@
 
     python scripts/make_arithmetic_data.py --out_dir data/arithmetic
     python scripts/make_arithmetic_data.py --out_dir data/arithmetic_nosteps --no_steps
+    python scripts/make_arithmetic_data.py --preset long --out_dir data/arithmetic_long
+
+`--preset` names a training mixture and its test sets (`problems.PRESETS`): "default" (all four
+operations), "addsubmul" (the first 14-minute result's data, no division), "long" (operands up to
+10 digits for + and -, tested at 2x and 3x the longest trained length). The manifest records the
+digit range of each operand the mixture can draw (`task.operand_ranges`).
 
 Each problem is one document, `<eot>` + problem + worked steps + answer line, in the built-in byte
 tokenizer (every digit and operator is one token). Documents are packed whole and densely into
@@ -102,13 +108,20 @@ def write_dataset(
     seed: int = 0,
     test_seed: int = 1234,
     mixture: arithmetic.Mixture | None = None,
-    heldout_spec=arithmetic.HELDOUT_SPEC,
-    long_spec=arithmetic.LONG_SPEC,
+    heldout_spec=None,
+    long_spec=None,
+    preset: str = "default",
     overwrite: bool = False,
 ) -> dict:
-    """Shards, test JSONL and manifest in `out_dir`; returns the manifest. `out_dir` must be new,
-    empty or earlier arithmetic data (whose files are replaced), unless `overwrite`."""
-    mixture = mixture or arithmetic.Mixture()
+    """Shards, test JSONL and manifest in `out_dir`; returns the manifest. `preset` supplies what
+    `mixture` and the specs leave unset. `out_dir` must be new, empty or earlier arithmetic data
+    (whose files are replaced), unless `overwrite`."""
+    if preset not in arithmetic.PRESETS:
+        raise DataError(f"--preset {preset!r}: use one of {', '.join(arithmetic.PRESETS)}")
+    preset_mix, preset_heldout, preset_long = arithmetic.PRESETS[preset]
+    mixture = mixture or preset_mix
+    heldout_spec = heldout_spec or preset_heldout
+    long_spec = long_spec or preset_long
     out = Path(out_dir)
     tokenizer = ByteTokenizer()
     record = tokenizer_record("byte", tokenizer)
@@ -116,12 +129,12 @@ def write_dataset(
     with writing_data(out, "make room or fix the permissions, then rerun"):
         start_writing(out, "arithmetic", record)
         return _write(out, tokenizer, record, steps, train_tokens, val_tokens, block_size, seed,
-                      test_seed, mixture, heldout_spec, long_spec)
+                      test_seed, mixture, heldout_spec, long_spec, preset)
 
 
 def _write(out: Path, tokenizer: ByteTokenizer, record: dict, steps: bool, train_tokens: int,
            val_tokens: int, block_size: int, seed: int, test_seed: int,
-           mixture: arithmetic.Mixture, heldout_spec, long_spec) -> dict:
+           mixture: arithmetic.Mixture, heldout_spec, long_spec, preset: str) -> dict:
     heldout = arithmetic.heldout_problems(test_seed, heldout_spec)
     long = arithmetic.heldout_problems(test_seed + 1, long_spec)
     tests = heldout + long
@@ -158,10 +171,15 @@ def _write(out: Path, tokenizer: ByteTokenizer, record: dict, steps: bool, train
         packing={"block_size": block_size, "whole_documents": True},
         task={
             "name": "arithmetic",
+            "preset": preset,
             "steps": steps,
             "seed": seed,
             "test_seed": test_seed,
             "mixture": dataclasses.asdict(mixture),
+            "operand_ranges": {
+                op: {"a": list(ra), "b": list(rb)}
+                for op, (ra, rb) in mixture.operand_ranges().items()
+            },
             "problems": counts,
             "test_files": TEST_FILES,
             "test_problems": {"heldout": len(heldout), "long": len(long)},
@@ -175,6 +193,8 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.RawTextHelpFormatter,
     )
     ap.add_argument("--out_dir", required=True)
+    ap.add_argument("--preset", default="default", choices=sorted(arithmetic.PRESETS),
+                    help="training mixture and test sets (problems.PRESETS)")
     ap.add_argument("--no_steps", action="store_true", help="answers only, no worked steps")
     ap.add_argument("--train_tokens", type=int, default=8_000_000)
     ap.add_argument("--val_tokens", type=int, default=131_072)
@@ -195,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
             seed=args.seed,
             test_seed=args.test_seed,
             overwrite=args.overwrite,
+            preset=args.preset,
         )
     info, (train, val) = manifest["task"], manifest["shards"]
     print(

@@ -19,6 +19,7 @@ unwritable `--out` loses only that file, never the printed results).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import sys
 import time
@@ -250,6 +251,62 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--max_per_cell {args.max_per_cell}: must be >= 0 (0 = all)")
 
 
+def length_curves(
+    results: dict[str, dict[str, dict[str, Any]]], samples: int
+) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """{operation: {series: [(digits, accuracy), ...]}} over every set: accuracy against the digit
+    count of the long operand (a; x's first factor; the dividend), one series per metric (greedy,
+    verified@N) and, for x and /, per digit count of the second operand."""
+    curves: dict[str, dict[str, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
+    for cells in results.values():
+        for key, r in cells.items():
+            op, level = key.split(" ")
+            digits, _, second = level.replace("x", " ").replace("/", " ").partition(" ")
+            suffix = f" (b: {second} digits)" if second else ""
+            curves[op][f"greedy{suffix}"].append((int(digits), r["greedy"]))
+            if "verified" in r and samples:
+                curves[op][f"verified@{samples}{suffix}"].append(
+                    (int(digits), r["verified"][samples])
+                )
+    return {op: {k: sorted(pts) for k, pts in series.items()} for op, series in curves.items()}
+
+
+def curves_table(curves: dict[str, dict[str, list[tuple[int, float]]]]) -> str:
+    lines = ["| operation | series | " + "accuracy at digits |", "|---|---|---|"]
+    for op, series in curves.items():
+        for name, pts in series.items():
+            row = ", ".join(f"{d}: {acc:.3f}" for d, acc in pts)
+            lines.append(f"| {op} | {name} | {row} |")
+    return "\n".join(lines)
+
+
+def plot_length_curves(
+    curves: dict[str, dict[str, list[tuple[int, float]]]], out_path: str | Path, title: str = ""
+) -> None:
+    """One panel per operation: accuracy against digits (see `length_curves`)."""
+    from minigpt_jax.plot import Panel, Series, plot_curves
+
+    panels = [
+        Panel(
+            title=op,
+            xlabel="digits of the long operand",
+            ylabel="exact-match accuracy",
+            series=[
+                Series(
+                    name,
+                    [d for d, _ in pts],
+                    [acc for _, acc in pts],
+                    linestyle="--" if name.startswith("verified") else "-",
+                    marker="o",
+                )
+                for name, pts in series.items()
+            ],
+        )
+        for op, series in curves.items()
+    ]
+    plot_curves(panels, out_path, ncols=2, title=title or None)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(
         prog="python -m minigpt_jax.eval_arithmetic", description=__doc__,
@@ -266,6 +323,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--batch_size", type=int, default=128, help="rows per decode call")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="default: <run_dir>/eval_arithmetic.json")
+    ap.add_argument("--plot", default=None,
+                    help="length-curve PNG; default: <run_dir>/eval_arithmetic_lengths.png; "
+                         "'none' skips it (needs matplotlib)")
     args = ap.parse_args(argv)
 
     from minigpt_jax.evaluate import write_record
@@ -328,10 +388,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - t0, 1),
         "results": results,
     }
+    curves = length_curves(results, args.samples)
+    report["length_curves"] = curves
     print(f"{args.run_dir} step {record['step']} (worked steps: {report['worked_steps']})")
-    print(markdown_table(results, args.samples), flush=True)
+    print(markdown_table(results, args.samples))
+    print("\nLength curves (accuracy vs digits):")
+    print(curves_table(curves), flush=True)
     out = Path(args.out) if args.out else Path(args.run_dir) / "eval_arithmetic.json"
     with exit_on_user_error():
         write_record(out, report)
     print(f"wrote {out}")
+    if args.plot is None and importlib.util.find_spec("matplotlib") is None:
+        print("note: no length-curve PNG: install the plot extra (pip install -e '.[plot]')")
+    elif args.plot != "none":
+        from minigpt_jax.plot import PlotError
+
+        png = Path(args.plot) if args.plot else Path(args.run_dir) / "eval_arithmetic_lengths.png"
+        with exit_on_user_error(PlotError, OSError):
+            plot_length_curves(curves, png, title=f"{args.run_dir} step {record['step']}")
+        print(f"wrote {png}")
     return report

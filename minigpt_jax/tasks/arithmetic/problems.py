@@ -210,21 +210,41 @@ class Mixture:
     more weight because they hold most of the procedure (carries over several columns).
     """
 
-    # + - * /: what the targets measure (3-digit + and -, 2-digit x); division is generated and
-    # verified but left out of the default mix so the CPU budget goes to the measured procedures.
-    op_weights: tuple[float, float, float, float] = (0.35, 0.35, 0.3, 0.0)
+    # + - * /: all four calculator operations (3-digit + and -, 2-digit x, 3- and 4-digit / by
+    # 1 or 2 digits). PRESETS["addsubmul"] is the earlier mix without division.
+    op_weights: tuple[float, float, float, float] = (0.3, 0.3, 0.25, 0.15)
     addsub_digit_weights: tuple[float, ...] = (0.1, 0.2, 0.7)
     mul_digit_weights: tuple[float, ...] = (0.3, 0.7)
-    div_dividend_digit_weights: tuple[float, ...] = (0.1, 0.3, 0.6)
-    div_divisor_digit_weights: tuple[float, ...] = (1.0,)
+    # Digits of x's second operand; () draws it like the first.
+    mul_multiplier_digit_weights: tuple[float, ...] = ()
+    div_dividend_digit_weights: tuple[float, ...] = (0.1, 0.2, 0.35, 0.35)
+    div_divisor_digit_weights: tuple[float, ...] = (0.6, 0.4)
+
+    def _weights(self, op: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        if op in "+-":
+            return self.addsub_digit_weights, self.addsub_digit_weights
+        if op == "*":
+            return self.mul_digit_weights, (
+                self.mul_multiplier_digit_weights or self.mul_digit_weights
+            )
+        return self.div_dividend_digit_weights, self.div_divisor_digit_weights
+
+    def operand_ranges(self) -> dict[str, tuple[tuple[int, int], tuple[int, int]]]:
+        """Per operation with weight > 0: the (min, max) digits of a and of b training can draw."""
+
+        def span(w: tuple[float, ...]) -> tuple[int, int]:
+            drawn = [i + 1 for i, x in enumerate(w) if x > 0]
+            return drawn[0], drawn[-1]
+
+        return {
+            op: (span(wa), span(wb))
+            for op, weight in zip(OPS, self.op_weights, strict=True)
+            if weight > 0
+            for wa, wb in [self._weights(op)]
+        }
 
     def max_digits(self) -> dict[str, int]:
-        return {
-            "+": len(self.addsub_digit_weights),
-            "-": len(self.addsub_digit_weights),
-            "*": len(self.mul_digit_weights),
-            "/": len(self.div_dividend_digit_weights),
-        }
+        return {op: len(self._weights(op)[0]) for op in OPS}
 
 
 def random_int(rng: random.Random, digits: int) -> int:
@@ -243,16 +263,9 @@ def make_problem(rng: random.Random, op: str, da: int, db: int) -> Problem:
 
 def sample_problem(rng: random.Random, mix: Mixture) -> Problem:
     op = rng.choices(OPS, weights=mix.op_weights)[0]
-    if op in "+-":
-        w = mix.addsub_digit_weights
-        da, db = (rng.choices(range(1, len(w) + 1), weights=w)[0] for _ in range(2))
-    elif op == "*":
-        w = mix.mul_digit_weights
-        da, db = (rng.choices(range(1, len(w) + 1), weights=w)[0] for _ in range(2))
-    else:
-        wa, wb = mix.div_dividend_digit_weights, mix.div_divisor_digit_weights
-        da = rng.choices(range(1, len(wa) + 1), weights=wa)[0]
-        db = rng.choices(range(1, len(wb) + 1), weights=wb)[0]
+    wa, wb = mix._weights(op)
+    da = rng.choices(range(1, len(wa) + 1), weights=wa)[0]
+    db = rng.choices(range(1, len(wb) + 1), weights=wb)[0]
     return make_problem(rng, op, da, db)
 
 
@@ -278,14 +291,62 @@ HELDOUT_SPEC = (
     ("*", 2, 1, 100),
     ("*", 2, 2, 200),
     ("/", 3, 1, 200),
+    ("/", 4, 1, 200),
+    ("/", 4, 2, 200),
 )
 LONG_SPEC = (
     ("+", 4, 4, 100),
     ("+", 5, 5, 100),
     ("-", 4, 4, 100),
     ("*", 3, 2, 100),
-    ("/", 4, 1, 100),
+    ("/", 5, 1, 100),
 )
+
+
+def length_specs(
+    mix: Mixture, counts: tuple[int, int] = (100, 100), trained: dict[str, list[int]] | None = None
+) -> tuple[tuple, tuple]:
+    """(at trained lengths, at 2x and 3x the longest trained length) for every operation in `mix`.
+
+    The long operand (a; x's first factor, the dividend) is the one that grows; the second keeps
+    each length it was trained on (+ and - grow both). `trained` adds lengths to test inside the
+    trained range (default: the longest only).
+    """
+    heldout, long = [], []
+    for op, ((_, a_max), (b_min, b_max)) in mix.operand_ranges().items():
+        bs = [None] if op in "+-" else range(b_min, b_max + 1)
+        for da in sorted({*(trained or {}).get(op, []), a_max}):
+            heldout += [(op, da, da if b is None else b, counts[0]) for b in bs]
+        for da in (2 * a_max, 3 * a_max):
+            long += [(op, da, da if b is None else b, counts[1]) for b in bs]
+    return tuple(heldout), tuple(long)
+
+
+# Named training mixtures (`scripts/make_arithmetic_data.py --preset NAME`) and their test sets.
+# "default": all four operations at small sizes; "addsubmul": the mixture of the first 14-minute
+# result (no division); "long": operands up to 10 digits for + and -, 5x2 for x, 6/2 for /, tested
+# at the trained lengths and at 2x and 3x the longest.
+_LONG_MIX = Mixture(
+    op_weights=(0.25, 0.25, 0.25, 0.25),
+    addsub_digit_weights=tuple(float(i) for i in range(1, 11)),
+    mul_digit_weights=(1.0, 1.0, 2.0, 2.0, 2.0),
+    mul_multiplier_digit_weights=(1.0, 2.0),
+    div_dividend_digit_weights=(1.0, 1.0, 2.0, 2.0, 2.0, 2.0),
+    div_divisor_digit_weights=(1.0, 1.0),
+)
+PRESETS: dict[str, tuple[Mixture, tuple, tuple]] = {
+    "default": (Mixture(), HELDOUT_SPEC, LONG_SPEC),
+    "addsubmul": (
+        Mixture(op_weights=(0.35, 0.35, 0.3, 0.0), div_dividend_digit_weights=(0.1, 0.3, 0.6),
+                div_divisor_digit_weights=(1.0,)),
+        HELDOUT_SPEC[:7],
+        LONG_SPEC[:4] + (("/", 4, 1, 100),),
+    ),
+    "long": (
+        _LONG_MIX,
+        *length_specs(_LONG_MIX, trained={"+": [5], "-": [5], "*": [3], "/": [4]}),
+    ),
+}
 
 
 def heldout_problems(seed: int, spec: Sequence[tuple[str, int, int, int]]) -> list[Problem]:

@@ -1,0 +1,23 @@
+"""Control for configs/arithmetic_long.py at equal tokens: answers only, no worked steps. Same
+model (digit positions on), schedule and steps; data from the same preset without steps.
+
+    python scripts/make_arithmetic_data.py --preset long --no_steps \
+        --out_dir data/arithmetic_long_nosteps --train_tokens 60000000
+    python -m minigpt_jax.train --config configs/arithmetic_long_nosteps.py
+    python -m minigpt_jax.eval_arithmetic --run_dir runs/arithmetic_long_nosteps --sample_sets all
+"""
+
+import importlib.util
+from pathlib import Path
+
+
+def get_config():
+    spec = importlib.util.spec_from_file_location(
+        "arithmetic_long", Path(__file__).with_name("arithmetic_long.py")
+    )
+    base = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(base)
+    c = base.get_config()
+    c.data_dir = "data/arithmetic_long_nosteps"
+    c.run_dir = "runs/arithmetic_long_nosteps"
+    return c
