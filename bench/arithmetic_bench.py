@@ -138,7 +138,8 @@ def main() -> None:
     timing = json.loads(Path(args.timing_json).read_text()) if args.timing_json else {}
     if not args.skip_train:
         for name, (_, data_dir, run_dir) in RUNS.items():
-            cmd = [py, "scripts/make_arithmetic_data.py", "--preset", "addsubmul", "--out_dir", data_dir]
+            cmd = [py, "scripts/make_arithmetic_data.py", "--preset", "addsubmul",
+                   "--out_dir", data_dir]
             cmd += ["--no_steps"] if name == "no steps" else []
             _run(cmd)
             commands.append(" ".join(["python", *cmd[1:]]))

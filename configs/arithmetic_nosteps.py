@@ -1,6 +1,7 @@
 """The answers-only control for configs/arithmetic.py: same model, same training tokens, no steps.
 
-python scripts/make_arithmetic_data.py --preset addsubmul --out_dir data/arithmetic_nosteps --no_steps
+python scripts/make_arithmetic_data.py --preset addsubmul --no_steps \
+    --out_dir data/arithmetic_nosteps
 python -m minigpt_jax.train --config configs/arithmetic_nosteps.py
 """
 

@@ -180,19 +180,42 @@ def _config_without_a_model(run: Path) -> None:
 @pytest.mark.parametrize(
     "damage, named",
     [
-        (lambda run: shutil.rmtree(run / "checkpoints" / "4" / "state"), "checkpoints/4"),
         (lambda run: shutil.rmtree(run / "checkpoints"), "checkpoints"),
-        (_truncate_state, "checkpoints/4"),
-        (_break_config_json, "checkpoints/4"),
-        (_config_without_a_model, "checkpoints/4"),
         (lambda run: (run / "checkpoints" / "8").mkdir(), "checkpoints/8"),
     ],
-    ids=["state_deleted", "checkpoints_deleted", "truncated", "config_not_json",
-         "config_no_model", "empty_step_dir"],
+    ids=["checkpoints_deleted", "empty_step_dir"],
 )
 def test_evaluate_damaged_checkpoint(run_copy, capsys, damage, named):
     damage(run_copy)
     assert_fails_cleanly(evaluate.main, ["--run_dir", str(run_copy)], capsys, run_copy, named)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda run: shutil.rmtree(run / "checkpoints" / "4" / "state"),
+        _truncate_state,
+        _break_config_json,
+        _config_without_a_model,
+    ],
+    ids=["state_deleted", "truncated", "config_not_json", "config_no_model"],
+)
+def test_evaluate_falls_back_from_a_damaged_latest_checkpoint(run_copy, capsys, damage):
+    """The checksums recorded at save catch the damage: the latest step is skipped with one
+    warning naming it, the previous one is scored, and asking for the damaged step is refused."""
+    damage(run_copy)
+    before = tree_digest(run_copy)
+    code, out, err = run_main(evaluate.main, ["--run_dir", str(run_copy)], capsys)
+    assert code == 0 and out.startswith("step 2  loss "), (out, err)
+    warning = [line for line in err.splitlines() if "damaged" in line]
+    assert len(warning) == 1 and "checkpoints/4" in warning[0] and "step 2" in warning[0], err
+    assert "Traceback" not in err
+    after = tree_digest(run_copy)
+    assert {k: v for k, v in after.items() if k != "eval_step2.json"} == before
+    assert_fails_cleanly(
+        evaluate.main, ["--run_dir", str(run_copy), "--step", "4"], capsys, run_copy,
+        "checkpoints/4",
+    )
 
 
 def test_evaluate_damaged_tokenizer(trained, tmp_path, capsys):

@@ -346,7 +346,9 @@ def test_modern_muon_run_resumes_bit_exact_loads_evaluates_and_refuses_hf_export
         load_init_params(f"checkpoint:{straight}",
                          dataclasses.replace(record["model"], pos_emb="learned"))
     # HF export refuses it with one message naming the switches, exit 2.
-    assert hf.main(["export", "--run_dir", str(straight), "--out_dir", str(tmp_path / "hf")]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        hf.main(["export", "--run_dir", str(straight), "--out_dir", str(tmp_path / "hf")])
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "only GPT-2's architecture exports" in err and "pos_emb='rope'" in err
     assert "Traceback" not in err and not (tmp_path / "hf").exists()

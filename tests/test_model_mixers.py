@@ -15,6 +15,7 @@ from conftest import read_metrics, tiny_config
 
 from minigpt_jax import generate, train
 from minigpt_jax.checkpoint import load_params
+from minigpt_jax.loggers import JsonlLogger
 from minigpt_jax.model import GPT, MIXERS, GPTConfig, KVCache
 from minigpt_jax.sharding import make_mesh, tree_shardings
 from minigpt_jax.train_state import flops_per_token, muon_labels
@@ -146,15 +147,15 @@ def test_hybrid_trains_and_resumes_bit_exactly(tiny_shards, tmp_path, monkeypatc
     straight = tmp_path / "straight"
     train.train_and_evaluate(tiny_config(tiny_shards, straight, **common))
     resumed = tmp_path / "resumed"
-    write = train.MetricsLog.write
+    write = JsonlLogger.write
 
-    def write_then_signal(self, record):  # a real SIGTERM while step 3 is logged
-        write(self, record)
-        if record["step"] == 3:
+    def write_then_signal(self, step, record):  # a real SIGTERM while step 3 is logged
+        write(self, step, record)
+        if step == 3:
             signal.raise_signal(signal.SIGTERM)
 
     with monkeypatch.context() as m:
-        m.setattr(train.MetricsLog, "write", write_then_signal)
+        m.setattr(JsonlLogger, "write", write_then_signal)
         stopped = train.train_and_evaluate(tiny_config(tiny_shards, resumed, **common))
     assert stopped["stopped_at"] == 3
     train.train_and_evaluate(tiny_config(tiny_shards, resumed, **common))
