@@ -18,7 +18,6 @@ Shakespeare loss, and the command line.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import platform
 import shutil
@@ -34,10 +33,9 @@ CLASSICS = REPO.parent / "shared" / "data" / "classics"
 
 
 def load_config(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    from minigpt_jax.config import load_config_file
+
+    return load_config_file(REPO / "configs" / f"{name}.py")
 
 
 def prepare(files: list[Path], out_dir: Path, val_tokens: int) -> Path:

@@ -7,17 +7,13 @@ model (digit positions on), schedule and steps; data from the same preset withou
     python -m minigpt_jax.eval_arithmetic --run_dir runs/arithmetic_long_nosteps --sample_sets all
 """
 
-import importlib.util
 from pathlib import Path
+
+from minigpt_jax.config import load_config_file
 
 
 def get_config():
-    spec = importlib.util.spec_from_file_location(
-        "arithmetic_long", Path(__file__).with_name("arithmetic_long.py")
-    )
-    base = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(base)
-    c = base.get_config()
+    c = load_config_file(Path(__file__).with_name("arithmetic_long.py"))
     c.data_dir = "data/arithmetic_long_nosteps"
     c.run_dir = "runs/arithmetic_long_nosteps"
     return c

@@ -9,18 +9,13 @@ run picks the best one; the learning rates come from a short CPU sanity check, n
     python -m minigpt_jax.train --config=configs/small_modern.py
 """
 
-import importlib.util
 from pathlib import Path
 
-from minigpt_jax.config import model_fields
+from minigpt_jax.config import load_config_file, model_fields
 
 
 def get_config():
-    # Loaded by path (config files are not a package): this one must stay in step with small.py.
-    spec = importlib.util.spec_from_file_location("small", Path(__file__).with_name("small.py"))
-    small = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(small)
-    c = small.get_config()
+    c = load_config_file(Path(__file__).with_name("small.py"))
     c.model = model_fields("small-modern", vocab_size=257)
     c.run_dir = "runs/small_modern"
     c.optimizer = "muon"

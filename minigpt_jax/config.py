@@ -8,6 +8,7 @@ silent no-op.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -43,6 +44,16 @@ def model_fields(preset: str = "small", **overrides) -> ml_collections.ConfigDic
     if overrides:
         raise ConfigError("model", f"unknown model fields {sorted(overrides)}")
     return ml_collections.ConfigDict({"preset": preset, **fields})
+
+
+def load_config_file(path: str | Path) -> ml_collections.ConfigDict:
+    """`get_config()` of a config file, loaded by its path (configs/ is not a package): how one
+    config builds on another, and how benchmarks and tests read the configs they quote."""
+    path = Path(path)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def default_config() -> ml_collections.ConfigDict:

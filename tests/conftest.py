@@ -107,3 +107,18 @@ def assert_one_line_error(stderr: str, *names: str) -> str:
     for name in names:
         assert str(name) in lines[0], (name, lines[0])
     return lines[0]
+
+
+@pytest.fixture(scope="module")
+def compilation_cache(tmp_path_factory):
+    """For files whose runs compile the same steps again and again: a module-wide disk cache
+    (`pytestmark = pytest.mark.usefixtures("compilation_cache")`)."""
+    import jax
+
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+    old = {n: getattr(jax.config, n) for n in names}
+    jax.config.update(names[0], str(tmp_path_factory.mktemp("jax_cache")))
+    jax.config.update(names[1], 0.0)
+    yield
+    for n, v in old.items():
+        jax.config.update(n, v)

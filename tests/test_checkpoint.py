@@ -26,16 +26,7 @@ from minigpt_jax.train_state import create_train_state, make_lr_schedule, make_o
 TOKENIZER = {"spec": "byte", "name": "byte", "sha256": "ab" * 32, "vocab_size": 257, "eot_id": 256}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def compilation_cache(tmp_path_factory):
-    """Runs in this file compile the same steps again and again: reuse them from a disk cache."""
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-    old = {n: getattr(jax.config, n) for n in names}
-    jax.config.update(names[0], str(tmp_path_factory.mktemp("jax_cache")))
-    jax.config.update(names[1], 0.0)
-    yield
-    for n, v in old.items():
-        jax.config.update(n, v)
+pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 
 def tiny_config(data_dir: Path, run_dir: Path, **overrides):

@@ -30,15 +30,7 @@ from minigpt_jax.tokenizer import ByteTokenizer, tokenizer_record
 BYTE = tokenizer_record("byte", ByteTokenizer())
 
 
-@pytest.fixture(autouse=True, scope="module")
-def compilation_cache(tmp_path_factory):
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-    old = {n: getattr(jax.config, n) for n in names}
-    jax.config.update(names[0], str(tmp_path_factory.mktemp("jax_cache")))
-    jax.config.update(names[1], 0.0)
-    yield
-    for n, v in old.items():
-        jax.config.update(n, v)
+pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 
 def tree_hashes(root: Path) -> dict[str, str]:

@@ -280,13 +280,9 @@ def test_sft_run_trains_on_responses(sft_shards, tmp_path):
 
 
 def _load_config(name: str):
-    import importlib.util
+    from minigpt_jax.config import load_config_file
 
-    path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return load_config_file(Path(__file__).resolve().parents[1] / "configs" / f"{name}.py")
 
 
 def test_fine_tuning_configs_validate_and_fit_their_starting_points(tmp_path):
