@@ -156,10 +156,9 @@ def _batches(data_dir: Path, batch: int, block: int, count: int):
 
 
 def _train_config(data_dir: Path, run_dir: Path, total_steps: int, log_every: int):
-    sys.path.insert(0, str(ROOT / "configs"))
-    from small import get_config
+    from minigpt_jax.config import apply_overrides, load_config_file
 
-    cfg = get_config()
+    cfg = load_config_file(ROOT / "configs" / "small.py")
     settings = {
         **CONFIG,
         "data_dir": str(data_dir),
@@ -167,12 +166,7 @@ def _train_config(data_dir: Path, run_dir: Path, total_steps: int, log_every: in
         "total_steps": total_steps,
         "log_every": log_every,
     }
-    for key, value in settings.items():
-        if key.startswith("model."):
-            cfg.model[key.removeprefix("model.")] = value
-        else:
-            cfg[key] = value
-    return cfg
+    return apply_overrides(cfg, settings)
 
 
 def _manual_attention(q_BTHK, k_BTHK, v_BTHK, *_args, mask=None, is_causal=False, **_kw):

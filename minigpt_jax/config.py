@@ -56,6 +56,19 @@ def load_config_file(path: str | Path) -> ml_collections.ConfigDict:
     return module.get_config()
 
 
+def apply_overrides(
+    c: ml_collections.ConfigDict, settings: dict[str, Any]
+) -> ml_collections.ConfigDict:
+    """Set `settings` on `c` in place, "model.x" keys on the model block, as `--config.` flags do
+    (the locked dict still refuses a misspelt key); returns `c`."""
+    for key, value in settings.items():
+        if key.startswith("model."):
+            c.model[key.removeprefix("model.")] = value
+        else:
+            c[key] = value
+    return c
+
+
 def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     # A preset, then any GPTConfig field: model_fields("gpt2", dropout=0.1).

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from minigpt_jax.config import apply_overrides
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MINIGPT_SHARED_DATA", REPO.parent / "shared" / "data"))
 
@@ -69,12 +71,7 @@ def tiny_config(data_dir: Path, run_dir: Path, **overrides):
     c.warmup_steps, c.log_every, c.eval_every, c.eval_tokens = 2, 3, 6, 256
     c.lr = 3e-3
     c.peak_tflops = 1.0  # skip measuring the CPU's matmul peak
-    for key, value in overrides.items():
-        if key.startswith("model."):
-            c.model[key.removeprefix("model.")] = value
-        else:
-            c[key] = value
-    return c
+    return apply_overrides(c, overrides)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
