@@ -130,6 +130,29 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
+def add_rl_keys(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The reinforcement-learning keys (`python -m minigpt_jax.rl`) on top of a supervised config:
+    the model, data_dir (tokenizer, task files), optimizer and schedule keys keep their meaning,
+    and `init_from` names the policy to start from. Returns `c`, locked again."""
+    c.unlock()
+    c.task = "arithmetic"  # minigpt_jax.tasks.load_task
+    # Per task. arithmetic: process_weight (reward for fully verified steps, on top of the right
+    # answer's 1), max_digits ("+:8,-:8": the longest operand the curriculum may reach per op).
+    c.task_options = ml_collections.ConfigDict({"process_weight": 0.0, "max_digits": ""})
+    c.prompts_per_step = 16  # distinct problems per step
+    c.group_size = 8  # samples per problem: the group whose mean reward is the baseline
+    c.max_new_tokens = 160
+    c.temperature = 1.0  # the sampling policy; its log-probabilities are at this temperature
+    c.scale_advantages = False  # divide by the group's std (GRPO) or not (Dr. GRPO, nanochat)
+    c.kl_coef = 0.0  # k3 KL penalty to the init_from policy per token; 0 = off (nanochat)
+    c.proposer = "mixture"  # "mixture" | "uniform" | "frontier" (minigpt_jax/curriculum.py)
+    c.proposer_unlock = 0.6  # success a cell needs before the next-longer one opens
+    c.eval_per_cell = 50  # held-out problems per cell in the periodic greedy evaluation
+    c.keep_best = False  # checkpoints carry no val_loss to rank by
+    c.lock()
+    return c
+
+
 def model_config(c: ml_collections.ConfigDict) -> GPTConfig:
     """The run's GPTConfig: the preset, the fields the config sets, and the run's dtype policy."""
     fields = {k: v for k, v in c.model.to_dict().items() if k != "preset" and v is not None}

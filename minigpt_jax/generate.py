@@ -35,7 +35,7 @@ from minigpt_jax.model import GPT, GPTConfig, KVCache
 PREFILL_CHUNK = 512
 
 
-def _bucket(n: int, minimum: int = 1) -> int:
+def bucket_size(n: int, minimum: int = 1) -> int:
     """The next power of two >= n: one compiled loop serves every length up to it."""
     return max(minimum, 1 << max(n - 1, 0).bit_length())
 
@@ -225,7 +225,7 @@ def sample(
         )
     else:
         prompts = [last_document(list(p), eot_id, fits) for p in prompts]
-    B, P = _bucket(len(prompts)), _bucket(max(len(p) for p in prompts), minimum=8)
+    B, P = bucket_size(len(prompts)), bucket_size(max(len(p) for p in prompts), minimum=8)
     tokens_BP = np.zeros((B, P), np.int32)
     start_B = np.full((B,), P - 1, np.int32)  # batch-padding rows: a one-token prompt of id 0
     for b, p in enumerate(prompts):

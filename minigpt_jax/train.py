@@ -67,7 +67,8 @@ from minigpt_jax.train_state import (
     make_train_step,
 )
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.")
+# The one --config flag (absl flags are global): minigpt_jax.rl parses its command line with it too.
+CONFIG_FLAG = config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.")
 
 
 def _fail(message: str) -> None:
@@ -348,6 +349,9 @@ def train_loop(run: Run) -> dict[str, Any]:
                         "lr": float(run.schedule(step - 1)),
                         "tokens_per_s": tokens_per_s,
                         "mfu": tokens_per_s / tokens_per_step * flops_per_step / peak_total,
+                        # this process's CPU time so far, every thread (compiles included):
+                        # how runs compare at equal CPU budgets on a shared machine
+                        "cpu_minutes": time.process_time() / 60,
                     }
                     if do_eval:
                         try:
@@ -447,13 +451,13 @@ def _show(progress, record: dict[str, Any], is_main: bool) -> None:
         tqdm.write(" ".join(fields))
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
+def parse_flags(argv: list[str]) -> list[str]:
     """absl parsing with one clear line per mistake (unknown key, bad value, no file); exit 2."""
     try:
         rest = flags.FLAGS(argv)
-        if _CONFIG.value is None:
+        if CONFIG_FLAG.value is None:
             _fail("--config is required, e.g. --config configs/small.py")
-        _CONFIG.value.keys()  # a config file that failed to load raises its OSError here
+        CONFIG_FLAG.value.keys()  # a config file that failed to load raises its OSError here
         return rest
     except SyntaxError as e:
         _fail(f"{e.filename}:{e.lineno}: syntax error in the config file ({e.msg})")
@@ -500,7 +504,7 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)  # keep JAX's backend probing out of the training log
     try:
         with exit_on_user_error(sharding.DistributedError):
-            record = train_and_evaluate(_CONFIG.value, command=True)
+            record = train_and_evaluate(CONFIG_FLAG.value, command=True)
     except KeyboardInterrupt:  # a second Ctrl-C, during the final save
         print("interrupted (SIGINT); the last committed checkpoint is intact", file=sys.stderr)
         sys.exit(130)
@@ -509,4 +513,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=parse_flags)

@@ -61,8 +61,8 @@ _PARSE_AND_VALIDATE = """
 import json, sys
 from minigpt_jax import train
 from minigpt_jax.config import validate_config
-train._parse_flags(sys.argv)
-c = train._CONFIG.value
+train.parse_flags(sys.argv)
+c = train.CONFIG_FLAG.value
 validate_config(c, num_devices=1)
 vocab = train.resolve_tokenizer(c)["vocab_size"]
 print(json.dumps([c.total_steps, c.compute_dtype, c.model.preset, c.model.vocab_size, vocab]))

@@ -15,4 +15,77 @@ evaluation and (coming) reinforcement learning can take any task without knowing
 
 The trainer imports no task: what it needs of one is in the data directory's manifest.
 `minigpt_jax.tasks.arithmetic` is the first task.
+
+Reinforcement learning (`minigpt_jax.rl`) and test-time training (`minigpt_jax.ttt`) take a task
+through the `RLTask` protocol below and nothing else, so a second task plugs in by implementing it
+(and a line in `load_task`). Problems are grouped into *cells* (for arithmetic: operation and digit
+counts) that the self-play proposer (`minigpt_jax.curriculum`) tracks success on.
 """
+
+from __future__ import annotations
+
+import random
+from collections.abc import Hashable, Sequence
+from typing import Any, Protocol
+
+Cell = Hashable
+
+
+class RLTask(Protocol):
+    """What the RL loop needs of a task: problems by cell, prompts, rewards, held-out problems."""
+
+    name: str
+
+    def cells(self) -> Sequence[Cell]:
+        """Every cell a curriculum may draw from, in a fixed order (saved statistics follow it)."""
+        ...
+
+    def trained_cells(self) -> Sequence[Cell]:
+        """The cells of the supervised data: open from the start, the uniform proposer's range."""
+        ...
+
+    def prerequisite(self, cell: Cell) -> Cell | None:
+        """The cell that must be mostly solved before `cell` opens (None: open from the start)."""
+        ...
+
+    def problem(self, rng: random.Random, cell: Cell) -> Any:
+        """A problem of `cell`, never one of `heldout()`."""
+        ...
+
+    def prompt(self, problem: Any) -> str: ...
+
+    def reward(self, problem: Any, completion: str) -> float:
+        """The scalar the policy is trained on (exact and cheap: it runs on every sample)."""
+        ...
+
+    def solved(self, problem: Any, completion: str) -> bool:
+        """The final answer is right: what pass@k and held-out accuracy count."""
+        ...
+
+    def verify(self, problem: Any, completion: str) -> bool:
+        """Accept a solution without knowing its answer (test-time training's filter)."""
+        ...
+
+    def cell_of(self, problem: Any) -> Cell: ...
+
+    def cell_name(self, cell: Cell) -> str:
+        """A short label for logs and tables."""
+        ...
+
+    def heldout(self) -> Sequence[Any]:
+        """Problems never trained on, for the loop's greedy accuracy."""
+        ...
+
+
+def load_task(name: str, data_dir: str, options: dict[str, Any] | None = None) -> RLTask:
+    """The task called `name`, reading what it needs from `data_dir` (its manifest, test files)."""
+    from minigpt_jax.errors import ConfigError
+
+    if name == "arithmetic":
+        from minigpt_jax.tasks.arithmetic.task import ArithmeticTask
+
+        return ArithmeticTask.from_data_dir(data_dir, **(options or {}))
+    raise ConfigError("task", f"{name!r} is not a task; use 'arithmetic'")
+
+
+__all__ = ["Cell", "RLTask", "load_task"]

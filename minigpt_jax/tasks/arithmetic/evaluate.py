@@ -152,6 +152,61 @@ def evaluate_cell(
     return result
 
 
+def ttt_cell(
+    problems: Sequence[arithmetic.Problem],
+    make_sample_fn: Callable[[Any], SampleFn],
+    params: Any,
+    train_fn: Callable[[list[tuple[list[int], list[int]]]], Any],
+    encode: Callable[[str], list[int]],
+    decode: Callable[[list[int]], str],
+    eot_id: int,
+    samples: int,
+    temperature: float,
+    seed: int,
+    batch_size: int,
+    max_new: int,
+) -> dict[str, Any]:
+    """Test-time training on one cell (minigpt_jax/ttt.py): greedy before; `samples` solutions per
+    problem, the verified ones kept (verified@N is the equal-samples baseline); `train_fn` on
+    those (prompt, solution) pairs; greedy again with the new params. No answer is looked at
+    until scoring. "transfer" scores only the problems that had no verified sample to learn from.
+    """
+
+    def run(fn, rows, temp, seed_):
+        out = []
+        for i in range(0, len(rows), batch_size):
+            chunk = rows[i : i + batch_size]
+            padded = chunk + [chunk[0]] * (batch_size - len(chunk))
+            out += [decode(t) for t in fn(padded, max_new, temp, seed_ + i)[: len(chunk)]]
+        return out
+
+    prompts = [[eot_id, *encode(p.prompt)] for p in problems]
+    before = make_sample_fn(params)
+    greedy = run(before, prompts, 0.0, seed)
+    flat = run(before, [p for _ in range(samples) for p in prompts], temperature, seed + 1)
+    per_problem = [[flat[k * len(problems) + i] for k in range(samples)]
+                   for i in range(len(problems))]
+    examples, has_example = [], []
+    for p, prompt, texts in zip(problems, prompts, per_problem, strict=True):
+        kept = list(dict.fromkeys(t for t in texts if checker.verify_solution(p, t)))
+        examples += [(prompt, [*encode(t), eot_id]) for t in kept]
+        has_example.append(bool(kept))
+    after = run(make_sample_fn(train_fn(examples)), prompts, 0.0, seed)
+    right = [checker.parse_answer(t) == p.answer for p, t in zip(problems, after, strict=True)]
+    transfer = [r for r, h in zip(right, has_example, strict=True) if not h]
+    return {
+        "n": len(problems),
+        "greedy": _mean([checker.parse_answer(t) == p.answer
+                         for p, t in zip(problems, greedy, strict=True)]),
+        f"verified@{samples}": _mean([checker.verified_vote(p, texts) == p.answer
+                                      for p, texts in zip(problems, per_problem, strict=True)]),
+        "ttt_greedy": _mean(right),
+        "ttt_examples": len(examples),
+        "problems_with_a_verified_sample": sum(has_example),
+        "ttt_greedy_transfer": _mean(transfer) if transfer else None,
+    }
+
+
 def _mean_or_none(xs: Sequence[float | None]) -> float | None:
     kept = [x for x in xs if x is not None]
     return sum(kept) / len(kept) if kept else None
@@ -249,6 +304,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--temperature {args.temperature}: must be a finite number >= 0")
     if args.max_per_cell < 0:
         raise UserError(f"--max_per_cell {args.max_per_cell}: must be >= 0 (0 = all)")
+    if args.ttt_cells and args.samples < 1:
+        raise UserError("--ttt_cells needs sampled solutions to learn from: pass --samples N >= 1")
+    if args.ttt_cells and (args.ttt_steps < 1 or args.ttt_batch < 1 or not args.ttt_lr > 0):
+        raise UserError("--ttt_steps and --ttt_batch must be >= 1 and --ttt_lr > 0")
 
 
 def length_curves(
@@ -307,6 +366,43 @@ def plot_length_curves(
     plot_curves(panels, out_path, ncols=2, title=title or None)
 
 
+def _run_ttt(args, sets, results, make_sample_fn, params, model_cfg, tok) -> dict[str, Any]:
+    """--ttt_cells: test-time training per named held-out cell (see `ttt_cell`)."""
+    from minigpt_jax.ttt import test_time_train
+
+    heldout = results.get("heldout") or next(iter(results.values()))
+    set_name = "heldout" if "heldout" in results else next(iter(results))
+    names = [n.strip() for n in args.ttt_cells.split(",") if n.strip()]
+    if names == ["hardest"]:
+        names = [min(heldout, key=lambda k: heldout[k]["greedy"])]
+    unknown = [n for n in names if n not in heldout]
+    if unknown:
+        raise UserError(f"--ttt_cells: no cell {unknown} in {set_name}; cells: {sorted(heldout)}")
+    out = {}
+    for name in names:
+        cell = [p for p in sets[set_name] if f"{arithmetic.OP_NAMES[p.op]} {p.level}" == name]
+        cell = cell[: args.max_per_cell] if args.max_per_cell else cell
+        t0 = time.perf_counter()
+        r = ttt_cell(
+            cell, make_sample_fn, params,
+            lambda ex: test_time_train(model_cfg, params, ex, steps=args.ttt_steps,
+                                       lr=args.ttt_lr, batch_size=args.ttt_batch,
+                                       pad_id=tok.eot_id, seed=args.seed),
+            tok.encode, tok.decode, tok.eot_id, args.samples, args.temperature, args.seed,
+            args.batch_size, heldout[name]["max_new_tokens"],
+        )
+        r["seconds"] = round(time.perf_counter() - t0, 1)
+        out[name] = r
+        transfer = r["ttt_greedy_transfer"]
+        print(f"TTT {name}: greedy {r['greedy']:.3f}, verified@{args.samples} "
+              f"{r[f'verified@{args.samples}']:.3f}, after {args.ttt_steps} steps on "
+              f"{r['ttt_examples']} verified samples: greedy {r['ttt_greedy']:.3f} (problems "
+              f"with no verified sample: "
+              f"{'-' if transfer is None else f'{transfer:.3f}'}) [{r['seconds']:.0f}s]",
+              flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(
         prog="python -m minigpt_jax.eval_arithmetic", description=__doc__,
@@ -323,6 +419,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--batch_size", type=int, default=128, help="rows per decode call")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="default: <run_dir>/eval_arithmetic.json")
+    ap.add_argument("--ttt_cells", default="",
+                    help="test-time training on these held-out cells ('div 4/2,mul 2x2', or "
+                         "'hardest': the lowest greedy); needs --samples > 0")
+    ap.add_argument("--ttt_steps", type=int, default=30, help="gradient steps per cell")
+    ap.add_argument("--ttt_lr", type=float, default=3e-4)
+    ap.add_argument("--ttt_batch", type=int, default=16, help="verified solutions per step")
     ap.add_argument("--plot", default=None,
                     help="length-curve PNG; default: <run_dir>/eval_arithmetic_lengths.png; "
                          "'none' skips it (needs matplotlib)")
@@ -351,16 +453,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model_cfg = record["model"]
     manifest = read_manifest(data_dir) or {}
 
-    def sample_fn(prompts, max_new, temperature, seed):
-        return sample(
-            model_cfg,
-            params,
-            prompts,
-            max_new,
-            temperature=temperature,
-            seed=seed,
-            eot_id=tok.eot_id,
-        )
+    def make_sample_fn(params) -> SampleFn:
+        def sample_fn(prompts, max_new, temperature, seed):
+            return sample(model_cfg, params, prompts, max_new, temperature=temperature, seed=seed,
+                          eot_id=tok.eot_id)
+
+        return sample_fn
+
+    sample_fn = make_sample_fn(params)
 
     t0 = time.perf_counter()
     results = evaluate_sets(
@@ -390,6 +490,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     curves = length_curves(results, args.samples)
     report["length_curves"] = curves
+    if args.ttt_cells:
+        with exit_on_user_error():  # an unknown cell name
+            report["ttt"] = _run_ttt(args, sets, results, make_sample_fn, params, model_cfg,
+                                     tok)
     print(f"{args.run_dir} step {record['step']} (worked steps: {report['worked_steps']})")
     print(markdown_table(results, args.samples))
     print("\nLength curves (accuracy vs digits):")

@@ -1,0 +1,369 @@
+"""`python -m minigpt_jax.rl --config configs/arithmetic_rl.py`: RL with verifiable rewards.
+
+Each step: the proposer (minigpt_jax/curriculum.py) picks `prompts_per_step` problems of the task
+(minigpt_jax/tasks), the KV-cache sampler (minigpt_jax/generate.py, one compiled decode loop)
+writes `group_size` completions of each, the task scores them, and one policy-gradient step
+(minigpt_jax/policy_gradient.py) moves the policy toward the samples that beat their group's mean.
+The step runs through the same optimizer chain, shardings and donation as supervised training.
+
+Logged per step: mean reward, pass@1 and pass@G on the batch, completion length, KL to the
+initial policy (when `kl_coef` > 0), sampled tokens/s; every `eval_every` steps the greedy
+accuracy on held-out problems, per cell and overall. Checkpoints hold the train state and the
+proposer's statistics; rollouts draw from (seed, step), so a resumed run continues exactly as an
+uninterrupted one. The run directory is locked as in training; SIGTERM/SIGINT save and stop.
+Checkpoints load like any run's (`checkpoint.load_params`, `generate`, `eval_arithmetic`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import random
+import sys
+import time
+from collections import defaultdict
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, logging
+from tqdm import tqdm
+
+from minigpt_jax import run_dir, sharding
+from minigpt_jax.config import config_record, model_config, validate_config, write_run_files
+from minigpt_jax.curriculum import PROPOSERS, Proposer
+from minigpt_jax.errors import ConfigError, exit_on_user_error
+from minigpt_jax.generate import bucket_size, max_prompt_tokens, sample
+from minigpt_jax.model import GPT, GPTConfig
+from minigpt_jax.policy_gradient import (
+    group_advantages,
+    make_logprob_fn,
+    make_pg_step,
+    rollout_batch,
+)
+from minigpt_jax.tasks import RLTask, load_task
+from minigpt_jax.train import (
+    CONFIG_FLAG,
+    ExitOnSignalDuringStartup,
+    StopOnSignal,
+    open_checkpoints,
+    parse_flags,
+    resolve_tokenizer,
+)
+from minigpt_jax.train_state import create_train_state, make_lr_schedule, make_optimizer
+
+EVAL_BATCH = 128  # rows per greedy decode call in the held-out evaluation (one compiled shape)
+
+
+class RLState(flax.struct.PyTreeNode):
+    """What an RL checkpoint holds: the train state's fields plus the proposer's statistics."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    proposer: dict[str, jax.Array]
+
+
+def validate_rl_config(cfg: ml_collections.ConfigDict) -> None:
+    for key in ("prompts_per_step", "group_size", "max_new_tokens", "eval_per_cell"):
+        if cfg[key] <= 0:
+            raise ConfigError(key, f"must be positive, got {cfg[key]}")
+    if cfg.group_size < 2:
+        raise ConfigError("group_size", f"{cfg.group_size}: a group baseline needs >= 2 samples")
+    if not 0 < cfg.temperature < float("inf"):
+        raise ConfigError("temperature", f"{cfg.temperature}: sample at a finite T > 0")
+    if cfg.kl_coef < 0:
+        raise ConfigError("kl_coef", f"{cfg.kl_coef} is negative; use 0 (off) or more")
+    if cfg.kl_coef and cfg.init_from == "scratch":
+        raise ConfigError("kl_coef", "a KL penalty needs a reference policy: set init_from")
+    if cfg.proposer not in PROPOSERS:
+        raise ConfigError("proposer", f"{cfg.proposer!r}: use one of {', '.join(PROPOSERS)}")
+    if not 0 <= cfg.proposer_unlock <= 1:
+        raise ConfigError("proposer_unlock", f"{cfg.proposer_unlock} is not in [0, 1]")
+    rows = cfg.prompts_per_step * cfg.group_size
+    if rows % jax.device_count():
+        raise ConfigError(
+            "prompts_per_step",
+            f"{rows} rollouts per step cannot be split over {jax.device_count()} devices",
+        )
+
+
+@dataclasses.dataclass
+class RLRun:
+    cfg: ml_collections.ConfigDict
+    model_cfg: GPTConfig
+    mesh: jax.sharding.Mesh
+    schedule: Any
+    pg_step: Any
+    ref_logprobs: Any  # jitted (ref_params, batch) -> log pi_ref, or None when kl_coef is 0
+    ref_params: Any
+    state: Any
+    task: RLTask
+    proposer: Proposer
+    tokenizer: Any  # the TextTokenizer
+    tokenizer_record: dict[str, Any] | None
+    ckpts: Any
+
+
+def setup(cfg: ml_collections.ConfigDict, task: RLTask | None = None) -> RLRun:
+    """Check everything, load the initial policy, resume when the run has a checkpoint."""
+    from minigpt_jax.tokenizer import load_run_tokenizer
+
+    validate_config(cfg, num_devices=jax.device_count())
+    validate_rl_config(cfg)
+    model_cfg = model_config(cfg)
+    record = resolve_tokenizer(cfg)
+    tok = load_run_tokenizer(record, cfg.data_dir)
+    if task is None:
+        task = load_task(cfg.task, cfg.data_dir, cfg.task_options.to_dict())
+    proposer = Proposer(task, cfg.proposer, unlock=cfg.proposer_unlock)
+    if cfg.max_new_tokens > model_cfg.block_size:
+        raise ConfigError("max_new_tokens", f"more than the context ({model_cfg.block_size})")
+    ckpts, resume_step = open_checkpoints(cfg)
+    try:
+        run = _build(cfg, model_cfg, task, proposer, tok, record, ckpts, resume_step)
+    except BaseException:
+        ckpts.close()
+        raise
+    if jax.process_index() == 0:
+        write_run_files(cfg.run_dir, cfg, record)
+    return run
+
+
+def _build(cfg, model_cfg, task, proposer, tok, record, ckpts, resume_step) -> RLRun:
+    mesh = sharding.make_mesh(cfg.mesh_data, cfg.mesh_fsdp)
+    model = GPT(model_cfg)
+    schedule = make_lr_schedule(cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.total_steps)
+    tx = make_optimizer(
+        schedule, cfg.weight_decay, cfg.grad_clip, b1=cfg.adam_b1, b2=cfg.adam_b2,
+        freeze=cfg.freeze, optimizer=cfg.optimizer,
+        muon_lr_scale=cfg.muon_lr / cfg.lr if cfg.optimizer == "muon" else 0.0,
+    )
+    rng = jax.random.key(cfg.seed)
+    abstract_state, shardings, init, pg_step = sharding.jit_sharded(
+        lambda rng: create_train_state(model, tx, rng),
+        make_pg_step(model, tx, cfg.temperature, cfg.kl_coef),
+        rng,
+        mesh,
+    )
+    ref_params = None
+    if cfg.init_from != "scratch":
+        from minigpt_jax.init_from import load_init_params
+
+        ref_params = jax.device_put(
+            load_init_params(cfg.init_from, model_cfg, record), shardings.params
+        )
+    ref_logprobs = None
+    if cfg.kl_coef:
+        ref_logprobs = jax.jit(make_logprob_fn(model, cfg.temperature))
+    if resume_step is None:
+        state = init(rng)
+        if ref_params is not None:
+            params = jax.tree.map(jnp.copy, ref_params)  # the state is donated; the ref stays
+            opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+            state = state.replace(params=params, opt_state=opt_state)
+    else:
+        abstract = RLState(
+            step=abstract_state.step,
+            params=abstract_state.params,
+            opt_state=abstract_state.opt_state,
+            proposer={k: jax.ShapeDtypeStruct(v.shape, v.dtype)
+                      for k, v in proposer.stats.items()},
+        )
+        saved = ckpts.record(resume_step)
+        from minigpt_jax.init_from import check_same_tokenizer
+
+        check_same_tokenizer(saved["tokenizer"], record, "data_dir",
+                             str(ckpts.directory / str(resume_step)))
+        restored, _ = ckpts.restore(resume_step, abstract, sharding.tree_shardings(abstract, mesh))
+        state = init(rng).replace(
+            step=restored.step, params=restored.params, opt_state=restored.opt_state
+        )
+        proposer.stats = {k: np.asarray(v, np.float32) for k, v in restored.proposer.items()}
+        tqdm.write(f"resuming from step {resume_step} ({ckpts.directory / str(resume_step)})")
+    return RLRun(cfg, model_cfg, mesh, schedule, pg_step, ref_logprobs, ref_params, state, task,
+                 proposer, tok, record, ckpts)
+
+
+def step_rng(seed: int, step: int) -> random.Random:
+    """The problems of `step`: a function of (seed, step) alone, so resume redraws them."""
+    return random.Random(seed * 1_000_003 + step)
+
+
+def rollouts(run: RLRun, params: Any, step: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Sample, score and assemble one step's batch; returns (batch arrays, metrics)."""
+    cfg, task, tok = run.cfg, run.task, run.tokenizer
+    rng = step_rng(cfg.seed, step)
+    cells = run.proposer.draw(rng, cfg.prompts_per_step)
+    problems = [task.problem(rng, cell) for cell in cells]
+    fits = max_prompt_tokens(run.model_cfg.block_size, cfg.max_new_tokens)
+    prompts = [[tok.eot_id, *tok.encode(task.prompt(p))][-fits:] for p in problems]
+    rows = [p for p in prompts for _ in range(cfg.group_size)]
+    t0 = time.perf_counter()
+    outs = sample(run.model_cfg, params, rows, cfg.max_new_tokens, temperature=cfg.temperature,
+                  seed=cfg.seed * 1_000_003 + step, eot_id=tok.eot_id)
+    sample_seconds = time.perf_counter() - t0
+    texts = [tok.decode(o) for o in outs]
+    G = cfg.group_size
+    rewards_PG = np.array(
+        [[task.reward(p, texts[i * G + g]) for g in range(G)] for i, p in enumerate(problems)],
+        np.float32,
+    )
+    solved_PG = np.array(
+        [[task.solved(p, texts[i * G + g]) for g in range(G)] for i, p in enumerate(problems)],
+        np.float32,
+    )
+    run.proposer.update([task.cell_of(p) for p in problems], solved_PG.mean(axis=1))
+    adv = group_advantages(rewards_PG, cfg.scale_advantages).reshape(-1)
+    ended = [len(o) < cfg.max_new_tokens for o in outs]
+    longest = max(len(r) + len(o) + 1 for r, o in zip(rows, outs, strict=True))
+    length = min(bucket_size(longest - 1, minimum=32), run.model_cfg.block_size)
+    batch = rollout_batch(rows, outs, ended, adv, tok.eot_id, length)
+    new_tokens = sum(len(o) + e for o, e in zip(outs, ended, strict=True))
+    metrics = {
+        "reward": float(rewards_PG.mean()),
+        "pass@1": float(solved_PG.mean()),
+        f"pass@{G}": float((solved_PG.max(axis=1) > 0).mean()),
+        "response_tokens": new_tokens / len(outs),
+        "truncated": 1.0 - float(np.mean(ended)),
+        "sampled_tokens_per_s": new_tokens / max(sample_seconds, 1e-9),
+    }
+    return batch, metrics
+
+
+def greedy_accuracy(run: RLRun, params: Any) -> dict[str, float]:
+    """Greedy exact-answer accuracy on up to `eval_per_cell` held-out problems per cell."""
+    cfg, task, tok = run.cfg, run.task, run.tokenizer
+    by_cell: dict[Any, list[Any]] = defaultdict(list)
+    for p in task.heldout():
+        cell = task.cell_of(p)
+        if len(by_cell[cell]) < cfg.eval_per_cell:
+            by_cell[cell].append(p)
+    problems = [p for ps in by_cell.values() for p in ps]
+    prompts = [[tok.eot_id, *tok.encode(task.prompt(p))] for p in problems]
+    texts = []
+    for i in range(0, len(prompts), EVAL_BATCH):
+        chunk = prompts[i : i + EVAL_BATCH]
+        padded = chunk + [chunk[0]] * (EVAL_BATCH - len(chunk))
+        outs = sample(run.model_cfg, params, padded, cfg.max_new_tokens, temperature=0.0,
+                      eot_id=tok.eot_id)
+        texts += [tok.decode(o) for o in outs[: len(chunk)]]
+    hits = [task.solved(p, t) for p, t in zip(problems, texts, strict=True)]
+    out = {"heldout_greedy": float(np.mean(hits))}
+    i = 0
+    for cell, ps in by_cell.items():
+        out[f"greedy/{task.cell_name(cell)}"] = float(np.mean(hits[i : i + len(ps)]))
+        i += len(ps)
+    return out
+
+
+def _save(run: RLRun, state: Any, step: int, config_json: dict[str, Any], loss: Any) -> None:
+    rl_state = RLState(
+        step=state.step, params=state.params, opt_state=state.opt_state,
+        proposer={k: jnp.asarray(v) for k, v in run.proposer.stats.items()},
+    )
+    run.ckpts.save(step, rl_state, None, config_json, run.tokenizer_record, loss=loss)
+
+
+def rl_loop(run: RLRun) -> dict[str, Any]:
+    """Steps from the state's step to `total_steps`: rollouts, update, log, evaluate, save."""
+    from minigpt_jax.loggers import make_loggers
+
+    cfg = run.cfg
+    is_main = jax.process_index() == 0
+    state = run.state
+    start_step = int(state.step)
+    log = make_loggers(cfg, start_step, is_main)
+    progress = tqdm(total=cfg.total_steps, initial=start_step, disable=not is_main,
+                    dynamic_ncols=True)
+    config_json, last_record = config_record(cfg), {}
+    t_start = time.perf_counter()
+    with StopOnSignal() as stop:
+        try:
+            if start_step == 0 and cfg.eval_every:
+                last_record = {"step": 0, **greedy_accuracy(run, state.params)}
+                log.write(0, last_record)
+                tqdm.write(f"step 0 heldout_greedy {last_record['heldout_greedy']:.4f}")
+            for step in range(start_step + 1, cfg.total_steps + 1):
+                t0 = time.perf_counter()
+                batch, record = rollouts(run, state.params, step - 1)
+                if run.ref_logprobs is not None:
+                    batch["ref_logp"] = np.asarray(run.ref_logprobs(run.ref_params, batch))
+                state, metrics = run.pg_step(state, sharding.global_batch(batch, run.mesh))
+                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                if not np.isfinite(metrics["loss"]):
+                    from minigpt_jax.errors import DivergedError
+
+                    raise DivergedError(
+                        f"policy-gradient loss is {metrics['loss']} at step {step}; lower "
+                        f"config.lr or raise config.grad_clip's strictness, then resume"
+                    )
+                record = {"step": step, **record, **metrics, "lr": float(run.schedule(step - 1)),
+                          "step_seconds": time.perf_counter() - t0,
+                          "minutes": (time.perf_counter() - t_start) / 60,
+                          "cpu_minutes": time.process_time() / 60}
+                is_last = step == cfg.total_steps
+                if is_last or (cfg.eval_every and step % cfg.eval_every == 0):
+                    record.update(greedy_accuracy(run, state.params))
+                    record.update(run.proposer.summary())
+                progress.update(1)
+                if is_last or step % cfg.log_every == 0 or "heldout_greedy" in record:
+                    log.write(step, record)
+                    _show(progress, record, is_main)
+                last_record = record
+                stopping = stop.requested
+                if is_last or stopping or (cfg.checkpoint_every
+                                           and step % cfg.checkpoint_every == 0):
+                    _save(run, state, step, config_json, metrics["loss"])
+                if stopping:
+                    tqdm.write(f"{stop.received}: saved step {step} to {run.ckpts.directory}; "
+                               f"run the same command to resume")
+                    last_record = {**last_record, "stopped_at": step, "signal": stop.received}
+                    break
+        finally:
+            log.close()
+            progress.close()
+    return last_record
+
+
+def _show(progress, record: dict[str, Any], is_main: bool) -> None:
+    keys = ("reward", "pass@1", "heldout_greedy")
+    progress.set_postfix({k: f"{record[k]:.3f}" for k in keys if k in record})
+    if is_main:
+        shown = {k: v for k, v in record.items() if not k.startswith(("p/", "share/"))}
+        tqdm.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                            for k, v in shown.items()))
+
+
+def train_rl(
+    cfg: ml_collections.ConfigDict, task: RLTask | None = None, command: bool = False
+) -> dict[str, Any]:
+    """RL as configured, holding the run directory's lock; returns the last metrics record.
+    `task` overrides `cfg.task` (a task object implementing `tasks.RLTask`)."""
+    with run_dir.locked(cfg.run_dir) as lock:
+        with ExitOnSignalDuringStartup(lock) if command else contextlib.nullcontext():
+            run = setup(cfg, task)
+        try:
+            return rl_loop(run)
+        finally:
+            run.ckpts.close()
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    try:
+        with exit_on_user_error():
+            record = train_rl(CONFIG_FLAG.value, command=True)
+    except KeyboardInterrupt:
+        print("interrupted (SIGINT); the last committed checkpoint is intact", file=sys.stderr)
+        sys.exit(130)
+    if record.get("signal") == "SIGINT":
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,334 @@
+"""Reinforcement learning: the policy-gradient loss, the proposer, the arithmetic task's interface,
+and the loop end to end on a toy task whose optimum is known (with exact resume)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import read_metrics, tiny_config, write_random_shards
+
+from minigpt_jax.config import add_rl_keys
+from minigpt_jax.curriculum import Proposer
+from minigpt_jax.policy_gradient import (
+    group_advantages,
+    make_pg_step,
+    policy_gradient_loss,
+    rollout_batch,
+    token_logprobs,
+)
+
+pytestmark = pytest.mark.usefixtures("compilation_cache")
+
+
+# --- the loss -------------------------------------------------------------------------------
+
+
+def test_group_advantages_subtract_the_group_mean_and_optionally_scale():
+    rewards = np.array([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 3.0]])
+    np.testing.assert_allclose(
+        group_advantages(rewards),
+        [[0.5, -0.5, -0.5, 0.5], [0, 0, 0, 0], [-0.75, -0.75, -0.75, 2.25]],
+    )
+    scaled = group_advantages(rewards, scale_by_std=True)
+    np.testing.assert_allclose(scaled[0], [1, -1, -1, 1], atol=1e-5)
+    np.testing.assert_allclose(scaled[1], 0)  # an all-right group teaches nothing
+    np.testing.assert_allclose(scaled[2], np.array([-1, -1, -1, 3]) / np.sqrt(3), atol=1e-5)
+
+
+def test_rollout_batch_masks_prompts_and_padding():
+    eot = 9
+    batch = rollout_batch(
+        prompts=[[9, 1, 2], [9, 3]],
+        completions=[[4], [5, 6, 7]],
+        ended=[True, False],  # row 1 ran out of tokens: no eot to learn
+        advantages=[0.5, -1.0],
+        eot_id=eot,
+        length=5,
+    )
+    np.testing.assert_array_equal(batch["inputs"], [[9, 1, 2, 4, 9], [9, 3, 5, 6, 7]])
+    np.testing.assert_array_equal(batch["targets"], [[1, 2, 4, 9, 9], [3, 5, 6, 7, 9]])
+    # row 0 chose 4 then eot (targets 2 and 3); row 1 chose 5, 6, 7 (targets 1..3)
+    np.testing.assert_array_equal(batch["weights"], [[0, 0, 1, 1, 0], [0, 1, 1, 1, 0]])
+    np.testing.assert_array_equal(batch["advantages"], [0.5, -1.0])
+    with pytest.raises(ValueError, match="tokens"):
+        rollout_batch([[9, 1]], [[1, 2, 3, 4, 5]], [True], [0.0], eot, length=4)
+
+
+def test_policy_gradient_loss_matches_a_hand_computation():
+    logp = jnp.array([[-9.0, -1.0, -2.0, -9.0], [-9.0, -0.5, -3.0, -4.0]])
+    weights = jnp.array([[0, 1, 1, 0], [0, 1, 1, 1]], jnp.float32)
+    adv = jnp.array([2.0, -1.0])
+    loss, metrics = policy_gradient_loss(logp, weights, adv)
+    # token-level: -(2*(-1) + 2*(-2) + (-1)*(-0.5) + (-1)*(-3) + (-1)*(-4)) / 5 tokens
+    assert float(loss) == pytest.approx(-(-2 - 4 + 0.5 + 3 + 4) / 5)
+    assert float(metrics["logp"]) == pytest.approx((-1 - 2 - 0.5 - 3 - 4) / 5)
+    ref = logp + jnp.array([[0, 0.1, -0.2, 0], [0, 0.0, 0.3, 0]])
+    loss_kl, metrics = policy_gradient_loss(logp, weights, adv, ref, kl_coef=0.5)
+    k3 = [np.exp(d) - d - 1 for d in (0.1, -0.2, 0.0, 0.3, 0.0)]
+    assert float(metrics["kl"]) == pytest.approx(sum(k3) / 5, rel=1e-5)
+    assert float(loss_kl) == pytest.approx(float(loss) + 0.5 * sum(k3) / 5, rel=1e-5)
+
+
+def test_token_logprobs_follow_the_sampling_temperature():
+    logits = jnp.array([[[2.0, 0.0, -1.0]]])
+    got = token_logprobs(logits, jnp.array([[0]]), temperature=2.0)
+    expected = 1.0 - np.log(np.exp(1.0) + 1.0 + np.exp(-0.5))
+    assert float(got[0, 0]) == pytest.approx(expected, rel=1e-6)
+
+
+def test_one_step_moves_probability_toward_the_better_sample():
+    """The step's direction, not its formula: the advantaged completion becomes likelier."""
+    import optax
+
+    from minigpt_jax.model import GPT, GPTConfig
+    from minigpt_jax.train_state import create_train_state
+
+    cfg = GPTConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=16, block_size=8)
+    model = GPT(cfg)
+    tx = optax.sgd(0.05)  # small enough not to overshoot
+    state = create_train_state(model, tx, jax.random.key(0))
+    batch = rollout_batch([[1, 2], [1, 2]], [[3], [4]], [False, False], [1.0, -1.0], 0, 4)
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+
+    def p_next(params, token):
+        logits = model.apply({"params": params}, jnp.array([[1, 2]]))
+        return float(jax.nn.softmax(logits[0, -1])[token])
+
+    before = p_next(state.params, 3), p_next(state.params, 4)
+    state, metrics = jax.jit(make_pg_step(model, tx, temperature=1.0))(state, batch)
+    after = p_next(state.params, 3), p_next(state.params, 4)
+    assert after[0] > before[0] and after[1] < before[1]
+    assert int(state.step) == 1 and np.isfinite(float(metrics["grad_norm"]))
+
+
+# --- the proposer ---------------------------------------------------------------------------
+
+
+class LadderTask:
+    """Cells 1..8 ("digits"), each needing the one before; only cells 1-2 are trained."""
+
+    name = "ladder"
+
+    def cells(self):
+        return list(range(1, 9))
+
+    def trained_cells(self):
+        return [1, 2]
+
+    def prerequisite(self, cell):
+        return None if cell <= 2 else cell - 1
+
+    def cell_name(self, cell):
+        return f"len {cell}"
+
+    def cell_of(self, problem):
+        return problem
+
+
+def _practise(kind: str, steps: int) -> tuple[float, list[int]]:
+    """A simulated solver that solves cells <= its skill and improves only by attempting the
+    cell just beyond it: (final skill, the proposer's most drawn cell every 30 steps)."""
+    proposer = Proposer(LadderTask(), kind, unlock=0.6)
+    rng, skill, favourite = random.Random(0), 1.0, []
+    for t in range(steps):
+        cells = proposer.draw(rng, 16)
+        proposer.update(cells, [float(c <= skill) for c in cells])
+        skill += 0.02 * sum(c == int(skill) + 1 for c in cells)
+        if t % 30 == 29:
+            favourite.append(proposer.cells[int(np.argmax(proposer.weights()))])
+    return skill, favourite
+
+
+def test_frontier_proposer_moves_to_longer_cells_as_the_solver_improves():
+    proposer = Proposer(LadderTask(), "frontier", unlock=0.6)
+    assert proposer.open_cells().tolist() == [True, True] + [False] * 6
+    skill, favourite = _practise("frontier", 150)
+    assert favourite == sorted(favourite) and favourite[-1] >= favourite[0] + 3, favourite
+    assert skill > 7.5
+    # uniform over the open cells also opens longer ones, but practises the frontier less
+    uniform_skill, _ = _practise("uniform", 150)
+    assert uniform_skill < skill
+
+
+def test_uniform_and_mixture_proposers():
+    task = LadderTask()
+    uniform = Proposer(task, "uniform")
+    drawn = uniform.draw(random.Random(1), 400)
+    assert set(drawn) == {1, 2}  # only open cells
+    assert Proposer(task, "mixture").draw(random.Random(1), 3) == [None, None, None]
+    with pytest.raises(ValueError, match="proposer"):
+        Proposer(task, "greedy")
+
+
+# --- the arithmetic task --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def arithmetic_dir(tmp_path_factory) -> Path:
+    from minigpt_jax.tasks.arithmetic import data
+
+    out = tmp_path_factory.mktemp("arith") / "data"
+    data.main(["--out_dir", str(out), "--train_tokens", "20000", "--val_tokens", "2048"])
+    return out
+
+
+def test_arithmetic_task_cells_rewards_and_heldout(arithmetic_dir):
+    from minigpt_jax.tasks import load_task
+    from minigpt_jax.tasks.arithmetic import Problem, solution
+
+    options = {"max_digits": "+:5", "process_weight": 0.5}
+    task = load_task("arithmetic", str(arithmetic_dir), options)
+    assert ("+", 3, 3) in task.trained_cells() and ("+", 4, 4) not in task.trained_cells()
+    assert ("+", 5, 5) in task.cells() and ("+", 6, 6) not in task.cells()
+    assert task.prerequisite(("+", 5, 5)) == ("+", 4, 4)
+    assert task.prerequisite(("+", 3, 3)) is None
+    assert task.prerequisite(("/", 4, 2)) is None
+    p = Problem("*", 47, 85)
+    assert task.reward(p, solution(p)) == 1.5
+    assert task.reward(p, "A:3995\n") == 1.0  # right answer, no steps to verify
+    assert task.reward(p, solution(Problem("*", 47, 86))) == 0.0
+    assert task.cell_name(task.cell_of(p)) == "mul 2x2"
+    heldout = set(task.heldout())
+    rng = random.Random(0)
+    drawn = [task.problem(rng, ("+", 2, 2)) for _ in range(3000)]
+    assert not heldout & set(drawn) and all(len(str(q.a)) == 2 for q in drawn)
+    assert any(q.op == "/" for q in (task.problem(rng, None) for _ in range(200)))
+
+
+def test_arithmetic_task_refuses_bad_options(arithmetic_dir, tmp_path):
+    from minigpt_jax.errors import ConfigError, DataError
+    from minigpt_jax.tasks import load_task
+
+    with pytest.raises(ConfigError, match="max_digits"):
+        load_task("arithmetic", str(arithmetic_dir), {"max_digits": "+8"})
+    with pytest.raises(ConfigError, match="task"):
+        load_task("chess", str(arithmetic_dir))
+    with pytest.raises(DataError, match="not arithmetic data"):
+        load_task("arithmetic", str(write_random_shards(tmp_path / "d")))
+
+
+# --- the loop on a toy task -----------------------------------------------------------------
+
+
+class FirstDigitTask:
+    """Reward 1 when the first new character is a decimal digit: the optimum (always a digit)
+    is known, and a random byte-level policy finds it about 4% of the time."""
+
+    name = "first_digit"
+
+    def cells(self):
+        return ["q"]
+
+    def trained_cells(self):
+        return ["q"]
+
+    def prerequisite(self, cell):
+        return None
+
+    def problem(self, rng, cell):
+        return rng.choice("abcdefgh")
+
+    def prompt(self, problem):
+        return problem + "?\n"
+
+    def solved(self, problem, completion):
+        return completion[:1].isdigit()
+
+    reward = solved
+    verify = solved
+
+    def cell_of(self, problem):
+        return "q"
+
+    def cell_name(self, cell):
+        return cell
+
+    def heldout(self):
+        return list("xyz")
+
+
+def _toy_config(tmp_path: Path, **overrides):
+    data = write_random_shards(tmp_path / "data")
+    c = add_rl_keys(tiny_config(data, tmp_path / "run", tokenizer="byte"))
+    c.total_steps, c.warmup_steps, c.lr, c.min_lr = 30, 0, 3e-2, 3e-2
+    c.prompts_per_step, c.group_size, c.max_new_tokens = 4, 8, 1
+    c.eval_every, c.eval_per_cell, c.log_every, c.checkpoint_every = 10, 3, 1, 0
+    c.proposer = "frontier"
+    for k, v in overrides.items():
+        c[k] = v
+    return c
+
+
+def test_rl_reaches_a_known_optimum_on_a_toy_task(tmp_path):
+    from minigpt_jax.rl import train_rl
+
+    cfg = _toy_config(tmp_path)
+    last = train_rl(cfg, task=FirstDigitTask())
+    records = read_metrics(Path(cfg.run_dir))
+    assert records[0]["step"] == 0 and records[0]["heldout_greedy"] == 0.0
+    first_rewards = np.mean([r["reward"] for r in records[1:6]])
+    assert first_rewards < 0.3
+    assert last["heldout_greedy"] == 1.0  # greedy answers a digit to every held-out prompt
+    assert np.mean([r["reward"] for r in records[-5:]]) > 0.9
+
+
+def test_rl_resume_is_bit_exact_and_keeps_the_proposer_statistics(tmp_path):
+    from minigpt_jax.checkpoint import RunCheckpoints
+    from minigpt_jax.rl import train_rl
+
+    straight = _toy_config(tmp_path / "a", total_steps=6, eval_every=0, checkpoint_every=6)
+    train_rl(straight, task=FirstDigitTask())
+    halves = _toy_config(tmp_path / "b", total_steps=3, eval_every=0, checkpoint_every=3)
+    train_rl(halves, task=FirstDigitTask())
+    halves.unlock()
+    halves.total_steps = 6
+    train_rl(halves, task=FirstDigitTask())
+
+    def restored(run):
+        ckpts = RunCheckpoints(run, read_only=True)
+        try:
+            return ckpts.manager.restore(6)["state"]
+        finally:
+            ckpts.close()
+
+    a, b = restored(straight.run_dir), restored(halves.run_dir)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert float(np.asarray(a["proposer"]["attempts"])[0]) > 0
+    ra, rb = read_metrics(Path(straight.run_dir)), read_metrics(Path(halves.run_dir))
+    assert [r["reward"] for r in ra] == [r["reward"] for r in rb]
+
+
+def test_rl_checkpoint_loads_for_inference(tmp_path):
+    from minigpt_jax.checkpoint import load_params
+    from minigpt_jax.rl import train_rl
+
+    cfg = _toy_config(tmp_path, total_steps=2, eval_every=0)
+    train_rl(cfg, task=FirstDigitTask())
+    params, record = load_params(cfg.run_dir)
+    assert record["step"] == 2 and record["tokenizer"]["name"] == "byte"
+    assert record["model"].n_layer == 2 and "wte" in params
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("group_size", 1, "group_size"),
+        ("temperature", 0.0, "temperature"),
+        ("proposer", "best", "proposer"),
+        ("kl_coef", 0.1, "kl_coef"),  # no reference policy: init_from is scratch
+    ],
+)
+def test_rl_config_errors_name_the_key(tmp_path, key, value, message):
+    from minigpt_jax.errors import ConfigError
+    from minigpt_jax.rl import train_rl
+
+    cfg = _toy_config(tmp_path, **{key: value})
+    with pytest.raises(ConfigError, match=message):
+        train_rl(cfg, task=FirstDigitTask())
+    assert not (Path(cfg.run_dir) / "checkpoints").exists()
