@@ -22,6 +22,7 @@ import functools
 import math
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -252,6 +253,25 @@ def sample(
             row = row[: row.index(eot_id)]
         results.append(row)
     return results
+
+
+def sample_in_batches(
+    sample_fn: Callable[[list[list[int]], int, float, int], list[list[int]]],
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+    batch_size: int,
+) -> list[list[int]]:
+    """`sample_fn(rows, max_new_tokens, temperature, seed)` over `prompts` in chunks of exactly
+    `batch_size` rows (the last padded with copies of its first), so that one compiled decode
+    loop serves any number of prompts; chunk i is seeded `seed + i * batch_size`."""
+    out: list[list[int]] = []
+    for i in range(0, len(prompts), batch_size):
+        chunk = prompts[i : i + batch_size]
+        padded = chunk + [chunk[0]] * (batch_size - len(chunk))
+        out += sample_fn(padded, max_new_tokens, temperature, seed + i)[: len(chunk)]
+    return out
 
 
 def main(argv: list[str] | None = None) -> list[str]:

@@ -36,7 +36,7 @@ from minigpt_jax import run_dir, sharding
 from minigpt_jax.config import config_record, model_config, validate_config, write_run_files
 from minigpt_jax.curriculum import PROPOSERS, Proposer
 from minigpt_jax.errors import ConfigError, exit_on_user_error
-from minigpt_jax.generate import bucket_size, max_prompt_tokens, sample
+from minigpt_jax.generate import bucket_size, max_prompt_tokens, sample, sample_in_batches
 from minigpt_jax.model import GPT, GPTConfig
 from minigpt_jax.policy_gradient import (
     group_advantages,
@@ -244,13 +244,13 @@ def greedy_accuracy(run: RLRun, params: Any) -> dict[str, float]:
             by_cell[cell].append(p)
     problems = [p for ps in by_cell.values() for p in ps]
     prompts = [[tok.eot_id, *tok.encode(task.prompt(p))] for p in problems]
-    texts = []
-    for i in range(0, len(prompts), EVAL_BATCH):
-        chunk = prompts[i : i + EVAL_BATCH]
-        padded = chunk + [chunk[0]] * (EVAL_BATCH - len(chunk))
-        outs = sample(run.model_cfg, params, padded, cfg.max_new_tokens, temperature=0.0,
+
+    def greedy(rows, max_new, temperature, seed):
+        return sample(run.model_cfg, params, rows, max_new, temperature=temperature, seed=seed,
                       eot_id=tok.eot_id)
-        texts += [tok.decode(o) for o in outs[: len(chunk)]]
+
+    outs = sample_in_batches(greedy, prompts, cfg.max_new_tokens, 0.0, 0, EVAL_BATCH)
+    texts = [tok.decode(o) for o in outs]
     hits = [task.solved(p, t) for p, t in zip(problems, texts, strict=True)]
     out = {"heldout_greedy": float(np.mean(hits))}
     i = 0

@@ -198,6 +198,11 @@ def test_arithmetic_task_cells_rewards_and_heldout(arithmetic_dir):
     drawn = [task.problem(rng, ("+", 2, 2)) for _ in range(3000)]
     assert not heldout & set(drawn) and all(len(str(q.a)) == 2 for q in drawn)
     assert any(q.op == "/" for q in (task.problem(rng, None) for _ in range(200)))
+    # longer-number test problems are scored once the curriculum may reach them, never drawn
+    assert ("+", 4, 4) in {task.cell_of(q) for q in task.heldout()}
+    plain = load_task("arithmetic", str(arithmetic_dir))
+    assert ("+", 4, 4) not in {plain.cell_of(q) for q in plain.heldout()}
+    assert not set(task.heldout()) & {task.problem(rng, ("+", 4, 4)) for _ in range(300)}
 
 
 def test_arithmetic_task_refuses_bad_options(arithmetic_dir, tmp_path):

@@ -30,6 +30,7 @@ from typing import Any
 
 from minigpt_jax.errors import DataError, UserError, exit_on_user_error
 from minigpt_jax.files import read_jsonl
+from minigpt_jax.generate import sample_in_batches
 from minigpt_jax.tasks.arithmetic import checker
 from minigpt_jax.tasks.arithmetic import problems as arithmetic
 from minigpt_jax.tasks.arithmetic.data import TEST_FILES
@@ -97,12 +98,8 @@ def evaluate_cell(
         max_new = budget_tokens(problems, max(map(len, prompts)), block_size)
 
     def run(rows: list[list[int]], temp: float, seed_: int) -> list[str]:
-        out = []
-        for i in range(0, len(rows), batch_size):
-            chunk = rows[i : i + batch_size]
-            padded = chunk + [chunk[0]] * (batch_size - len(chunk))
-            out += [decode(t) for t in sample_fn(padded, max_new, temp, seed_ + i)[: len(chunk)]]
-        return out
+        outs = sample_in_batches(sample_fn, rows, max_new, temp, seed_, batch_size)
+        return [decode(t) for t in outs]
 
     greedy = run(prompts, 0.0, seed)
     answers = [p.answer for p in problems]
@@ -173,12 +170,7 @@ def ttt_cell(
     """
 
     def run(fn, rows, temp, seed_):
-        out = []
-        for i in range(0, len(rows), batch_size):
-            chunk = rows[i : i + batch_size]
-            padded = chunk + [chunk[0]] * (batch_size - len(chunk))
-            out += [decode(t) for t in fn(padded, max_new, temp, seed_ + i)[: len(chunk)]]
-        return out
+        return [decode(t) for t in sample_in_batches(fn, rows, max_new, temp, seed_, batch_size)]
 
     prompts = [[eot_id, *encode(p.prompt)] for p in problems]
     before = make_sample_fn(params)

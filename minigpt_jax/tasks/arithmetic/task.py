@@ -71,8 +71,9 @@ class ArithmeticTask:
         max_digits: dict[str, int] | str | None = None,
         process_weight: float = 0.0,
     ) -> ArithmeticTask:
-        """The mixture from the manifest `scripts/make_arithmetic_data.py` wrote, its test sets
-        (every set: none is ever drawn for training)."""
+        """The mixture from the manifest `scripts/make_arithmetic_data.py` wrote, and its test
+        sets: none is ever drawn for training; the held-out one is scored, and the longer-numbers
+        one too when `max_digits` lets the curriculum reach past the supervised lengths."""
         from minigpt_jax.tasks.arithmetic.evaluate import load_test_set
 
         manifest = read_manifest(data_dir) or {}
@@ -91,6 +92,8 @@ class ArithmeticTask:
         unknown = sorted(set(max_digits or {}) - set(OPS))
         if unknown:
             raise ConfigError("task_options.max_digits", f"unknown operations {unknown}; use {OPS}")
+        if max_digits:  # the curriculum can reach longer cells: score them too
+            heldout = heldout + [p for p in others if p not in set(heldout)]
         t = cls(mixture, heldout, dict(max_digits or {}), process_weight)
         t._banned |= set(others)
         return t
