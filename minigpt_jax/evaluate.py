@@ -119,13 +119,6 @@ def token_bytes(ids_N: np.ndarray, tokenizer: Any) -> bytes:
     return tokenizer.decode(ids_N.tolist()).encode("utf-8")
 
 
-def count_bytes(
-    target_batches: list[np.ndarray], tokenizer: Any, weight_batches: list[np.ndarray] | None = None
-) -> int:
-    """Bytes of the evaluated text (`evaluated_bytes`): the denominator of bits per byte."""
-    return len(evaluated_bytes(target_batches, tokenizer, weight_batches))
-
-
 # The compressors and the word rate see at most the last this many bytes of the train split: xz
 # takes seconds per 10 MB, and a compressor's memory of the past is bounded anyway (gzip 32 KB,
 # xz -9 64 MB).
@@ -228,6 +221,14 @@ def evaluate_checkpoint(
         out_shardings=sharding.replicated(mesh),
     )
     val_paths = find_split(cfg.data_dir, "val")
+    if baselines:  # refused before the evaluation, not after it
+        if tok is None or jax.process_count() > 1:
+            raise UserError(
+                f"--baselines needs the run's tokenizer and one process (got "
+                f"{jax.process_count()} processes, tokenizer {'found' if tok else 'none'}); "
+                f"pass --tokenizer byte|gpt2|<path>, or run without --baselines"
+            )
+        find_split(cfg.data_dir, "train")
     batches = list(eval_batches(cfg, val_paths, model_cfg.vocab_size))
     loss_sum, tokens = evaluate_sums(eval_step, params, batches, mesh)
     loss = loss_sum / tokens
@@ -256,12 +257,6 @@ def evaluate_checkpoint(
                 "train_bytes": len(context),
                 "train_tokens": train_tokens,
             }
-    elif baselines:
-        raise UserError(
-            f"--baselines: needs the run's tokenizer and one process (got "
-            f"{jax.process_count()} processes, tokenizer {'none' if tok is None else 'found'}); "
-            f"pass --tokenizer byte|gpt2|<path> or run without --baselines"
-        )
     return result
 
 

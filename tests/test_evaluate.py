@@ -64,17 +64,17 @@ def test_bits_per_byte_counts_the_evaluated_text(trained_run):
     assert result["bits_per_byte"] == pytest.approx(result["loss"] / math.log(2) * 4 / 3)
 
 
-def test_count_bytes_skips_end_of_text_and_keeps_multibyte_characters():
+def test_evaluated_bytes_skips_end_of_text_and_keeps_multibyte_characters():
     tok = ByteTokenizer()
     text = "naïve café"
     ids = np.array([list(text.encode()) + [tok.eot_id]])
-    assert evaluate.count_bytes([ids[:, :5], ids[:, 5:]], tok) == len(text.encode())
+    assert evaluate.evaluated_bytes([ids[:, :5], ids[:, 5:]], tok) == text.encode()
 
 
 @pytest.mark.parametrize("spec", ["byte", "gpt2"])
-def test_count_bytes_is_the_utf8_length_of_real_text(spec, shared_data, monkeypatch):
+def test_evaluated_bytes_are_the_utf8_of_real_text(spec, shared_data, monkeypatch):
     """Documents joined by end-of-text and cut into batches anywhere (even inside a character
-    GPT-2 splits over several tokens) count exactly their UTF-8 bytes."""
+    GPT-2 splits over several tokens) give back exactly their UTF-8 bytes."""
     monkeypatch.setenv("MINIGPT_GPT2_TIKTOKEN", str(shared_data / "gpt2.tiktoken"))
     tok = load_tokenizer(spec)
     texts = read_jsonl_texts(shared_data / "classics" / "web.jsonl", limit=3)
@@ -85,16 +85,16 @@ def test_count_bytes_is_the_utf8_length_of_real_text(spec, shared_data, monkeypa
     ids = np.array(ids)
     cut = len(ids) - 9  # between the first two of the parrot emoji's 3 GPT-2 tokens
     batches = [ids[:cut], ids[cut:]]
-    assert evaluate.count_bytes(batches, tok) == sum(len(t.encode("utf-8")) for t in texts)
+    assert evaluate.evaluated_bytes(batches, tok) == b"".join(t.encode() for t in texts)
 
 
-def test_count_bytes_counts_only_weighted_targets():
+def test_evaluated_bytes_are_only_the_weighted_targets():
     """With loss masks the loss covers only some targets: bits per byte divides by their bytes."""
     tok = ByteTokenizer()
     ids = np.asarray([tok.encode("prompt:answer")])
     weights = np.zeros_like(ids)
     weights[:, 7:] = 1
-    assert evaluate.count_bytes([ids], tok, [weights]) == len("answer")
+    assert evaluate.evaluated_bytes([ids], tok, [weights]) == b"answer"
 
 
 def test_missing_run_is_one_clear_error(tmp_path, capsys):
