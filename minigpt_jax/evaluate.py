@@ -1,4 +1,5 @@
-"""`python -m minigpt_jax.evaluate --run_dir DIR [--step N|best] [--data_dir D] [--eval_tokens K]`
+"""`python -m minigpt_jax.evaluate --run_dir DIR [--step N|best] [--data_dir D] [--eval_tokens K]
+[--baselines]`
 
 Owns the evaluation loop training uses (`eval_batches`, `evaluate_sums`, `evaluate`), so a
 checkpoint is scored exactly as training scored it (the same batches and jitted eval step: the
@@ -8,6 +9,11 @@ The bytes come from decoding the evaluated target tokens with the run's own toke
 markers count zero bytes). The eval windows are consecutive, so their targets are one contiguous
 stretch of the val shards and decode without splitting a character.
 
+`--baselines` scores the same evaluated bytes with gzip and xz given the training text (see
+`compressor_bits_per_byte`): a language model that cannot beat a general-purpose compressor on
+its own data has learned little. `real_word_rate` is the other plain-terms check, on samples
+(`generate --word_rate`): the share of a sample's words that occur in the training text.
+
 Prints the numbers, then writes them to `<run_dir>/eval_step<N>.json` (a run directory that cannot
 be written loses only the record, not the result). A diverged checkpoint (non-finite parameters) is
 never scored: the latest finite one is, with a note, unless a step was asked for.
@@ -16,8 +22,11 @@ never scored: the latest finite one is, with a note, unless a step was asked for
 from __future__ import annotations
 
 import argparse
+import lzma
 import math
+import re
 import sys
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +42,7 @@ from minigpt_jax.errors import CheckpointError, DataError, UserError, exit_on_us
 from minigpt_jax.files import write_json_atomic
 from minigpt_jax.inference import inference_tokenizer, load_finite_params
 from minigpt_jax.model import GPT
-from minigpt_jax.shards import find_split
+from minigpt_jax.shards import find_split, open_shard
 from minigpt_jax.train_state import make_eval_step
 
 
@@ -85,11 +94,11 @@ def evaluate(eval_step, params, cfg, val_paths, vocab_size, mesh) -> float:
     return loss_sum / tokens
 
 
-def count_bytes(
+def evaluated_bytes(
     target_batches: list[np.ndarray], tokenizer: Any, weight_batches: list[np.ndarray] | None = None
-) -> int:
-    """Bytes of the evaluated text: the targets in order (only those the loss counts, when the
-    shards have loss masks), end-of-text markers left out.
+) -> bytes:
+    """The evaluated text: the targets in order (only those the loss counts, when the shards have
+    loss masks), end-of-text markers left out.
 
     Raw token bytes where the tokenizer gives them (BPE `decode_bytes`; the byte tokenizer's ids
     are bytes), so invalid UTF-8 is not inflated into 3-byte replacement characters.
@@ -98,12 +107,82 @@ def count_bytes(
     counted_N = ids_N != tokenizer.eot_id
     if weight_batches is not None:
         counted_N &= np.concatenate([w.reshape(-1) for w in weight_batches]) > 0
-    ids = ids_N[counted_N].tolist()
+    return token_bytes(ids_N[counted_N], tokenizer)
+
+
+def token_bytes(ids_N: np.ndarray, tokenizer: Any) -> bytes:
+    """The bytes of token ids without end-of-text markers."""
     if tokenizer.identity.get("name") == "byte":
-        return len(ids)
+        return np.asarray(ids_N, np.uint8).tobytes()
     if hasattr(tokenizer, "decode_bytes"):
-        return len(tokenizer.decode_bytes(ids))
-    return len(tokenizer.decode(ids).encode("utf-8"))
+        return tokenizer.decode_bytes(ids_N.tolist())
+    return tokenizer.decode(ids_N.tolist()).encode("utf-8")
+
+
+# The compressors and the word rate see at most the last this many bytes of the train split: xz
+# takes seconds per 10 MB, and a compressor's memory of the past is bounded anyway (gzip 32 KB,
+# xz -9 64 MB).
+TRAIN_TEXT_CAP = 8_000_000
+
+
+def train_text(
+    data_dir: str | Path, tokenizer: Any, cap: int = TRAIN_TEXT_CAP
+) -> tuple[bytes, int]:
+    """(the last `cap` bytes of the train split's text, the split's token count).
+
+    End-of-text markers are left out, as in the evaluated bytes. Reads back from the end only
+    until it has `cap` other tokens (each at least one byte): a huge split is never decoded whole.
+    """
+    shards = [open_shard(p) for p in find_split(data_dir, "train")]
+    pieces, need = [], cap
+    for shard in reversed(shards):
+        end = shard.size
+        while need > 0 and end > 0:
+            start = max(end - need, 0)
+            piece = np.asarray(shard[start:end])
+            pieces.insert(0, piece[piece != tokenizer.eot_id])
+            need, end = need - pieces[0].size, start
+    ids_N = np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
+    return token_bytes(ids_N, tokenizer)[-cap:], sum(s.size for s in shards)
+
+
+def compressor_bits_per_byte(context: bytes, text: bytes) -> dict[str, float]:
+    """{gzip, xz}: bits per byte of `text` when the compressor has already seen `context`.
+
+    Conditional size = compressed(context + text) - compressed(context), the extra bytes the text
+    costs after the training text, as the model's loss is the cost after training on it. Both at
+    their strongest settings (zlib level 9, xz preset 9).
+    """
+    if not text:
+        raise ValueError("no text to compress")
+    sizes = {
+        "gzip": lambda b: len(zlib.compress(b, 9)),
+        "xz": lambda b: len(lzma.compress(b, preset=9)),
+    }
+    return {
+        name: (size(context + text) - size(context)) * 8 / len(text)
+        for name, size in sizes.items()
+    }
+
+
+_WORD = re.compile(r"[^\W\d_]{2,}")  # runs of 2+ letters: one-letter "words" are in any text
+
+
+def words(text: str) -> set[str]:
+    """The distinct words of `text` (runs of two or more letters, case kept)."""
+    return set(_WORD.findall(text))
+
+
+def real_word_rate(text: str, vocabulary: set[str], start: int = 0) -> tuple[int, int]:
+    """(words of `text` found in `vocabulary`, words counted): how much of a sample is real words.
+
+    Counts the words that end after `start` (the generated part of prompt + sample), except one
+    that runs to the end of the text: the length limit may have cut it.
+    """
+    found = [
+        m.group() for m in _WORD.finditer(text) if m.end() > start and m.end() < len(text)
+    ]
+    return sum(w in vocabulary for w in found), len(found)
 
 
 def evaluate_checkpoint(
@@ -112,10 +191,13 @@ def evaluate_checkpoint(
     data_dir: str | None = None,
     eval_tokens: int | None = None,
     tokenizer: str | None = None,
+    baselines: bool = False,
 ) -> dict[str, Any]:
     """{step, loss, perplexity, bits_per_byte, tokens, bytes, ...} of one checkpoint on val data.
 
     `tokenizer` overrides the run's own (byte, gpt2 or a path) and must fit the model.
+    `baselines` adds {"baselines": {gzip, xz, train_bytes, train_tokens}}: what the compressors
+    take for the same bytes given the train split's text (its last TRAIN_TEXT_CAP bytes).
     """
     if eval_tokens is not None and eval_tokens <= 0:
         raise UserError(f"--eval_tokens {eval_tokens}: must be a positive number of tokens")
@@ -139,6 +221,14 @@ def evaluate_checkpoint(
         out_shardings=sharding.replicated(mesh),
     )
     val_paths = find_split(cfg.data_dir, "val")
+    if baselines:  # refused before the evaluation, not after it
+        if tok is None or jax.process_count() > 1:
+            raise UserError(
+                f"--baselines needs the run's tokenizer and one process (got "
+                f"{jax.process_count()} processes, tokenizer {'found' if tok else 'none'}); "
+                f"pass --tokenizer byte|gpt2|<path>, or run without --baselines"
+            )
+        find_split(cfg.data_dir, "train")
     batches = list(eval_batches(cfg, val_paths, model_cfg.vocab_size))
     loss_sum, tokens = evaluate_sums(eval_step, params, batches, mesh)
     loss = loss_sum / tokens
@@ -157,10 +247,32 @@ def evaluate_checkpoint(
     }
     if tok is not None and jax.process_count() == 1:
         weights = [b["weights"] for b in batches] if "weights" in batches[0] else None
-        n_bytes = count_bytes([b["targets"] for b in batches], tok, weights)
-        result["bytes"] = n_bytes
-        result["bits_per_byte"] = loss_sum / math.log(2) / n_bytes
+        text = evaluated_bytes([b["targets"] for b in batches], tok, weights)
+        result["bytes"] = len(text)
+        result["bits_per_byte"] = loss_sum / math.log(2) / len(text)
+        if baselines:
+            context, train_tokens = train_text(cfg.data_dir, tok)
+            result["baselines"] = {
+                **compressor_bits_per_byte(context, text),
+                "train_bytes": len(context),
+                "train_tokens": train_tokens,
+            }
     return result
+
+
+def baselines_report(result: dict[str, Any]) -> str:
+    """The model's bits/byte next to gzip's and xz's on the same bytes, in one short paragraph."""
+    b = result["baselines"]
+    whole = b["train_bytes"] < TRAIN_TEXT_CAP
+    given = (
+        f"the whole train split ({b['train_bytes']:,} bytes)"
+        if whole
+        else f"the last {b['train_bytes']:,} bytes of the {b['train_tokens']:,}-token train split"
+    )
+    return (
+        f"the same {result['bytes']:,} val bytes, given {given}, in bits/byte:\n"
+        f"  model {result['bits_per_byte']:.3f}   gzip -9 {b['gzip']:.3f}   xz -9 {b['xz']:.3f}"
+    )
 
 
 def write_record(path: Path, result: dict[str, Any]) -> None:
@@ -182,6 +294,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--data_dir", default=None, help="default: the run's config.data_dir")
     parser.add_argument("--eval_tokens", type=int, default=None, help="default: the run's")
     parser.add_argument("--tokenizer", default=None, help="override: byte, gpt2 or a path")
+    parser.add_argument(
+        "--baselines", action="store_true",
+        help="also score the same bytes with gzip and xz given the train split's text",
+    )
     parser.add_argument("--task", choices=("val_loss", "hellaswag"), default="val_loss")
     parser.add_argument(
         "--task_data",
@@ -192,18 +308,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--limit", type=int, default=None, help="hellaswag: first N examples")
     args = parser.parse_args(argv)
     if args.task == "hellaswag":
+        if args.baselines:
+            print("error: --baselines scores --task val_loss's bytes; drop it with --task "
+                  "hellaswag", file=sys.stderr)
+            sys.exit(2)
         return _hellaswag(args)
     if not args.run_dir:
         parser.error("--run_dir is required")
 
     with exit_on_user_error(OSError):
         result = evaluate_checkpoint(
-            args.run_dir, args.step, args.data_dir, args.eval_tokens, args.tokenizer
+            args.run_dir, args.step, args.data_dir, args.eval_tokens, args.tokenizer,
+            args.baselines,
         )
         line = f"step {result['step']}  loss {result['loss']:.4f}  ppl {result['perplexity']:.3f}"
         if "bits_per_byte" in result:
             line += f"  bits/byte {result['bits_per_byte']:.4f}"
         print(line + f"  ({result['tokens']} tokens of {result['data_dir']})", flush=True)
+        if "baselines" in result:
+            print(baselines_report(result), flush=True)
         if jax.process_index() == 0:
             out = Path(args.run_dir) / f"eval_step{result['step']}.json"
             write_record(out, result)

@@ -1,7 +1,10 @@
 """Sampling: batched, with a KV cache, inside one compiled decode loop.
 
 `python -m minigpt_jax.generate --run_dir DIR --prompt TEXT [--max_new_tokens 200 --temperature 0.8
---top_k 200 --top_p P --num_samples 1 --seed 0 --step N|best]`
+--top_k 200 --top_p P --num_samples 1 --seed 0 --step N|best --word_rate]`
+
+`--word_rate` first prints how many of the samples' words occur in the run's training text
+(`evaluate.real_word_rate`), then the samples, so that the text itself is the last thing shown.
 
 The prompt is run once through the model (prefill, in chunks of PREFILL_CHUNK columns), which writes
 every attention layer's keys and values, and every recurrent mixer layer's fixed-size state, into
@@ -292,6 +295,10 @@ def main(argv: list[str] | None = None) -> list[str]:
         "--chat", action="store_true",
         help="wrap --prompt in the chat template of minigpt_jax.sft_data's fine-tuning data",
     )
+    parser.add_argument(
+        "--word_rate", action="store_true",
+        help="first print the share of the samples' words that occur in the run's training text",
+    )
     args = parser.parse_args(argv)
 
     from minigpt_jax.errors import exit_on_user_error
@@ -302,6 +309,7 @@ def main(argv: list[str] | None = None) -> list[str]:
         params, record = load_finite_params(args.run_dir, args.step)
         data_dir = args.data_dir or record["config"].get("data_dir")
         tok = inference_tokenizer(record, args.tokenizer, data_dir)
+        vocabulary = train_vocabulary(data_dir, tok) if args.word_rate else None
         model_cfg = record["model"]
         top_k = min(args.top_k, model_cfg.vocab_size) if args.top_k else None
         if args.chat:
@@ -321,6 +329,8 @@ def main(argv: list[str] | None = None) -> list[str]:
         )
     shown_prompt = format_chat(args.prompt) if args.chat else args.prompt
     texts = [shown_prompt + tok.decode(ids) for ids in outs]
+    if vocabulary is not None:
+        print(word_rate_report(texts, len(shown_prompt), vocabulary, data_dir), flush=True)
     try:
         for i, text in enumerate(texts):
             if args.num_samples > 1:
@@ -330,6 +340,31 @@ def main(argv: list[str] | None = None) -> list[str]:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush
         raise SystemExit(141) from None  # 128 + SIGPIPE, as a shell pipeline reports it
     return texts
+
+
+def train_vocabulary(data_dir: str | None, tok: Any) -> set[str]:
+    """The words of the run's train split, read before sampling so that a missing split fails
+    first."""
+    from minigpt_jax.errors import DataError
+    from minigpt_jax.evaluate import train_text, words
+
+    if not data_dir:
+        raise DataError("--word_rate: the run records no data_dir; pass --data_dir")
+    return words(train_text(data_dir, tok)[0].decode("utf-8", errors="replace"))
+
+
+def word_rate_report(texts: list[str], start: int, vocabulary: set[str], data_dir: str) -> str:
+    """One line: the share of the generated words (after `start`) found in the train split."""
+    from minigpt_jax.evaluate import real_word_rate
+
+    counts = [real_word_rate(t, vocabulary, start) for t in texts]
+    found, total = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    if total == 0:
+        return "real words: the samples hold no complete word of 2+ letters"
+    return (
+        f"real words: {found / total:.0%} ({found} of {total} words of 2+ letters in the "
+        f"sample{'s' if len(texts) > 1 else ''} occur in {data_dir}'s train text)"
+    )
 
 
 if __name__ == "__main__":

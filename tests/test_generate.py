@@ -172,3 +172,42 @@ def test_last_document_keeps_the_separator_and_fits():
     assert last_document([4, 5], 9, 8) == [9, 4, 5]  # a missing separator is added
     assert last_document([9, 1, 2, 3, 4], 9, 3) == [9, 3, 4]  # cut from the left, separator kept
     assert last_document([9, 1, 2], 9, 1) == [9]
+
+
+def test_word_rate_is_printed_before_the_sample_and_needs_the_train_split(
+    params, tmp_path, capsys
+):
+    from conftest import assert_one_line_error
+
+    from minigpt_jax.evaluate import real_word_rate, words
+    from minigpt_jax.shards import write_shard
+
+    data = tmp_path / "data"
+    data.mkdir()
+    train = "the with statement wraps a block; with open(path) as f: read the lines"
+    write_shard(data / "train_000000.bin", np.array(list(train.encode()), np.uint16))
+    run = tmp_path / "run"
+    ckpts = RunCheckpoints(run)
+    config = {"model": {"preset": "tiny", "vocab_size": 257, "block_size": 32},
+              "data_dir": str(data), "compute_dtype": "float32"}
+    tokenizer = {"spec": "byte", "name": "byte", "vocab_size": 257, "eot_id": 256}
+    ckpts.save(5, {"params": params, "opt_state": (), "step": jnp.int32(5)}, None, config,
+               tokenizer)
+    ckpts.close()
+    prompt = "The with statement"
+    args = ["--run_dir", str(run), "--prompt", prompt, "--max_new_tokens", "24", "--word_rate"]
+    texts = generate.main(args)
+    out = capsys.readouterr().out
+    found, total = real_word_rate(texts[0], words(train), len(prompt))
+    rate = f"{found / total:.0%} ({found} of {total} words" if total else "no complete word"
+    assert out.startswith("real words: ") and rate in out.splitlines()[0]
+    assert out.endswith(texts[0] + "\n")  # the sample is the last thing shown
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit) as e:
+        generate.main([*args, "--data_dir", str(empty)])
+    assert e.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # refused before sampling
+    assert_one_line_error(captured.err, str(empty), "train_*.bin")
