@@ -215,8 +215,8 @@ class KVCache(flax.struct.PyTreeNode):
     and a mixer's state starts afresh at that column.
     """
 
-    k_LBSHK: jax.Array
-    v_LBSHK: jax.Array
+    k_LBHSK: jax.Array  # heads before columns: attention reads each head's keys contiguously
+    v_LBHSK: jax.Array
     start_B: jax.Array  # int32, first non-padding column of each row
     index: jax.Array  # int32 scalar, the column the next token is written to
     mixer: DeltaState  # leaves stacked over the mixer layers (leading axis of size 0 if none)
@@ -225,12 +225,12 @@ class KVCache(flax.struct.PyTreeNode):
     @classmethod
     def zeros(cls, config: GPTConfig, batch: int, length: int, start_B: jax.Array) -> KVCache:
         H = config.n_head
-        shape = (len(config.attention_layers), batch, length, H, config.n_embd // H)
+        shape = (len(config.attention_layers), batch, H, length, config.n_embd // H)
         one = DeltaState.zeros(batch, config.n_embd, H, config.dtype)
         n_mixer = len(config.mixer_layers)
         return cls(
-            k_LBSHK=jnp.zeros(shape, config.dtype),
-            v_LBSHK=jnp.zeros(shape, config.dtype),
+            k_LBHSK=jnp.zeros(shape, config.dtype),
+            v_LBHSK=jnp.zeros(shape, config.dtype),
             start_B=jnp.asarray(start_B, jnp.int32),
             index=jnp.zeros((), jnp.int32),
             mixer=jax.tree.map(lambda x: jnp.zeros((n_mixer, *x.shape), x.dtype), one),
@@ -241,26 +241,45 @@ class KVCache(flax.struct.PyTreeNode):
 def _cached_attention(
     q_BTHK: jax.Array, k_BTHK: jax.Array, v_BTHK: jax.Array, cache: KVCache, layer: int
 ) -> jax.Array:
-    """Attention of T new columns over the cache of one layer (the new columns included)."""
-    T, S = q_BTHK.shape[1], cache.k_LBSHK.shape[2]
-    at, dtype = (0, cache.index, 0, 0), cache.k_LBSHK.dtype
-    k_BSHK = jax.lax.dynamic_update_slice(cache.k_LBSHK[layer], k_BTHK.astype(dtype), at)
-    v_BSHK = jax.lax.dynamic_update_slice(cache.v_LBSHK[layer], v_BTHK.astype(dtype), at)
-    q_col_T = cache.index + jnp.arange(T)
-    k_col_S = jnp.arange(S)
-    causal_TS = k_col_S[None, :] <= q_col_T[:, None]
-    real_BS = k_col_S[None, :] >= cache.start_B[:, None]
-    # A padding column attends to itself only: no row is fully masked, so no NaN enters the cache.
-    self_TS = k_col_S[None, :] == q_col_T[:, None]
-    mask_BTS = (causal_TS[None] & real_BS[:, None, :]) | self_TS[None]
-    y_BTHK = jax.nn.dot_product_attention(
-        q_BTHK,
-        k_BSHK.astype(q_BTHK.dtype),
-        v_BSHK.astype(q_BTHK.dtype),
-        mask=mask_BTS[:, None],
-        implementation="xla",
-    )
-    return y_BTHK
+    """Attention of T new columns over the cache of one layer and over themselves.
+
+    The cache is only read here (the model writes the new columns into it in place): cached and
+    new columns are scored apart and share one softmax, because building "this layer's cache with
+    the new columns" copies the whole layer every decoded token. The cache is laid out (batch,
+    head, column, dim) so that both matmuls read it as stored, without a transpose.
+    """
+    T, S = q_BTHK.shape[1], cache.k_LBHSK.shape[3]
+    f32, dtype = jnp.float32, q_BTHK.dtype
+    # a barrier, so that a fresh cache's index (a constant 0 in prefill) is not folded into
+    # compile-time evaluation of an all-masked score matrix
+    index = jax.lax.optimization_barrier(cache.index)
+    col_S, t_T = jnp.arange(S), jnp.arange(T)
+    old_B11S = ((col_S[None, :] < index) & (col_S[None, :] >= cache.start_B[:, None]))[
+        :, None, None, :
+    ]
+    # new columns: causal and real, or the query's own column (a padding column attends to itself
+    # only: no row is fully masked, so no NaN enters the cache)
+    real_BT = (index + t_T)[None, :] >= cache.start_B[:, None]
+    self_TT = t_T[None, :] == t_T[:, None]
+    new_B1TT = (((t_T[None, :] <= t_T[:, None])[None] & real_BT[:, None, :]) | self_TT[None])[
+        :, None
+    ]
+    q_BHTK = q_BTHK.transpose(0, 2, 1, 3) * (q_BTHK.shape[-1] ** -0.5)
+    k_BHTK, v_BHTK = k_BTHK.transpose(0, 2, 1, 3), v_BTHK.transpose(0, 2, 1, 3)
+    k_old_BHSK = cache.k_LBHSK[layer].astype(dtype)
+    v_old_BHSK = cache.v_LBHSK[layer].astype(dtype)
+    s_old_BHTS = jnp.einsum("bhtk,bhsk->bhts", q_BHTK, k_old_BHSK, preferred_element_type=f32)
+    s_new_BHTU = jnp.einsum("bhtk,bhuk->bhtu", q_BHTK, k_BHTK, preferred_element_type=f32)
+    s_old_BHTS = jnp.where(old_B11S, s_old_BHTS, -jnp.inf)
+    s_new_BHTU = jnp.where(new_B1TT, s_new_BHTU, -jnp.inf)
+    m_BHT1 = jnp.maximum(s_old_BHTS.max(-1, keepdims=True), s_new_BHTU.max(-1, keepdims=True))
+    p_old_BHTS, p_new_BHTU = jnp.exp(s_old_BHTS - m_BHT1), jnp.exp(s_new_BHTU - m_BHT1)
+    total_BHT1 = p_old_BHTS.sum(-1, keepdims=True) + p_new_BHTU.sum(-1, keepdims=True)
+    y_BHTK = jnp.einsum("bhts,bhsk->bhtk", p_old_BHTS.astype(dtype), v_old_BHSK,
+                        preferred_element_type=f32)
+    y_BHTK += jnp.einsum("bhtu,bhuk->bhtk", p_new_BHTU.astype(dtype), v_BHTK,
+                         preferred_element_type=f32)
+    return (y_BHTK / total_BHT1).transpose(0, 2, 1, 3).astype(dtype)
 
 
 class CausalSelfAttention(nn.Module):
@@ -413,7 +432,7 @@ class GPT(nn.Module):
                 block = block_cls(cfg, cfg.is_attention(i), name=f"h_{i}")
                 x_BTD = block(x_BTD, deterministic, doc_mask_B1TT, pos_BT, reset_BT)
         else:
-            k_LBSHK, v_LBSHK, states = cache.k_LBSHK, cache.v_LBSHK, cache.mixer
+            k_LBHSK, v_LBHSK, states = cache.k_LBHSK, cache.v_LBHSK, cache.mixer
             for i in range(cfg.n_layer):
                 attention = cfg.is_attention(i)
                 j = (cfg.attention_layers if attention else cfg.mixer_layers).index(i)
@@ -422,14 +441,18 @@ class GPT(nn.Module):
                     x_BTD, deterministic, pos_BT=pos_BT, reset_BT=reset_BT, cache=cache, layer=j
                 )
                 if attention:  # only the new columns: in a decode loop XLA updates them in place
-                    (k_BTHK, v_BTHK), dtype = carry, k_LBSHK.dtype
-                    at = (j, 0, cache.index, 0, 0)
-                    k_LBSHK = jax.lax.dynamic_update_slice(k_LBSHK, k_BTHK[None].astype(dtype), at)
-                    v_LBSHK = jax.lax.dynamic_update_slice(v_LBSHK, v_BTHK[None].astype(dtype), at)
+                    (k_BTHK, v_BTHK), dtype = carry, k_LBHSK.dtype
+                    at = (j, 0, 0, cache.index, 0)
+                    k_LBHSK = jax.lax.dynamic_update_slice(
+                        k_LBHSK, k_BTHK.transpose(0, 2, 1, 3)[None].astype(dtype), at
+                    )
+                    v_LBHSK = jax.lax.dynamic_update_slice(
+                        v_LBHSK, v_BTHK.transpose(0, 2, 1, 3)[None].astype(dtype), at
+                    )
                 else:
                     states = jax.tree.map(lambda s, new, j=j: s.at[j].set(new), states, carry)
             cache = cache.replace(
-                k_LBSHK=k_LBSHK, v_LBSHK=v_LBSHK, mixer=states, index=cache.index + T
+                k_LBHSK=k_LBHSK, v_LBHSK=v_LBHSK, mixer=states, index=cache.index + T
             )
         x_BTD = norm(cfg, "ln_f")(x_BTD)
         if return_hidden:

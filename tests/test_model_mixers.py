@@ -89,7 +89,7 @@ def test_decoding_with_the_state_equals_the_parallel_pass(model):
         np.testing.assert_allclose(steps[b], ref[0, P - start[b] :], atol=1e-5, rtol=1e-5)
     if cfg.mixer_layers:  # a fixed-size state: nothing in it grows with the context
         assert cache.mixer.S_BHKK.shape[0] == len(cfg.mixer_layers)
-        assert cache.k_LBSHK.shape[0] == len(cfg.attention_layers)
+        assert cache.k_LBHSK.shape[0] == len(cfg.attention_layers)
 
 
 def test_greedy_generation_equals_recompute(model):

@@ -80,6 +80,7 @@ def test_ttt_cell_keeps_only_verified_samples_and_reports_transfer():
     assert r["problems_with_a_verified_sample"] == 4 and r["ttt_examples"] == 4
     assert all(tok.decode(c[:-1]) == solution(by_prompt[tuple(p[1:])]) for p, c in trained_on)
     assert r["ttt_greedy"] == 7 / 8 and r["ttt_greedy_transfer"] == 3 / 4
+    assert r["greedy_transfer_before"] == 0.0
 
 
 def test_ttt_flags_need_samples(tmp_path):

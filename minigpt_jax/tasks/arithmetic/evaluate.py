@@ -185,17 +185,19 @@ def ttt_cell(
         has_example.append(bool(kept))
     after = run(make_sample_fn(train_fn(examples)), prompts, 0.0, seed)
     right = [checker.parse_answer(t) == p.answer for p, t in zip(problems, after, strict=True)]
+    before = [checker.parse_answer(t) == p.answer for p, t in zip(problems, greedy, strict=True)]
     transfer = [r for r, h in zip(right, has_example, strict=True) if not h]
+    transfer_before = [r for r, h in zip(before, has_example, strict=True) if not h]
     return {
         "n": len(problems),
-        "greedy": _mean([checker.parse_answer(t) == p.answer
-                         for p, t in zip(problems, greedy, strict=True)]),
+        "greedy": _mean(before),
         f"verified@{samples}": _mean([checker.verified_vote(p, texts) == p.answer
                                       for p, texts in zip(problems, per_problem, strict=True)]),
         "ttt_greedy": _mean(right),
         "ttt_examples": len(examples),
         "problems_with_a_verified_sample": sum(has_example),
         "ttt_greedy_transfer": _mean(transfer) if transfer else None,
+        "greedy_transfer_before": _mean(transfer_before) if transfer else None,
     }
 
 
@@ -365,8 +367,8 @@ def _run_ttt(args, sets, results, make_sample_fn, params, model_cfg, tok) -> dic
     heldout = results.get("heldout") or next(iter(results.values()))
     set_name = "heldout" if "heldout" in results else next(iter(results))
     names = [n.strip() for n in args.ttt_cells.split(",") if n.strip()]
-    if names == ["hardest"]:
-        names = [min(heldout, key=lambda k: heldout[k]["greedy"])]
+    hardest = min(heldout, key=lambda k: heldout[k]["greedy"])
+    names = list(dict.fromkeys(hardest if n == "hardest" else n for n in names))
     unknown = [n for n in names if n not in heldout]
     if unknown:
         raise UserError(f"--ttt_cells: no cell {unknown} in {set_name}; cells: {sorted(heldout)}")
@@ -386,12 +388,11 @@ def _run_ttt(args, sets, results, make_sample_fn, params, model_cfg, tok) -> dic
         r["seconds"] = round(time.perf_counter() - t0, 1)
         out[name] = r
         transfer = r["ttt_greedy_transfer"]
+        moved = "-" if transfer is None else f"{r['greedy_transfer_before']:.3f} -> {transfer:.3f}"
         print(f"TTT {name}: greedy {r['greedy']:.3f}, verified@{args.samples} "
               f"{r[f'verified@{args.samples}']:.3f}, after {args.ttt_steps} steps on "
               f"{r['ttt_examples']} verified samples: greedy {r['ttt_greedy']:.3f} (problems "
-              f"with no verified sample: "
-              f"{'-' if transfer is None else f'{transfer:.3f}'}) [{r['seconds']:.0f}s]",
-              flush=True)
+              f"with no verified sample: {moved}) [{r['seconds']:.0f}s]", flush=True)
     return out
 
 
