@@ -1,7 +1,9 @@
-"""Self-play curriculum beyond the supervised lengths (issue 18): RL from configs/arithmetic_rl.py's
-result, with the frontier proposer allowed to open longer cells (up to 6-digit + and -, 4x2 x,
-6-digit / dividends) as the shorter ones are solved.
+"""Self-play curriculum beyond the supervised lengths (issue 18): RL from the supervised control's
+checkpoint at step 640 (configs/arithmetic_sft_more.py, about 11 CPU minutes past the weak run),
+with the frontier proposer allowed to open longer cells (up to 6-digit + and -, 4x2 x, 6-digit /
+dividends) as the shorter ones are solved.
 
+    python -m minigpt_jax.train --config configs/arithmetic_sft_more.py    # needs checkpoint 640
     python -m minigpt_jax.rl --config configs/arithmetic_rl_long.py
     python -m minigpt_jax.rl --config configs/arithmetic_rl_long.py --config.proposer=uniform \
         --config.run_dir=runs/arithmetic_rl_long_uniform                      # the comparison
@@ -19,7 +21,7 @@ from minigpt_jax.config import load_config_file
 
 def get_config():
     c = load_config_file(Path(__file__).with_name("arithmetic_rl.py"))
-    c.init_from = "checkpoint:runs/arithmetic_rl"
+    c.init_from = "checkpoint:runs/arithmetic_sft_more@640"
     c.run_dir = "runs/arithmetic_rl_long"
     c.proposer = "frontier"
     c.task_options.max_digits = "+:6,-:6,*:4,/:6"
