@@ -23,6 +23,6 @@ def get_config():
     c.min_lr = c.get_ref("lr")  # constant after warmup
     c.warmup_steps = 10
     c.eval_every = 250
-    c.checkpoint_every = 50
+    c.checkpoint_every = 40  # 640: the step configs/arithmetic_rl_long.py starts from
     c.keep_checkpoints = 100
     return c

@@ -228,7 +228,7 @@ def _problems(argv: list[str]) -> list[str]:
         entry = _module_file(module)
         if entry is None:
             return [f"no module {module} (minigpt_jax/{module.split('.', 1)[-1]}.py)"]
-        if module == f"{PACKAGE}.train":
+        if module in (f"{PACKAGE}.train", f"{PACKAGE}.rl"):  # both take --config.<key> flags
             return _check_train(argv[3:])
         return _check_flags(entry, argv[3:])
     script = ROOT / argv[1]
