@@ -53,7 +53,12 @@ from minigpt_jax.train import (
     parse_flags,
     resolve_tokenizer,
 )
-from minigpt_jax.train_state import create_train_state, make_lr_schedule, make_optimizer
+from minigpt_jax.train_state import (
+    TrainState,
+    create_train_state,
+    make_lr_schedule,
+    make_optimizer,
+)
 
 EVAL_BATCH = 128  # rows per greedy decode call in the held-out evaluation (one compiled shape)
 
@@ -149,16 +154,15 @@ def _build(cfg, model_cfg, task, proposer, tok, record, ckpts, resume_step) -> R
         rng,
         mesh,
     )
+    # The starting policy is read when it is the start (a fresh run) or the KL's reference.
     ref_params = None
-    if cfg.init_from != "scratch":
+    if cfg.init_from != "scratch" and (resume_step is None or cfg.kl_coef):
         from minigpt_jax.init_from import load_init_params
 
         ref_params = jax.device_put(
             load_init_params(cfg.init_from, model_cfg, record), shardings.params
         )
-    ref_logprobs = None
-    if cfg.kl_coef:
-        ref_logprobs = jax.jit(make_logprob_fn(model, cfg.temperature))
+    ref_logprobs = jax.jit(make_logprob_fn(model, cfg.temperature)) if cfg.kl_coef else None
     if resume_step is None:
         state = init(rng)
         if ref_params is not None:
@@ -179,24 +183,27 @@ def _build(cfg, model_cfg, task, proposer, tok, record, ckpts, resume_step) -> R
         check_same_tokenizer(saved["tokenizer"], record, "data_dir",
                              str(ckpts.directory / str(resume_step)))
         restored, _ = ckpts.restore(resume_step, abstract, sharding.tree_shardings(abstract, mesh))
-        state = init(rng).replace(
+        state = TrainState(
             step=restored.step, params=restored.params, opt_state=restored.opt_state
         )
         proposer.stats = {k: np.asarray(v, np.float32) for k, v in restored.proposer.items()}
         tqdm.write(f"resuming from step {resume_step} ({ckpts.directory / str(resume_step)})")
+    if not cfg.kl_coef:
+        ref_params = None  # only the KL reads it after the start
     return RLRun(cfg, model_cfg, mesh, schedule, pg_step, ref_logprobs, ref_params, state, task,
                  proposer, tok, record, ckpts)
 
 
-def step_rng(seed: int, step: int) -> random.Random:
-    """The problems of `step`: a function of (seed, step) alone, so resume redraws them."""
-    return random.Random(seed * 1_000_003 + step)
+def step_seed(seed: int, step: int) -> int:
+    """The seed of `step`'s problems and samples: a function of (seed, step) alone, so a resumed
+    run redraws exactly what an uninterrupted one would."""
+    return seed * 1_000_003 + step
 
 
 def rollouts(run: RLRun, params: Any, step: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Sample, score and assemble one step's batch; returns (batch arrays, metrics)."""
     cfg, task, tok = run.cfg, run.task, run.tokenizer
-    rng = step_rng(cfg.seed, step)
+    rng = random.Random(step_seed(cfg.seed, step))
     cells = run.proposer.draw(rng, cfg.prompts_per_step)
     problems = [task.problem(rng, cell) for cell in cells]
     fits = max_prompt_tokens(run.model_cfg.block_size, cfg.max_new_tokens)
@@ -204,7 +211,7 @@ def rollouts(run: RLRun, params: Any, step: int) -> tuple[dict[str, np.ndarray],
     rows = [p for p in prompts for _ in range(cfg.group_size)]
     t0 = time.perf_counter()
     outs = sample(run.model_cfg, params, rows, cfg.max_new_tokens, temperature=cfg.temperature,
-                  seed=cfg.seed * 1_000_003 + step, eot_id=tok.eot_id)
+                  seed=step_seed(cfg.seed, step), eot_id=tok.eot_id)
     sample_seconds = time.perf_counter() - t0
     texts = [tok.decode(o) for o in outs]
     G = cfg.group_size

@@ -213,6 +213,8 @@ def test_arithmetic_task_refuses_bad_options(arithmetic_dir, tmp_path):
         load_task("arithmetic", str(arithmetic_dir), {"max_digits": "+8"})
     with pytest.raises(ConfigError, match="task"):
         load_task("chess", str(arithmetic_dir))
+    with pytest.raises(ConfigError, match="process_weight"):
+        load_task("arithmetic", str(arithmetic_dir), {"process_weight": -1.0})
     with pytest.raises(DataError, match="not arithmetic data"):
         load_task("arithmetic", str(write_random_shards(tmp_path / "d")))
 

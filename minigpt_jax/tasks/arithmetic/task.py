@@ -87,6 +87,11 @@ class ArithmeticTask:
         files = task.get("test_files") or {"heldout": "test.jsonl"}
         heldout = load_test_set(data_dir, "heldout")
         others = [p for name in files if name != "heldout" for p in load_test_set(data_dir, name)]
+        if not 0 <= process_weight < float("inf"):
+            raise ConfigError(
+                "task_options.process_weight",
+                f"{process_weight}: use a finite weight >= 0 (0 = answer reward only)",
+            )
         if isinstance(max_digits, str):
             max_digits = parse_max_digits(max_digits)
         unknown = sorted(set(max_digits or {}) - set(OPS))
