@@ -22,7 +22,8 @@ import jax
 import numpy as np
 
 from minigpt_jax import input_pipeline, sharding, shards
-from minigpt_jax.checkpoint import RunCheckpoints, config_record
+from minigpt_jax.checkpoint import RunCheckpoints
+from minigpt_jax.config import config_record
 from minigpt_jax.model import GPT, GPTConfig
 from minigpt_jax.train_state import (
     create_train_state,

@@ -3,6 +3,7 @@
     python bench/mixer_bench.py decode [--contexts 256,1024,4096,16384] [--batch 1]
     python bench/mixer_bench.py scaling [--lengths 256,512,1024,2048,4096]
     python bench/mixer_bench.py mqar [--widths 64,128,256] [--seq_len 256 --pairs 32 --steps 2000]
+        [--plot mqar.png]
     python bench/mixer_bench.py all --quick        # CI-sized rows of each (tiny, seconds)
 
 - decode: a prompt of each context length is prefilled in chunks (`generate.prefill`), then
@@ -155,7 +156,8 @@ def mqar_row(kind: str, width: int, args) -> dict:
         step = jax.jit(make_train_step(model, tx), donate_argnums=0)
         rng = np.random.default_rng(args.seed)
         for _ in range(args.steps):
-            batch = mqar_batch(rng, args.batch, args.seq_len, args.pairs, n_keys)
+            pairs = int(rng.choice(args.train_pairs))
+            batch = mqar_batch(rng, args.batch, args.seq_len, pairs, n_keys)
             state, metrics = step(state, jax.tree.map(jnp.asarray, batch))
         test = mqar_batch(np.random.default_rng(10_000 + args.seed), 256, args.seq_len,
                           args.pairs, n_keys)
@@ -166,10 +168,37 @@ def mqar_row(kind: str, width: int, args) -> dict:
     best = max(results, key=lambda lr: results[lr][0])
     return {
         "bench": "mqar", "kind": kind, "width": width, "seq_len": args.seq_len,
-        "pairs": args.pairs, "steps": args.steps, "best_lr": best,
+        "pairs": args.pairs, "train_pairs": args.train_pairs, "steps": args.steps,
+        "batch": args.batch, "vocab": args.mqar_vocab, "best_lr": best,
         "accuracy": round(results[best][0], 4), "final_train_loss": round(results[best][1], 4),
         "by_lr": {str(lr): round(a, 4) for lr, (a, _) in results.items()},
     }
+
+
+def mqar_table(rows: list[dict]) -> str:
+    """Accuracy on the queried values: one row per width, one column per kind (best lr)."""
+    kinds = list(dict.fromkeys(r["kind"] for r in rows))
+    acc = {(r["width"], r["kind"]): r for r in rows}
+    lines = ["| width | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
+    for width in sorted({r["width"] for r in rows}):
+        cells = []
+        for kind in kinds:
+            r = acc.get((width, kind))
+            cells.append("–" if r is None else f"{r['accuracy']:.3f} (lr {r['best_lr']:g})")
+        lines.append(f"| {width} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def mqar_plot(rows: list[dict], path: str) -> None:
+    from minigpt_jax.plot import Panel, Series, plot_curves
+
+    series = []
+    for i, kind in enumerate(dict.fromkeys(r["kind"] for r in rows)):
+        mine = sorted((r["width"], r["accuracy"]) for r in rows if r["kind"] == kind)
+        series.append(Series(kind, [w for w, _ in mine], [a for _, a in mine], f"C{i}", "-", "o"))
+    r = rows[0]
+    title = f"MQAR: {r['pairs']} pairs, length {r['seq_len']}, {r['steps']} steps"
+    plot_curves([Panel(title, "model width", "accuracy", series, xlog=True)], path)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -189,11 +218,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--seq_len", type=int, default=256)
     p.add_argument("--pairs", type=int, default=32)
     p.add_argument("--mqar_vocab", type=int, default=512, help="keys + values")
+    p.add_argument("--train_pairs", default=None,
+                   help="mqar: pair counts drawn per training batch, e.g. 4,8,16,32 (Zoology's "
+                        "mixture of easier problems); default: --pairs only. Tested at --pairs.")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--mqar_batch", type=int, default=32, dest="batch_mqar")
     p.add_argument("--lrs", default="1e-3,3e-3")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="also append the rows to this JSON-lines file")
+    p.add_argument("--plot", default=None, help="mqar: write accuracy vs width to this PNG")
     args = p.parse_args(argv)
     if args.quick:
         args.n_layer, args.n_embd, args.n_head, args.repeats = 2, 64, 2, 1
@@ -203,6 +236,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     kinds = args.kinds.split(",")
     args.lengths = [int(x) for x in args.lengths.split(",")]
     args.lrs = [float(x) for x in args.lrs.split(",")]
+    args.train_pairs = [int(x) for x in (args.train_pairs or str(args.pairs)).split(",")]
     rows = []
 
     def emit(row):
@@ -222,9 +256,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 emit(row)
     if args.what in ("mqar", "all"):
         mqar_args = argparse.Namespace(**{**vars(args), "batch": args.batch_mqar})
+        mqar_rows = []
         for width in (int(w) for w in args.widths.split(",")):
             for kind in kinds:
-                emit(mqar_row(kind, width, mqar_args))
+                mqar_rows.append(mqar_row(kind, width, mqar_args))
+                emit(mqar_rows[-1])
+        print(mqar_table(mqar_rows))
+        if args.plot:
+            mqar_plot(mqar_rows, args.plot)
     return rows
 
 

@@ -1,8 +1,9 @@
 """The speedrun bench's variants: what `bench/speedrun.py` trains and compares.
 
 Every variant is the `small` GPT-2 (4 layers, width 256, context 256, bytes) plus GPTConfig fields
-and an optimizer. Each gets a learning-rate sweep (a comparison at one untuned lr says nothing);
-the baseline and the best stack also get a second seed, so the seed noise sits next to the gain.
+and an optimizer. Each gets a learning-rate sweep on its first seed (a comparison at one untuned
+lr says nothing); the baseline and the best stacks also get a second seed at the sweep's best lr,
+so the seed noise sits next to the gain.
 The learning rates bracket what the CPU sanity checks found (AdamW ~2e-3 for `small`; Muon ~0.02).
 """
 

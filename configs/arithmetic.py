@@ -1,6 +1,6 @@
 """Chain-of-thought arithmetic on CPU: a 4-layer, width-128 byte-level GPT on worked solutions.
 
-Prepare the data first (seconds; see the README's "Chain-of-thought arithmetic"):
+Prepare the data first (seconds; see docs/arithmetic.md):
     python scripts/make_arithmetic_data.py --preset addsubmul --out_dir data/arithmetic
     python -m minigpt_jax.train --config configs/arithmetic.py
     python -m minigpt_jax.eval_arithmetic --run_dir runs/arithmetic

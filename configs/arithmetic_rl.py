@@ -1,6 +1,6 @@
 """RL with verifiable rewards from the under-trained supervised checkpoint (issue 18).
 
-Commands, in order (data seconds, weak run about 5 minutes, RL 20 minutes on the 2-core CPU):
+Commands, in order (data seconds, weak run about 7 CPU minutes, RL 20 CPU minutes):
     python scripts/make_arithmetic_data.py --out_dir data/arithmetic_all
     python -m minigpt_jax.train --config configs/arithmetic_weak.py
     python -m minigpt_jax.rl --config configs/arithmetic_rl.py
@@ -13,7 +13,7 @@ and takes one on-policy policy-gradient step with the group-mean baseline
 (minigpt_jax/policy_gradient.py). The model, tokenizer and data directory are the weak run's.
 
 Measured (BENCHMARKS.md, "Post-training"): of learning rates 3e-4, 1e-4 and 3e-5, none raised
-held-out greedy accuracy within 20 CPU minutes (110 steps at 3e-5 on one core); more supervised
+held-out greedy accuracy within 20 CPU minutes (107 steps at 3e-5 on one core); more supervised
 steps did (configs/arithmetic_sft_more.py). The rate here is the one that did least harm.
 """
 

@@ -54,7 +54,8 @@ def check_loggers(names: Sequence[str]) -> None:
             raise ConfigError(
                 "loggers",
                 f"{name!r} needs {need[0]}, which is not installed: "
-                f"pip install 'minigpt_jax[{need[1]}]' (or drop {name!r} from config.loggers)",
+                f"pip install -e '.[{need[1]}]' in the checkout "
+                f"(or drop {name!r} from config.loggers)",
             )
 
 

@@ -57,7 +57,8 @@ def _matplotlib_figure():
         from matplotlib.figure import Figure
     except ImportError as e:
         raise ImportError(
-            "plotting needs matplotlib: pip install 'minigpt_jax[plot]' (or pip install matplotlib)"
+            "plotting needs matplotlib: pip install -e '.[plot]' in the checkout "
+            "(or pip install matplotlib)"
         ) from e
     return Figure
 

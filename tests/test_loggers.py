@@ -143,7 +143,7 @@ def test_loggers_key_is_checked_before_compiling(tmp_path, monkeypatch):
     with pytest.raises(ConfigError) as e:
         validate_config(tiny_config(data, tmp_path / "run", loggers=("wandb",)))
     assert str(e.value).startswith("config.loggers: 'wandb' needs wandb")
-    assert "pip install 'minigpt_jax[wandb]'" in str(e.value)
+    assert "pip install -e '.[wandb]'" in str(e.value)
 
 
 @pytest.mark.slow

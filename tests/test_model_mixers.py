@@ -171,9 +171,10 @@ def test_hybrid_trains_and_resumes_bit_exactly(tiny_shards, tmp_path, monkeypatc
 
 
 @pytest.mark.slow
-def test_bench_quick_rows():
+def test_bench_quick_rows(tmp_path):
     """`bench/mixer_bench.py all --quick`: every row runs; decoding memory per sequence is flat in
-    the context for the mixer and grows for attention; MQAR accuracy is a fraction."""
+    the context for the mixer and grows for attention; MQAR accuracy is a fraction, tabled and
+    plotted."""
     import importlib.util
     from pathlib import Path
 
@@ -181,10 +182,14 @@ def test_bench_quick_rows():
     spec = importlib.util.spec_from_file_location("mixer_bench", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    rows = bench.main(["all", "--quick"])
+    rows = bench.main(["all", "--quick", "--plot", str(tmp_path / "mqar.png")])
+    assert (tmp_path / "mqar.png").stat().st_size > 0
     decode = {(r["kind"], r["context"]): r for r in rows if r["bench"] == "decode"}
     mem = {k: r["state_mib_per_seq"] for k, r in decode.items()}
     assert mem[("gated_deltanet", 64)] == mem[("gated_deltanet", 256)]
     assert mem[("attention", 256)] > mem[("attention", 64)]
     assert {r["kind"] for r in rows if r["bench"] == "scaling"} == set(bench.KINDS)
-    assert all(0 <= r["accuracy"] <= 1 for r in rows if r["bench"] == "mqar")
+    mqar = [r for r in rows if r["bench"] == "mqar"]
+    assert mqar and all(0 <= r["accuracy"] <= 1 for r in mqar)
+    table = bench.mqar_table(mqar)
+    assert table.count("\n") == 3 and all(kind in table for kind in bench.KINDS)

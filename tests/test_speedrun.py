@@ -28,6 +28,38 @@ def test_crossing_interpolates_and_never_extrapolates():
     assert speedrun.value_at(xs, ys, 301) is None
 
 
+def test_lr_sweep_on_first_seed_then_other_seeds_at_its_best_lr(monkeypatch, tmp_path):
+    speedrun = _speedrun()
+    recipe = speedrun._recipe()
+    trained = []
+
+    def fake_train(v, lr, seed, task, data_dir, out_dir):
+        trained.append((v.name, lr, seed))
+        return dict(name=f"{v.name}/{lr}/{seed}", variant=v.name, lr=lr, seed=seed,
+                    run_dir=tmp_path / f"{v.name}_{lr}_{seed}")
+
+    final = {1e-3: 2.5, 2e-3: 2.0, 4e-3: 2.2}
+    monkeypatch.setattr(speedrun, "_train", fake_train)
+    monkeypatch.setattr(speedrun, "_final_val_loss",
+                        lambda run_dir: final[float(run_dir.name.split("_")[1])])
+    v = recipe.Variant("x", lrs=(1e-3, 2e-3, 4e-3), seeds=(0, 1, 2))
+    runs = speedrun.run_all([v], speedrun.QUICK, tmp_path, tmp_path)
+    assert trained == [("x", 1e-3, 0), ("x", 2e-3, 0), ("x", 4e-3, 0), ("x", 2e-3, 1),
+                       ("x", 2e-3, 2)]
+    assert len(runs) == 5
+
+
+def test_train_only_trains_exactly_the_named_variants(monkeypatch, tmp_path):
+    speedrun = _speedrun()
+    seen = []
+    monkeypatch.setattr(speedrun, "prepare_data", lambda out_dir, classics, max_bytes: tmp_path)
+    monkeypatch.setattr(speedrun, "run_all",
+                        lambda variants, *a: seen.append([v.name for v in variants]) or {})
+    assert speedrun.main(["--only", "best-stack+muon", "--train_only", "--out_dir",
+                          str(tmp_path)]) == {}
+    assert seen == [["best-stack+muon"]]  # the baseline is not added, nothing analysed
+
+
 @pytest.mark.slow
 def test_quick_mode_writes_table_json_and_plot(shared_data, tmp_path):
     speedrun = _speedrun()
@@ -39,7 +71,7 @@ def test_quick_mode_writes_table_json_and_plot(shared_data, tmp_path):
     saved = json.loads((out / "results.json").read_text())
     assert set(saved["variants"]) == {"gpt2", "best-stack+muon"}
     base = saved["variants"]["gpt2"]
-    assert 0 < base["tokens_ratio"] <= 1.0  # the baseline reaches its own final loss
+    assert base["tokens_ratio"] == 1.0  # the target is the baseline's own final loss
     for row in saved["variants"].values():
         for key in ("final_val_loss", "tokens_to_baseline", "tokens_ratio", "flops_ratio",
                     "seconds_ratio", "val_loss_at_baseline_seconds", "params", "tokens_per_s",
