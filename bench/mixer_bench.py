@@ -236,7 +236,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     kinds = args.kinds.split(",")
     args.lengths = [int(x) for x in args.lengths.split(",")]
     args.lrs = [float(x) for x in args.lrs.split(",")]
-    args.train_pairs = [int(x) for x in (args.train_pairs or str(args.pairs)).split(",")]
+    try:
+        args.train_pairs = [int(x) for x in (args.train_pairs or str(args.pairs)).split(",")]
+    except ValueError:
+        p.error(f"--train_pairs {args.train_pairs!r}: comma-separated integers, e.g. 4,8,16,32")
+    if any(n < 1 or 4 * n > args.seq_len for n in [*args.train_pairs, args.pairs]):
+        p.error(f"--pairs/--train_pairs must be between 1 and seq_len / 4 = {args.seq_len // 4}")
     rows = []
 
     def emit(row):
