@@ -98,5 +98,5 @@ def test_missing_matplotlib_names_the_extra(monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    with pytest.raises(ImportError, match=r"minigpt_jax\[plot\]"):
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[plot\]'"):
         plot.plot_curves([plot.Panel("a", "x", "y")])
