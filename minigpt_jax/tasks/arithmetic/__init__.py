@@ -1,7 +1,7 @@
 """Chain-of-thought arithmetic: calculator problems, worked solutions, an exact step verifier.
 
     problems.py  Problem, worked solutions, the training mixture and held-out test sets
-    checker.py   parse_answer, check_steps / verify_solution (the reward), votes
+    checker.py   parse_answer, check_steps / verify_solution (the reward), steps_are_right, votes
     data.py      the data writer (`python scripts/make_arithmetic_data.py`)
     evaluate.py  the evaluator (`python -m minigpt_jax.eval_arithmetic`)
 
@@ -14,6 +14,7 @@ from minigpt_jax.tasks.arithmetic.checker import (
     check_steps,
     majority_vote,
     parse_answer,
+    steps_are_right,
     true_step_fraction,
     verified_vote,
     verify_solution,
@@ -44,5 +45,6 @@ __all__ = [
     "Problem", "StepError", "check_steps", "document", "heldout_problems", "length_specs",
     "majority_vote",
     "make_problem", "parse_answer", "random_int", "sample_problem", "solution",
+    "steps_are_right",
     "training_problems", "true_step_fraction", "verified_vote", "verify_solution",
 ]

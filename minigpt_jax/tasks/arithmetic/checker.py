@@ -157,6 +157,39 @@ def _check_div(a: int, b: int, lines: list[str], wa: int) -> str:
     return f"{int(''.join(map(str, q_digits)))}r{rem}"
 
 
+def _implied_by(problem: Problem, steps: list[str]) -> str:
+    (wa, wb), a, b = problem.widths, problem.a, problem.b
+    if problem.op == "+":
+        return str(_check_add(a, b, steps, wa))
+    if problem.op == "-":
+        return str(_check_sub(a, b, steps, wa))
+    if problem.op == "*":
+        return str(_check_mul(a, b, steps, wa, wb))
+    return _check_div(a, b, steps, wa)
+
+
+def steps_are_right(problem: Problem, completion: str) -> bool:
+    """True when the lines before the first answer line are exactly the procedure's steps, whatever
+    the answer line says (or whether there is one).
+
+    Separates the two ways a solution fails: a wrong step (the procedure was not carried out) and
+    right steps with a wrong answer line (the steps were not read back into the answer). With no
+    worked steps at all there is nothing to be right, so this is False.
+    """
+    steps = []
+    for line in filter(None, completion.split("\n")):
+        if line.startswith(ANSWER_PREFIX):
+            break
+        steps.append(line)
+    if not steps:
+        return False
+    try:
+        _implied_by(problem, steps)
+    except StepError:
+        return False
+    return True
+
+
 def check_steps(problem: Problem, completion: str) -> str:
     """The answer the written steps imply, after checking every step; raises StepError otherwise.
 
@@ -170,16 +203,7 @@ def check_steps(problem: Problem, completion: str) -> str:
     stated = parse_answer(lines[-1])
     if stated is None:
         raise StepError(f"unparseable answer line {lines[-1]!r}")
-    steps = lines[:-1]
-    (wa, wb), a, b = problem.widths, problem.a, problem.b
-    if problem.op == "+":
-        implied = str(_check_add(a, b, steps, wa))
-    elif problem.op == "-":
-        implied = str(_check_sub(a, b, steps, wa))
-    elif problem.op == "*":
-        implied = str(_check_mul(a, b, steps, wa, wb))
-    else:
-        implied = _check_div(a, b, steps, wa)
+    implied = _implied_by(problem, lines[:-1])
     if implied != stated:
         raise StepError(f"the steps give {implied} but the answer line says {stated}")
     return implied

@@ -113,6 +113,9 @@ def evaluate_cell(
             [checker.verify_solution(p, t) for p, t in zip(problems, greedy, strict=True)]
         ),
         "greedy_true_step_lines": _mean_or_none([checker.true_step_fraction(t) for t in greedy]),
+        "greedy_steps_right": _mean(
+            [checker.steps_are_right(p, t) for p, t in zip(problems, greedy, strict=True)]
+        ),
         "example": problems[0].prompt + greedy[0],
     }
     if samples > 0:
@@ -269,6 +272,7 @@ def markdown_table(results: dict[str, dict[str, dict[str, Any]]], samples: int) 
         "problem",
         "n",
         "true step lines",
+        "steps right",
         "greedy",
         *[f"maj@{n}" for n in ns],
         *([f"verified@{samples}"] if samples else []),
@@ -278,6 +282,8 @@ def markdown_table(results: dict[str, dict[str, dict[str, Any]]], samples: int) 
         for key, r in cells.items():
             true_lines = r.get("greedy_true_step_lines")
             row = [name, key, str(r["n"]), "-" if true_lines is None else f"{true_lines:.3f}"]
+            steps_right = r.get("greedy_steps_right")  # absent in results saved before it existed
+            row.append("-" if steps_right is None else f"{steps_right:.3f}")
             row.append(f"{r['greedy']:.3f}")
             if "majority" in r:
                 row += [f"{r['majority'][n]:.3f}" for n in ns]

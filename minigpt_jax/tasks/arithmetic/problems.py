@@ -325,7 +325,7 @@ def length_specs(
 # Named training mixtures (`scripts/make_arithmetic_data.py --preset NAME`) and their test sets.
 # "default": all four operations at small sizes; "addsubmul": the mixture of the first 14-minute
 # result (no division); "long": operands up to 10 digits for + and -, 5x2 for x, 6/2 for /, tested
-# at the trained lengths and at 2x and 3x the longest.
+# at the trained lengths and at 2x and 3x the longest; "long_addsub": its + and - alone.
 _LONG_MIX = Mixture(
     op_weights=(0.25, 0.25, 0.25, 0.25),
     addsub_digit_weights=tuple(float(i) for i in range(1, 11)),
@@ -334,6 +334,9 @@ _LONG_MIX = Mixture(
     div_dividend_digit_weights=(1.0, 1.0, 2.0, 2.0, 2.0, 2.0),
     div_divisor_digit_weights=(1.0, 1.0),
 )
+# + and - alone at the long preset's lengths: the length-generalisation mechanism on its own, at
+# a fraction of the headline run's cost.
+_LONG_ADDSUB_MIX = dataclasses.replace(_LONG_MIX, op_weights=(0.5, 0.5, 0.0, 0.0))
 PRESETS: dict[str, tuple[Mixture, tuple, tuple]] = {
     "default": (Mixture(), HELDOUT_SPEC, LONG_SPEC),
     "addsubmul": (
@@ -345,6 +348,10 @@ PRESETS: dict[str, tuple[Mixture, tuple, tuple]] = {
     "long": (
         _LONG_MIX,
         *length_specs(_LONG_MIX, trained={"+": [5], "-": [5], "*": [3], "/": [4]}),
+    ),
+    "long_addsub": (
+        _LONG_ADDSUB_MIX,
+        *length_specs(_LONG_ADDSUB_MIX, trained={"+": [5], "-": [5]}),
     ),
 }
 
