@@ -318,6 +318,23 @@ def test_evaluate_sets_with_an_oracle_and_a_noisy_sampler():
     assert "| heldout | add 3 | 8 | 0.958 | 0.875 | 0.875 |" in markdown_table(results, 4)
 
 
+def test_an_answers_only_model_gets_no_steps_right_figure():
+    from minigpt_jax.tasks.arithmetic.evaluate import evaluate_sets, markdown_table
+
+    tok = ByteTokenizer()
+    problems = [Problem("+", 100 + i, 200 + i) for i in range(4)]
+    by_prompt = {tuple(tok.encode(p.prompt)): p for p in problems}
+
+    def sampler(prompts, max_new, temperature, seed):
+        return [tok.encode(solution(by_prompt[tuple(q[1:])], steps=False)) for q in prompts]
+
+    results = evaluate_sets({"heldout": problems}, sampler, tok.encode, tok.decode, tok.eot_id,
+                            block_size=64, samples=0, temperature=0.7, batch_size=4)
+    cell = results["heldout"]["add 3"]
+    assert cell["greedy"] == 1.0 and cell["greedy_steps_right"] is None
+    assert "| heldout | add 3 | 4 | - | - | 1.000 |" in markdown_table(results, 0)
+
+
 @pytest.mark.slow
 def test_tiny_model_trains_and_evaluator_runs(tmp_path):
     from minigpt_jax.config import ConfigError, default_config, model_fields

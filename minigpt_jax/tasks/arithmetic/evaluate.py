@@ -113,11 +113,14 @@ def evaluate_cell(
             [checker.verify_solution(p, t) for p, t in zip(problems, greedy, strict=True)]
         ),
         "greedy_true_step_lines": _mean_or_none([checker.true_step_fraction(t) for t in greedy]),
-        "greedy_steps_right": _mean(
-            [checker.steps_are_right(p, t) for p, t in zip(problems, greedy, strict=True)]
-        ),
         "example": problems[0].prompt + greedy[0],
     }
+    # None, like true step lines, when no solution wrote a step (an answers-only model): "0% of
+    # steps right" would misread as a failed procedure.
+    result["greedy_steps_right"] = (
+        None if result["greedy_true_step_lines"] is None
+        else _mean([checker.steps_are_right(p, t) for p, t in zip(problems, greedy, strict=True)])
+    )
     if samples > 0:
         # Sample k of each problem is row k * n + i, so one batch mixes problems (same max_new).
         flat = run([p for _ in range(samples) for p in prompts], temperature, seed + 1)
