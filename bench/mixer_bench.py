@@ -3,7 +3,7 @@
     python bench/mixer_bench.py decode [--contexts 256,1024,4096,16384] [--batch 1]
     python bench/mixer_bench.py scaling [--lengths 256,512,1024,2048,4096]
     python bench/mixer_bench.py mqar [--widths 64,128,256] [--seq_len 256 --pairs 32 --steps 2000]
-        [--plot mqar.png]
+        [--pos_emb rope] [--plot mqar.png]
     python bench/mixer_bench.py all --quick        # CI-sized rows of each (tiny, seconds)
 
 - decode: a prompt of each context length is prefilled in chunks (`generate.prefill`), then
@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from minigpt_jax import generate
-from minigpt_jax.model import GPT, GPTConfig, KVCache
+from minigpt_jax.model import GPT, POS_EMBS, GPTConfig, KVCache, count_params
 from minigpt_jax.train_state import (
     create_train_state,
     make_lr_schedule,
@@ -51,10 +51,13 @@ KINDS = {
 }
 
 
-def model_config(kind: str, n_layer: int, n_embd: int, n_head: int, vocab: int, block: int):
+def model_config(
+    kind: str, n_layer: int, n_embd: int, n_head: int, vocab: int, block: int,
+    pos_emb: str = "learned",
+) -> GPTConfig:
     return GPTConfig(
         vocab_size=vocab, block_size=block, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-        **KINDS[kind],
+        pos_emb=pos_emb, **KINDS[kind],
     )
 
 
@@ -70,7 +73,7 @@ def _median_time(fn, repeats: int) -> float:
 
 def decode_row(kind: str, context: int, args) -> dict:
     cfg = model_config(
-        kind, args.n_layer, args.n_embd, args.n_head, 257, context + args.new_tokens
+        kind, args.n_layer, args.n_embd, args.n_head, 257, context + args.new_tokens, args.pos_emb
     )
     model = GPT(cfg)
     params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
@@ -110,7 +113,7 @@ def decode_row(kind: str, context: int, args) -> dict:
 def scaling_rows(kind: str, args) -> list[dict]:
     rows = []
     for T in args.lengths:
-        cfg = model_config(kind, args.n_layer, args.n_embd, args.n_head, 257, T)
+        cfg = model_config(kind, args.n_layer, args.n_embd, args.n_head, 257, T, args.pos_emb)
         model = GPT(cfg)
         tx = make_optimizer(make_lr_schedule(1e-3, 1e-4, 10, 1000))
         state = create_train_state(model, tx, jax.random.key(0))
@@ -147,7 +150,9 @@ def mqar_batch(rng: np.random.Generator, batch: int, seq_len: int, pairs: int, n
 
 def mqar_row(kind: str, width: int, args) -> dict:
     n_keys = args.mqar_vocab // 2
-    cfg = model_config(kind, 2, width, max(width // 64, 1), 2 * n_keys + 1, args.seq_len)
+    cfg = model_config(
+        kind, 2, width, max(width // 64, 1), 2 * n_keys + 1, args.seq_len, args.pos_emb
+    )
     model = GPT(cfg)
     results = {}
     for lr in args.lrs:  # Zoology sweeps the learning rate per model; report the best
@@ -169,7 +174,8 @@ def mqar_row(kind: str, width: int, args) -> dict:
     return {
         "bench": "mqar", "kind": kind, "width": width, "seq_len": args.seq_len,
         "pairs": args.pairs, "train_pairs": args.train_pairs, "steps": args.steps,
-        "batch": args.batch, "vocab": args.mqar_vocab, "best_lr": best,
+        "batch": args.batch, "vocab": args.mqar_vocab, "pos_emb": cfg.pos_emb,
+        "params": count_params(cfg), "best_lr": best,
         "accuracy": round(results[best][0], 4), "final_train_loss": round(results[best][1], 4),
         "by_lr": {str(lr): round(a, 4) for lr, (a, _) in results.items()},
     }
@@ -209,6 +215,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--n_layer", type=int, default=4)
     p.add_argument("--n_embd", type=int, default=256)
     p.add_argument("--n_head", type=int, default=4)
+    p.add_argument("--pos_emb", default="learned", choices=POS_EMBS,
+                   help="token positions: 'learned' adds GPT-2's table to every model, the pure "
+                        "mixer's too; 'rope' rotates attention's q/k only (BENCHMARKS.md, MQAR)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--contexts", default="256,1024,4096,16384")
     p.add_argument("--batch", type=int, default=1, help="decode batch")
@@ -230,7 +239,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = p.parse_args(argv)
     if args.quick:
         args.n_layer, args.n_embd, args.n_head, args.repeats = 2, 64, 2, 1
-        args.contexts, args.new_tokens, args.lengths = "64,256", 8, "64,128,256"
+        args.contexts, args.new_tokens, args.lengths = "64,256", 8, "64,128"
         args.widths, args.seq_len, args.pairs, args.steps = "32", 64, 8, 30
         args.mqar_vocab, args.lrs = 64, "3e-3"
     kinds = args.kinds.split(",")

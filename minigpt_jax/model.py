@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from minigpt_jax.digit_positions import digit_indices
 from minigpt_jax.layers import MLP, MLPS, NORMS, dense, norm, residual_std, rms_normalize
 from minigpt_jax.mixers import DeltaState, GatedDeltaNet
-from minigpt_jax.positions import rope
+from minigpt_jax.positions import random_gaps, rope, stretch_positions
 
 # Token mixers a layer can use. Only mixers that pass tests/test_mixers.py and the model tests
 # (recurrent == parallel, causality, document resets, generation == recompute) are listed.
@@ -102,6 +102,13 @@ class GPTConfig:
     digit_pos_max: int = 0
     digit_pos_offset_max: int = 0
     digit_ids: tuple[int, ...] = ()
+    # Randomized positions, a variant of Ruoss et al. 2023, with pos_emb="rope": g > 1 stretches
+    # each training document's positions by random gaps (a scale s in 1..g per document, each gap
+    # in 1..s; positions.random_gaps), so no lookup can rely on an exact distance and distances
+    # beyond the training documents' lengths get trained. Evaluation and decoding use gap 1,
+    # which training sees in the documents drawn at s = 1. Training-only, so not in
+    # ARCHITECTURE_FIELDS (the parameters are the same).
+    rope_gap_max: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "digit_ids", tuple(int(i) for i in self.digit_ids))  # from JSON
@@ -137,6 +144,11 @@ class GPTConfig:
                 f"with a mixer other than attention, k > 0 for attention in every k-th layer"
             )
 
+        if self.rope_gap_max < 0 or (self.rope_gap_max > 0 and self.pos_emb != "rope"):
+            raise ValueError(
+                f"rope_gap_max={self.rope_gap_max} with pos_emb={self.pos_emb!r}: use 0 (off), "
+                f"or g >= 1 with pos_emb='rope' (random gaps 1..g between rotary positions)"
+            )
         if self.digit_pos_max < 0 or not 0 <= self.digit_pos_offset_max < max(
             self.digit_pos_max, 1
         ):
@@ -405,6 +417,10 @@ class GPT(nn.Module):
             col_BT = cache.index + jnp.arange(T)[None]
             pos_BT = jnp.clip(col_BT - cache.start_B[:, None], 0, cfg.block_size - 1)
             reset_BT = reset_BT | (col_BT == cache.start_B[:, None])
+        if cfg.rope_gap_max > 1 and cache is None and not deterministic:
+            pos_BT = jnp.broadcast_to(pos_BT, tokens_BT.shape)
+            gap_BT = random_gaps(self.make_rng("positions"), pos_BT, cfg.rope_gap_max)
+            pos_BT = stretch_positions(pos_BT, gap_BT)
         x_BTD = wte(tokens_BT)
         if cfg.pos_emb == "learned":
             x_BTD = x_BTD + nn.Embed(cfg.block_size, cfg.n_embd, embedding_init=embed_init,

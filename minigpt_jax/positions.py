@@ -28,3 +28,33 @@ def rope(x_BTHK: jax.Array, pos_BT: jax.Array, base: float = ROPE_BASE) -> jax.A
     x1, x2 = x[..., :half], x[..., half:]
     out = jnp.concatenate([x1 * cos_BT1F - x2 * sin_BT1F, x1 * sin_BT1F + x2 * cos_BT1F], axis=-1)
     return out.astype(x_BTHK.dtype)
+
+
+def stretch_positions(pos_BT: jax.Array, gap_BT: jax.Array) -> jax.Array:
+    """Positions whose consecutive steps are `gap_BT` instead of 1, restarting where `pos_BT` does.
+
+    `pos_BT` counts from each document's start (0 at the start); the stretched position of token t
+    is the sum of the gaps of the tokens after its document's start, up to t. Randomized
+    positions (Ruoss et al. 2023) draw the gaps at random in training: the order of tokens stays,
+    exact distances do not, and longer sequences' distances get trained.
+    """
+    T = pos_BT.shape[1]
+    cum_BT = jnp.cumsum(gap_BT, axis=1)
+    start_BT = jnp.arange(T)[None] - pos_BT
+    return cum_BT - jnp.take_along_axis(cum_BT, start_BT, axis=1)
+
+
+def random_gaps(key: jax.Array, pos_BT: jax.Array, gap_max: int) -> jax.Array:
+    """Gaps for `stretch_positions`: each document draws a scale s in 1..gap_max, then each of its
+    gaps is drawn from 1..s. Documents of every density are trained, gap 1 throughout (what
+    evaluation uses) among them, so a long test sequence's distances were seen in training at a
+    higher scale; one fixed range of gaps trained only the mean density (val loss 2.13 against
+    0.19 with plain RoPE after 600 arithmetic steps: evaluation at gap 1 was out of distribution).
+    """
+    B, T = pos_BT.shape
+    scale_key, gap_key = jax.random.split(key)
+    start_BT = jnp.arange(T)[None] - pos_BT
+    scale_BT = jnp.take_along_axis(
+        jax.random.randint(scale_key, (B, T), 1, gap_max + 1), start_BT, axis=1
+    )
+    return 1 + jnp.floor(jax.random.uniform(gap_key, (B, T)) * scale_BT).astype(jnp.int32)

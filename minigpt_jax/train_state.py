@@ -193,11 +193,15 @@ def make_train_step(
 
     `loss_chunks` > 0 fuses the head with the loss (see `batch_loss`).
     """
-    # Training-time randomness: dropout, and the digit positions' random offset.
-    use_rng = model.config.dropout > 0 or model.config.digit_pos_offset_max > 0
+    # Training-time randomness: dropout, the digit positions' random offset, the rotary gaps.
+    cfg = model.config
+    use_rng = cfg.dropout > 0 or cfg.digit_pos_offset_max > 0 or cfg.rope_gap_max > 1
 
     def loss_and_count(params, micro: Batch, rng):
-        rngs = {"dropout": rng, "digits": jax.random.fold_in(rng, 1)} if use_rng else None
+        rngs = None
+        if use_rng:
+            rngs = {"dropout": rng, "digits": jax.random.fold_in(rng, 1),
+                    "positions": jax.random.fold_in(rng, 2)}
         return batch_loss(model, params, micro, loss_chunks, not use_rng, rngs)
 
     grad_fn = jax.value_and_grad(loss_and_count, has_aux=True)

@@ -5,15 +5,34 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from minigpt_jax.config import apply_overrides
+# One persistent compilation cache for the whole run, set before anything imports jax: many tests
+# compile the same tiny train step, in process and in the `python -m minigpt_jax.train`
+# subprocesses they start (which inherit these variables unless a test clears JAX_*), so every
+# compile after the first is a disk read. xdist workers inherit the directory the controller made;
+# that process removes it at the end. A JAX_COMPILATION_CACHE_DIR of your own is kept.
+_OWN_CACHE_DIR = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _OWN_CACHE_DIR = tempfile.mkdtemp(prefix="minigpt_jax_test_cache_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE_DIR
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # tiny compiles too
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+from minigpt_jax.config import apply_overrides  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MINIGPT_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _OWN_CACHE_DIR:
+        shutil.rmtree(_OWN_CACHE_DIR, ignore_errors=True)
 
 
 def _require(path: Path) -> Path:
@@ -104,18 +123,3 @@ def assert_one_line_error(stderr: str, *names: str) -> str:
     for name in names:
         assert str(name) in lines[0], (name, lines[0])
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def compilation_cache(tmp_path_factory):
-    """For files whose runs compile the same steps again and again: a module-wide disk cache
-    (`pytestmark = pytest.mark.usefixtures("compilation_cache")`)."""
-    import jax
-
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-    old = {n: getattr(jax.config, n) for n in names}
-    jax.config.update(names[0], str(tmp_path_factory.mktemp("jax_cache")))
-    jax.config.update(names[1], 0.0)
-    yield
-    for n, v in old.items():
-        jax.config.update(n, v)

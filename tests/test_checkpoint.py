@@ -26,9 +26,6 @@ from minigpt_jax.train_state import create_train_state, make_lr_schedule, make_o
 TOKENIZER = {"spec": "byte", "name": "byte", "sha256": "ab" * 32, "vocab_size": 257, "eot_id": 256}
 
 
-pytestmark = pytest.mark.usefixtures("compilation_cache")
-
-
 def tiny_config(data_dir: Path, run_dir: Path, **overrides):
     return conftest.tiny_config(data_dir, run_dir, **{
         "total_steps": 6, "warmup_steps": 1, "log_every": 1, "eval_every": 3,

@@ -30,9 +30,6 @@ from minigpt_jax.tokenizer import ByteTokenizer, tokenizer_record
 BYTE = tokenizer_record("byte", ByteTokenizer())
 
 
-pytestmark = pytest.mark.usefixtures("compilation_cache")
-
-
 def tree_hashes(root: Path) -> dict[str, str]:
     """sha256 of every file under root (empty if it does not exist)."""
     if not root.exists():

@@ -20,11 +20,13 @@ from minigpt_jax.generate import sample
 from minigpt_jax.layers import mlp_width, rms_normalize
 from minigpt_jax.loss import head_cross_entropy, summed_cross_entropy
 from minigpt_jax.model import GPT, MODERN, GPTConfig, count_params, head_weight
-from minigpt_jax.positions import rope
+from minigpt_jax.positions import random_gaps, rope, stretch_positions
 from minigpt_jax.train_state import (
+    create_train_state,
     flops_per_token,
     make_lr_schedule,
     make_optimizer,
+    make_train_step,
     muon_labels,
 )
 
@@ -110,6 +112,55 @@ def test_rope_packed_document_gets_the_logits_it_gets_alone(name):
     plain = dataclasses.replace(cfg, doc_sep_id=-1)
     seen = GPT(plain).apply({"params": params}, jnp.asarray([pad + seq]))[0, len(pad):]
     assert not np.allclose(seen, alone, atol=1e-3)
+
+
+def test_stretched_positions_keep_order_and_restart_per_document():
+    pos_BT = jnp.asarray([[0, 1, 2, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5, 6]])
+    gap_BT = jnp.asarray([[5, 2, 3, 7, 1, 4, 2], [9, 1, 1, 3, 1, 1, 1]])
+    want = [[0, 2, 5, 0, 1, 5, 7], [0, 1, 2, 5, 6, 7, 8]]
+    assert stretch_positions(pos_BT, gap_BT).tolist() == want
+    ones = jnp.ones_like(gap_BT)  # gap 1 everywhere gives the positions back
+    assert stretch_positions(pos_BT, ones).tolist() == pos_BT.tolist()
+
+
+def test_random_gaps_draw_one_scale_per_document():
+    """Gaps lie in 1..g, and each document draws its own scale s, so about 1/g of documents are
+    at gap 1 throughout, as evaluation is (independent gaps would almost never be)."""
+    g, docs, length = 5, 4000, 8
+    pos_BT = jnp.tile(jnp.arange(length), (docs // 2, 2))  # two documents a row
+    gap_BT = random_gaps(jax.random.key(0), pos_BT, g)
+    assert int(gap_BT.min()) == 1 and int(gap_BT.max()) == g
+    inner = gap_BT.reshape(docs, length)[:, 1:]  # a document's first gap is never used
+    ones = float(jnp.mean(jnp.all(inner == 1, axis=1)))
+    assert 0.17 < ones < 0.24, ones  # 1/g + (1/g)(1/2)^7 + ... = 0.2016
+
+
+def test_randomized_rope_gaps_are_training_only():
+    """`rope_gap_max`: evaluation (deterministic) is exactly the RoPE model with the same
+    parameters; training draws gaps, so two draws give different logits, and a train step runs."""
+    sep = V - 1
+    cfg = cfg_of("rope", doc_sep_id=sep, rope_gap_max=4)
+    params = sharpen(init(cfg), 3.0)
+    x = jnp.asarray([[sep, 3, 9, 4, sep, 8, 2, 6, 1, 7]])
+    model, plain = GPT(cfg), GPT(dataclasses.replace(cfg, rope_gap_max=0))
+    np.testing.assert_array_equal(model.apply({"params": params}, x),
+                                  plain.apply({"params": params}, x))
+
+    def train_logits(key):
+        return model.apply({"params": params}, x, deterministic=False, rngs={"positions": key})
+
+    a, b = train_logits(jax.random.key(0)), train_logits(jax.random.key(1))
+    assert not np.allclose(a, b, atol=1e-3)
+    # The train step draws the gaps: its loss is not the gap-free model's on the same state.
+    tx = make_optimizer(make_lr_schedule(1e-3, 1e-4, 1, 10))
+    state = create_train_state(model, tx, jax.random.key(0))
+    state = state.replace(params=params)
+    batch = {"inputs": x, "targets": jnp.roll(x, -1, axis=1)}
+    losses = [float(jax.jit(make_train_step(m, tx))(state, batch)[1]["loss"])
+              for m in (model, plain)]
+    assert np.isfinite(losses[0]) and abs(losses[0] - losses[1]) > 1e-4
+    with pytest.raises(ValueError, match="rope_gap_max=4.*pos_emb='learned'"):
+        dataclasses.replace(BASE, rope_gap_max=4)
 
 
 def test_qk_norm_gives_unit_rms_and_ignores_query_key_scale():

@@ -183,6 +183,10 @@ def test_bench_quick_rows(tmp_path):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     rows = bench.main(["all", "--quick", "--plot", str(tmp_path / "mqar.png")])
+    rope = bench.main(["mqar", "--quick", "--kinds", "attention", "--pos_emb", "rope"])
+    learned = next(r for r in rows if r["bench"] == "mqar" and r["kind"] == "attention")
+    assert rope[0]["pos_emb"] == "rope" and learned["pos_emb"] == "learned"
+    assert rope[0]["params"] < learned["params"]  # no position table under rope
     assert (tmp_path / "mqar.png").stat().st_size > 0
     decode = {(r["kind"], r["context"]): r for r in rows if r["bench"] == "decode"}
     mem = {k: r["state_mib_per_seq"] for k, r in decode.items()}

@@ -22,9 +22,6 @@ from minigpt_jax.policy_gradient import (
     token_logprobs,
 )
 
-pytestmark = pytest.mark.usefixtures("compilation_cache")
-
-
 # --- the loss -------------------------------------------------------------------------------
 
 
