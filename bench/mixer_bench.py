@@ -251,6 +251,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
         p.error(f"--train_pairs {args.train_pairs!r}: comma-separated integers, e.g. 4,8,16,32")
     if any(n < 1 or 4 * n > args.seq_len for n in [*args.train_pairs, args.pairs]):
         p.error(f"--pairs/--train_pairs must be between 1 and seq_len / 4 = {args.seq_len // 4}")
+    if unknown := sorted(set(kinds) - set(KINDS)):
+        p.error(f"--kinds: unknown {', '.join(unknown)}; use some of {', '.join(KINDS)}")
+    try:  # every model the run will build, before any of them trains
+        widths = [int(w) for w in args.widths.split(",")]
+        for kind in kinds:
+            model_config(kind, args.n_layer, args.n_embd, args.n_head, 257, 64, args.pos_emb)
+            for w in widths:
+                model_config(kind, 2, w, max(w // 64, 1), args.mqar_vocab + 1, 64, args.pos_emb)
+    except ValueError as e:
+        p.error(f"--widths/--n_embd/--n_head/--pos_emb: {e}")
     rows = []
 
     def emit(row):
@@ -271,7 +281,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.what in ("mqar", "all"):
         mqar_args = argparse.Namespace(**{**vars(args), "batch": args.batch_mqar})
         mqar_rows = []
-        for width in (int(w) for w in args.widths.split(",")):
+        for width in widths:
             for kind in kinds:
                 mqar_rows.append(mqar_row(kind, width, mqar_args))
                 emit(mqar_rows[-1])

@@ -56,6 +56,7 @@ MODERN = dict(
 _PRESETS["small-modern"] = {**_PRESETS["small"], **MODERN}
 _PRESETS["gpt2-modern"] = {**_PRESETS["gpt2"], **MODERN}
 POS_EMBS = ("learned", "rope", "none")
+MAX_ROPE_POSITION = 2**24  # float32 represents every integer position up to here
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -148,6 +149,12 @@ class GPTConfig:
             raise ValueError(
                 f"rope_gap_max={self.rope_gap_max} with pos_emb={self.pos_emb!r}: use 0 (off), "
                 f"or g >= 1 with pos_emb='rope' (random gaps 1..g between rotary positions)"
+            )
+        if self.rope_gap_max * self.block_size > MAX_ROPE_POSITION:
+            raise ValueError(
+                f"rope_gap_max={self.rope_gap_max}: stretched positions reach rope_gap_max x "
+                f"block_size={self.block_size}, past {MAX_ROPE_POSITION} (2^24, where float32 "
+                f"rotation angles stop being exact); use a smaller gap"
             )
         if self.digit_pos_max < 0 or not 0 <= self.digit_pos_offset_max < max(
             self.digit_pos_max, 1

@@ -161,6 +161,8 @@ def test_randomized_rope_gaps_are_training_only():
     assert np.isfinite(losses[0]) and abs(losses[0] - losses[1]) > 1e-4
     with pytest.raises(ValueError, match="rope_gap_max=4.*pos_emb='learned'"):
         dataclasses.replace(BASE, rope_gap_max=4)
+    with pytest.raises(ValueError, match="rope_gap_max=1000000.*2\\^24"):  # would overflow
+        dataclasses.replace(cfg, rope_gap_max=10**6, block_size=1024)
 
 
 def test_qk_norm_gives_unit_rms_and_ignores_query_key_scale():

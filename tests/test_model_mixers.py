@@ -170,11 +170,7 @@ def test_hybrid_trains_and_resumes_bit_exactly(tiny_shards, tmp_path, monkeypatc
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-@pytest.mark.slow
-def test_bench_quick_rows(tmp_path):
-    """`bench/mixer_bench.py all --quick`: every row runs; decoding memory per sequence is flat in
-    the context for the mixer and grows for attention; MQAR accuracy is a fraction, tabled and
-    plotted."""
+def _mixer_bench():
     import importlib.util
     from pathlib import Path
 
@@ -182,6 +178,32 @@ def test_bench_quick_rows(tmp_path):
     spec = importlib.util.spec_from_file_location("mixer_bench", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+@pytest.mark.parametrize("argv, names", [
+    (["mqar", "--kinds", "transformer"], ["--kinds", "transformer"]),
+    (["mqar", "--widths", "64,abc"], ["--widths", "abc"]),
+    (["mqar", "--widths", "65", "--pos_emb", "rope"], ["--pos_emb", "even"]),
+    (["decode", "--pos_emb", "alibi"], ["--pos_emb", "alibi"]),
+])
+def test_bench_refuses_bad_flags_before_building_a_model(argv, names, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        _mixer_bench().main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    line = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and ": error: " in line
+    for name in names:
+        assert name in line, (name, line)
+
+
+@pytest.mark.slow
+def test_bench_quick_rows(tmp_path):
+    """`bench/mixer_bench.py all --quick`: every row runs; decoding memory per sequence is flat in
+    the context for the mixer and grows for attention; MQAR accuracy is a fraction, tabled and
+    plotted."""
+    bench = _mixer_bench()
     rows = bench.main(["all", "--quick", "--plot", str(tmp_path / "mqar.png")])
     rope = bench.main(["mqar", "--quick", "--kinds", "attention", "--pos_emb", "rope"])
     learned = next(r for r in rows if r["bench"] == "mqar" and r["kind"] == "attention")

@@ -8,6 +8,7 @@ every written step checks out, `true_step_fraction` gives partial credit line by
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -176,11 +177,8 @@ def steps_are_right(problem: Problem, completion: str) -> bool:
     right steps with a wrong answer line (the steps were not read back into the answer). With no
     worked steps at all there is nothing to be right, so this is False.
     """
-    steps = []
-    for line in filter(None, completion.split("\n")):
-        if line.startswith(ANSWER_PREFIX):
-            break
-        steps.append(line)
+    lines = filter(None, completion.split("\n"))
+    steps = list(itertools.takewhile(lambda line: not line.startswith(ANSWER_PREFIX), lines))
     if not steps:
         return False
     try:
