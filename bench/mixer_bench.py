@@ -4,6 +4,7 @@
     python bench/mixer_bench.py scaling [--lengths 256,512,1024,2048,4096]
     python bench/mixer_bench.py mqar [--widths 64,128,256] [--seq_len 256 --pairs 32 --steps 2000]
         [--pos_emb rope] [--plot mqar.png]
+    python bench/mixer_bench.py table --rows lr1.jsonl,lr2.jsonl [--plot mqar.png]   # merge lr runs
     python bench/mixer_bench.py all --quick        # CI-sized rows of each (tiny, seconds)
 
 - decode: a prompt of each context length is prefilled in chunks (`generate.prefill`), then
@@ -164,12 +165,13 @@ def mqar_row(kind: str, width: int, args) -> dict:
             pairs = int(rng.choice(args.train_pairs))
             batch = mqar_batch(rng, args.batch, args.seq_len, pairs, n_keys)
             state, metrics = step(state, jax.tree.map(jnp.asarray, batch))
-        test = mqar_batch(np.random.default_rng(10_000 + args.seed), 256, args.seq_len,
-                          args.pairs, n_keys)
-        logits = jax.jit(model.apply)({"params": state.params}, jnp.asarray(test["inputs"]))
-        hit = np.asarray(jnp.argmax(logits, -1)) == test["targets"]
-        acc = float((hit * test["weights"]).sum() / test["weights"].sum())
-        results[lr] = (acc, float(metrics["loss"]))
+        # Every pair count trained on, not only the judged one: at a budget too small for
+        # `pairs`, the easier counts still show which model has begun to recall.
+        by_pairs = {
+            n: _mqar_accuracy(model, state.params, args, n, n_keys)
+            for n in sorted({*args.train_pairs, args.pairs})
+        }
+        results[lr] = (by_pairs[args.pairs], float(metrics["loss"]), by_pairs)
     best = max(results, key=lambda lr: results[lr][0])
     return {
         "bench": "mqar", "kind": kind, "width": width, "seq_len": args.seq_len,
@@ -177,8 +179,35 @@ def mqar_row(kind: str, width: int, args) -> dict:
         "batch": args.batch, "vocab": args.mqar_vocab, "pos_emb": cfg.pos_emb,
         "params": count_params(cfg), "best_lr": best,
         "accuracy": round(results[best][0], 4), "final_train_loss": round(results[best][1], 4),
-        "by_lr": {str(lr): round(a, 4) for lr, (a, _) in results.items()},
+        "by_lr": {str(lr): round(a, 4) for lr, (a, *_) in results.items()},
+        "accuracy_by_pairs": {str(n): round(a, 4) for n, a in results[best][2].items()},
     }
+
+
+def _mqar_accuracy(model: GPT, params, args, pairs: int, n_keys: int) -> float:
+    """Greedy accuracy on the queried values of 256 held-out sequences (one fixed test set)."""
+    test = mqar_batch(np.random.default_rng(10_000 + args.seed), 256, args.seq_len, pairs, n_keys)
+    logits = jax.jit(model.apply)({"params": params}, jnp.asarray(test["inputs"]))
+    hit = np.asarray(jnp.argmax(logits, -1)) == test["targets"]
+    return float((hit * test["weights"]).sum() / test["weights"].sum())
+
+
+def merge_lr_rows(rows: list[dict]) -> list[dict]:
+    """One row per (kind, width, problem, budget) from rows that swept the lr in separate processes
+    (one process per core): the best lr's row, with every lr's accuracy in `by_lr`."""
+    merged: dict[tuple, dict] = {}
+    for r in rows:
+        if r.get("bench") != "mqar":
+            continue
+        key = tuple(str(r.get(k)) for k in (
+            "kind", "width", "seq_len", "pairs", "train_pairs", "steps", "batch", "vocab", "pos_emb"
+        ))
+        have = merged.get(key)
+        if have is None or r["accuracy"] > have["accuracy"]:
+            merged[key] = {**r, "by_lr": {**(have or {}).get("by_lr", {}), **r["by_lr"]}}
+        else:
+            have["by_lr"] = {**have["by_lr"], **r["by_lr"]}
+    return list(merged.values())
 
 
 def mqar_table(rows: list[dict]) -> str:
@@ -207,9 +236,29 @@ def mqar_plot(rows: list[dict], path: str) -> None:
     plot_curves([Panel(title, "model width", "accuracy", series, xlog=True)], path)
 
 
+def mqar_table_from_files(p: argparse.ArgumentParser, files: str | None, plot: str | None):
+    if not files:
+        p.error("table needs --rows FILE[,FILE...]: the --out files of mqar runs")
+    rows = []
+    for path in files.split(","):
+        try:
+            with open(path) as f:
+                rows += [json.loads(line) for line in f if line.strip()]
+        except (OSError, json.JSONDecodeError) as e:
+            p.error(f"--rows {path}: {e}")
+    rows = merge_lr_rows(rows)
+    if not rows:
+        p.error(f"--rows {files}: no mqar rows in them")
+    print(mqar_table(rows))
+    if plot:
+        mqar_plot(rows, plot)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=["decode", "scaling", "mqar", "all"])
+    p.add_argument("what", choices=["decode", "scaling", "mqar", "all", "table"],
+                   help="table: the MQAR table (and --plot) from --rows files of earlier runs")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of every row")
     p.add_argument("--kinds", default="attention,gated_deltanet,hybrid")
     p.add_argument("--n_layer", type=int, default=4)
@@ -236,7 +285,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="also append the rows to this JSON-lines file")
     p.add_argument("--plot", default=None, help="mqar: write accuracy vs width to this PNG")
+    p.add_argument("--rows", default=None,
+                   help="table: comma-separated --out files of mqar runs (e.g. one per lr)")
     args = p.parse_args(argv)
+    if args.what == "table":
+        return mqar_table_from_files(p, args.rows, args.plot)
     if args.quick:
         args.n_layer, args.n_embd, args.n_head, args.repeats = 2, 64, 2, 1
         args.contexts, args.new_tokens, args.lengths = "64,256", 8, "64,128"

@@ -47,6 +47,12 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("gated-deltanet", dict(mixer="gated_deltanet")),
     Variant("hybrid-1in4", dict(mixer="gated_deltanet", attention_every=4), seeds=(0, 1)),
     Variant(f"{BEST}-hybrid-1in4", {**MODERN, "mixer": "gated_deltanet", "attention_every": 4}),
+    # The hybrid against the best transformer row on equal terms: the same stack with Muon.
+    Variant(
+        f"{BEST}-hybrid-1in4+muon",
+        {**MODERN, "mixer": "gated_deltanet", "attention_every": 4},
+        optimizer="muon", lrs=(0.01, 0.02, 0.04), seeds=(0, 1),
+    ),
 )
 
 # --quick: the pipeline end to end in a few minutes (two variants, one lr, tiny budget).

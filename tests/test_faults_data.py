@@ -323,7 +323,8 @@ def test_disk_full_then_resume(tmp_path, corpus, reference, capsys):
 def test_ctrl_c_is_one_line_exit_130_and_the_rerun_resumes(tmp_path, shared_data):
     """The real command line, interrupted by SIGINT mid-way (tokenizer threads running)."""
     texts = [t[:3000] for t in read_jsonl_texts(shared_data / "classics" / "kjv.jsonl", limit=None)]
-    corpus = write_jsonl(tmp_path / "kjv.jsonl", texts)
+    # Three copies: enough shards after the first that a loaded machine cannot finish first.
+    corpus = write_jsonl(tmp_path / "kjv.jsonl", texts * 3)
     argv = prep_argv(tmp_path / "out", [corpus], "--num_proc=2")
     cmd = [sys.executable, str(REPO / "scripts" / "download_data.py"), *argv]
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -3,6 +3,7 @@ exactly as the parallel pass computes, forgets across documents, resumes bit-exa
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 
@@ -217,5 +218,34 @@ def test_bench_quick_rows(tmp_path):
     assert {r["kind"] for r in rows if r["bench"] == "scaling"} == set(bench.KINDS)
     mqar = [r for r in rows if r["bench"] == "mqar"]
     assert mqar and all(0 <= r["accuracy"] <= 1 for r in mqar)
+    assert all(r["accuracy_by_pairs"] == {"8": r["accuracy"]} for r in mqar)
     table = bench.mqar_table(mqar)
     assert table.count("\n") == 3 and all(kind in table for kind in bench.KINDS)
+
+
+def test_bench_table_merges_lr_runs_from_separate_processes(tmp_path, capsys):
+    """An lr sweep run as one process per lr: `table --rows` keeps each model's best lr, lists
+    every lr's accuracy, and refuses a missing file by name with exit 2."""
+    bench = _mixer_bench()
+    base = {"bench": "mqar", "width": 64, "seq_len": 256, "pairs": 32, "train_pairs": [32],
+            "steps": 100, "batch": 32, "vocab": 128, "pos_emb": "rope", "params": 1}
+
+    def row(kind, lr, acc):
+        return {**base, "kind": kind, "best_lr": lr, "accuracy": acc, "by_lr": {str(lr): acc}}
+
+    first, second = tmp_path / "lr1.jsonl", tmp_path / "lr3.jsonl"
+    first.write_text("\n".join(json.dumps(r) for r in [
+        row("attention", 1e-3, 0.2), row("gated_deltanet", 1e-3, 0.5),
+        {"bench": "decode", "kind": "attention"},
+    ]) + "\n")
+    second.write_text(json.dumps(row("attention", 3e-3, 0.3)) + "\n")
+    rows = bench.main(["table", "--rows", f"{first},{second}", "--plot", str(tmp_path / "m.png")])
+    by_kind = {r["kind"]: r for r in rows}
+    assert set(by_kind) == {"attention", "gated_deltanet"}
+    assert by_kind["attention"]["best_lr"] == 3e-3 and by_kind["attention"]["accuracy"] == 0.3
+    assert by_kind["attention"]["by_lr"] == {"0.001": 0.2, "0.003": 0.3}
+    assert "0.300 (lr 0.003)" in capsys.readouterr().out
+    assert (tmp_path / "m.png").stat().st_size > 0
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["table", "--rows", str(tmp_path / "missing.jsonl")])
+    assert exit_.value.code == 2 and "missing.jsonl" in capsys.readouterr().err
