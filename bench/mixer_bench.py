@@ -155,6 +155,7 @@ def mqar_row(kind: str, width: int, args) -> dict:
         kind, 2, width, max(width // 64, 1), 2 * n_keys + 1, args.seq_len, args.pos_emb
     )
     model = GPT(cfg)
+    apply = jax.jit(model.apply)
     results = {}
     for lr in args.lrs:  # Zoology sweeps the learning rate per model; report the best
         tx = make_optimizer(make_lr_schedule(lr, lr / 10, args.steps // 10, args.steps), 0.1)
@@ -168,7 +169,7 @@ def mqar_row(kind: str, width: int, args) -> dict:
         # Every pair count trained on, not only the judged one: at a budget too small for
         # `pairs`, the easier counts still show which model has begun to recall.
         by_pairs = {
-            n: _mqar_accuracy(model, state.params, args, n, n_keys)
+            n: _mqar_accuracy(apply, state.params, args, n, n_keys)
             for n in sorted({*args.train_pairs, args.pairs})
         }
         results[lr] = (by_pairs[args.pairs], float(metrics["loss"]), by_pairs)
@@ -184,10 +185,11 @@ def mqar_row(kind: str, width: int, args) -> dict:
     }
 
 
-def _mqar_accuracy(model: GPT, params, args, pairs: int, n_keys: int) -> float:
-    """Greedy accuracy on the queried values of 256 held-out sequences (one fixed test set)."""
+def _mqar_accuracy(apply, params, args, pairs: int, n_keys: int) -> float:
+    """Greedy accuracy on the queried values of 256 held-out sequences (one fixed test set);
+    `apply` is the model's jitted apply, shared by every pair count (same shapes, one compile)."""
     test = mqar_batch(np.random.default_rng(10_000 + args.seed), 256, args.seq_len, pairs, n_keys)
-    logits = jax.jit(model.apply)({"params": params}, jnp.asarray(test["inputs"]))
+    logits = apply({"params": params}, jnp.asarray(test["inputs"]))
     hit = np.asarray(jnp.argmax(logits, -1)) == test["targets"]
     return float((hit * test["weights"]).sum() / test["weights"].sum())
 
@@ -243,9 +245,17 @@ def mqar_table_from_files(p: argparse.ArgumentParser, files: str | None, plot: s
     for path in files.split(","):
         try:
             with open(path) as f:
-                rows += [json.loads(line) for line in f if line.strip()]
-        except (OSError, json.JSONDecodeError) as e:
-            p.error(f"--rows {path}: {e}")
+                lines = [(i, json.loads(line)) for i, line in enumerate(f, 1) if line.strip()]
+        except (OSError, ValueError) as e:  # ValueError: bad JSON or bytes that are not UTF-8
+            p.error(f"--rows {path}: {e}; pass the JSON-lines --out file of an mqar run")
+        for i, r in lines:
+            if not isinstance(r, dict) or r.get("bench") != "mqar":
+                continue
+            if not (isinstance(r.get("accuracy"), (int, float)) and isinstance(r.get("by_lr"), dict)
+                    and "kind" in r and "width" in r):
+                p.error(f"--rows {path}, line {i}: an mqar row without kind/width/accuracy/by_lr; "
+                        "pass the --out file of an mqar run")
+            rows.append(r)
     rows = merge_lr_rows(rows)
     if not rows:
         p.error(f"--rows {files}: no mqar rows in them")
