@@ -22,7 +22,7 @@ learned the trained lengths but failed at 20 and 30 digits. Change `pos_emb` bef
 """
 
 from minigpt_jax.config import default_config, model_fields
-from minigpt_jax.digit_positions import digit_token_ids
+from minigpt_jax.digit_positions import digit_token_ids, newline_token_ids
 from minigpt_jax.tokenizer import ByteTokenizer
 
 # Longest trained number: a 10-digit operand or an 11-digit sum; offsets up to 100 train indices
@@ -45,6 +45,7 @@ def get_config():
         digit_pos_max=DIGIT_POS_MAX,
         digit_pos_offset_max=DIGIT_POS_OFFSET_MAX,
         digit_ids=digit_token_ids(ByteTokenizer()),
+        newline_ids=newline_token_ids(ByteTokenizer()),  # used by digit_pos_scheme="coupled"
     )
     c.data_dir = "data/arithmetic_long"
     c.run_dir = "runs/arithmetic_long"

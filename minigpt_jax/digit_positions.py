@@ -14,6 +14,20 @@ ASCII digit, for the byte tokenizer and BPE alike) and lives in GPTConfig, so a 
 config is all that generation needs. The index is a running count, so decoding with a KV cache
 carries one integer per row (the length of the digit run the last token ended) and never looks
 back.
+
+The "coupled" scheme (position coupling, Cho et al. 2024, as a rule over the text) is what
+extends worked solutions to longer numbers. Abacus indices count from a number's first digit, so
+in `347+285` the units share no index with the step line that adds them, and that step's lookup
+("the digit w columns back") depends on the length. Coupled ids give every token the column it
+belongs to: digits of the prompt line are indexed from the number's right end (units = 1), and
+every later line L (counted from the document's start; a newline opens the next line) gets id L,
+its digit runs counting down from L + 1 (L+1, L, ...; never below 1). A solution written one line
+per column, least significant first, then has step line s sharing id s with the prompt digits it
+reads, and the answer line, most significant first, counting down to the step lines it copies
+(the answer digit of column m has id m + 1, step line m's units digit id m): every lookup is
+"same id" or a fixed shift of it, for every length. The prompt is given whole, so its right-end
+indices are exact; generated lines use only what precedes them, so decoding carries the line
+count and the digit run (a prompt number split across prefill chunks is indexed per chunk).
 """
 
 from __future__ import annotations
@@ -24,6 +38,7 @@ import jax
 import jax.numpy as jnp
 
 DIGITS = frozenset("0123456789")
+SCHEMES = ("abacus", "coupled")
 
 
 def digit_token_ids(tokenizer) -> tuple[int, ...]:
@@ -35,6 +50,14 @@ def digit_token_ids(tokenizer) -> tuple[int, ...]:
     eot = getattr(tokenizer, "eot_id", None)
     return tuple(
         i for i in range(tokenizer.vocab_size) if i != eot and tokenizer.decode([i]) in DIGITS
+    )
+
+
+def newline_token_ids(tokenizer) -> tuple[int, ...]:
+    """The ids whose decoded text is exactly one newline: the line breaks "coupled" ids count."""
+    eot = getattr(tokenizer, "eot_id", None)
+    return tuple(
+        i for i in range(tokenizer.vocab_size) if i != eot and tokenizer.decode([i]) == "\n"
     )
 
 
@@ -63,3 +86,36 @@ def digit_indices(
     run_BT = jnp.where(is_digit_BT, t_T[None] - last_non_BT, 0)
     shift_B1 = 0 if offset_B is None else offset_B[:, None]
     return jnp.where(is_digit_BT, run_BT + shift_B1, 0), run_BT[:, -1]
+
+
+def coupled_indices(
+    tokens_BT: jax.Array,
+    digit_ids: Sequence[int],
+    newline_ids: Sequence[int],
+    doc_sep_id: int,
+    line_B: jax.Array | None = None,
+    run_B: jax.Array | None = None,
+    offset_B: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(index_BT, line_B, run_B): each token's coupled id (module docstring) plus the row's
+    `offset_B` where it is > 0; the line count and the digit run at the last column.
+
+    `line_B` and `run_B` continue a decode (the line number and digit run that end just before
+    column 0; default 0). A `doc_sep_id` token starts a new document at line 0; tokens < 0 (left
+    padding) are nothing.
+    """
+    is_digit_BT = jnp.isin(tokens_BT, jnp.asarray(digit_ids, tokens_BT.dtype))
+    from_left_BT, run_B = digit_indices(tokens_BT, digit_ids, run_B)
+    from_right_BT = digit_indices(tokens_BT[:, ::-1], digit_ids)[0][:, ::-1]
+    is_newline_BT = jnp.isin(tokens_BT, jnp.asarray(newline_ids, tokens_BT.dtype))
+    base_B = jnp.zeros(tokens_BT.shape[:1], jnp.int32) if line_B is None else line_B
+    count_BT = base_B[:, None] + jnp.cumsum(is_newline_BT, axis=1, dtype=jnp.int32)
+    # count_BT never decreases, so the running max of its value at separators is the last one's
+    is_doc_start_BT = (tokens_BT == doc_sep_id) & (doc_sep_id >= 0)  # -1 (off) is padding's id
+    at_doc_start_BT = jax.lax.cummax(jnp.where(is_doc_start_BT, count_BT, 0), axis=1)
+    line_BT = count_BT - at_doc_start_BT
+    in_line_BT = jnp.where(is_digit_BT, jnp.maximum(line_BT + 2 - from_left_BT, 1), line_BT)
+    index_BT = jnp.where(line_BT == 0, jnp.where(is_digit_BT, from_right_BT, 0), in_line_BT)
+    if offset_B is not None:
+        index_BT = jnp.where(index_BT > 0, index_BT + offset_B[:, None], 0)
+    return index_BT, line_BT[:, -1], run_B

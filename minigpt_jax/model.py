@@ -23,7 +23,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from minigpt_jax.digit_positions import digit_indices
+from minigpt_jax.digit_positions import SCHEMES, coupled_indices, digit_indices
 from minigpt_jax.layers import MLP, MLPS, NORMS, dense, norm, residual_std, rms_normalize
 from minigpt_jax.mixers import DeltaState, GatedDeltaNet
 from minigpt_jax.positions import random_gaps, rope, stretch_positions
@@ -103,6 +103,11 @@ class GPTConfig:
     digit_pos_max: int = 0
     digit_pos_offset_max: int = 0
     digit_ids: tuple[int, ...] = ()
+    # "abacus": each digit's index within its number; "coupled": the column a token belongs to,
+    # prompt digits from the right and every later line by its line number (digit_positions.py),
+    # which needs the tokenizer's `newline_ids` (`digit_positions.newline_token_ids`).
+    digit_pos_scheme: str = "abacus"
+    newline_ids: tuple[int, ...] = ()
     # Randomized positions, a variant of Ruoss et al. 2023, with pos_emb="rope": g > 1 stretches
     # each training document's positions by random gaps (a scale s in 1..g per document, each gap
     # in 1..s; positions.random_gaps), so no lookup can rely on an exact distance and distances
@@ -112,7 +117,8 @@ class GPTConfig:
     rope_gap_max: int = 0
 
     def __post_init__(self):
-        object.__setattr__(self, "digit_ids", tuple(int(i) for i in self.digit_ids))  # from JSON
+        for field in ("digit_ids", "newline_ids"):  # lists when read back from JSON
+            object.__setattr__(self, field, tuple(int(i) for i in getattr(self, field)))
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         if self.compute_dtype not in DTYPES:
@@ -170,6 +176,17 @@ class GPTConfig:
                 f"digit_pos_max={self.digit_pos_max} needs digit_ids: the tokenizer's digit token "
                 f"ids below vocab_size={self.vocab_size} (digit_positions.digit_token_ids)"
             )
+        if self.digit_pos_scheme not in SCHEMES:
+            raise ValueError(
+                f"digit_pos_scheme={self.digit_pos_scheme!r}: use one of {', '.join(SCHEMES)}"
+            )
+        if self.digit_pos_max and self.digit_pos_scheme == "coupled" and not (
+            self.newline_ids and all(0 <= i < self.vocab_size for i in self.newline_ids)
+        ):
+            raise ValueError(
+                f"digit_pos_scheme='coupled' needs newline_ids: the tokenizer's newline token ids "
+                f"below vocab_size={self.vocab_size} (digit_positions.newline_token_ids)"
+            )
 
     def is_attention(self, layer: int) -> bool:
         every = self.attention_every
@@ -211,7 +228,7 @@ class GPTConfig:
 # The fields that change what the parameters compute (everything above is size, dtype or kernel).
 ARCHITECTURE_FIELDS = (
     "pos_emb", "norm", "bias", "qk_norm", "mlp", "tie_embeddings", "zero_init_proj",
-    "logit_softcap", "mixer", "attention_every", "digit_pos_max",
+    "logit_softcap", "mixer", "attention_every", "digit_pos_max", "digit_pos_scheme",
 )
 
 
@@ -240,6 +257,7 @@ class KVCache(flax.struct.PyTreeNode):
     index: jax.Array  # int32 scalar, the column the next token is written to
     mixer: DeltaState  # leaves stacked over the mixer layers (leading axis of size 0 if none)
     digit_run_B: jax.Array  # int32, the digit run the last written column ends (digit positions)
+    digit_line_B: jax.Array  # int32, the line the last written column is in ("coupled" ids)
 
     @classmethod
     def zeros(cls, config: GPTConfig, batch: int, length: int, start_B: jax.Array) -> KVCache:
@@ -254,6 +272,7 @@ class KVCache(flax.struct.PyTreeNode):
             index=jnp.zeros((), jnp.int32),
             mixer=jax.tree.map(lambda x: jnp.zeros((n_mixer, *x.shape), x.dtype), one),
             digit_run_B=jnp.zeros((batch,), jnp.int32),
+            digit_line_B=jnp.zeros((batch,), jnp.int32),
         )
 
 
@@ -433,20 +452,26 @@ class GPT(nn.Module):
             x_BTD = x_BTD + nn.Embed(cfg.block_size, cfg.n_embd, embedding_init=embed_init,
                                      name="wpe")(pos_BT)
         if cfg.digit_pos_max:
-            digit_tokens_BT, run_B, offset_B = tokens_BT, None, None
+            digit_tokens_BT, run_B, line_B, offset_B = tokens_BT, None, None, None
             if cache is not None:  # left padding is never part of a number
                 digit_tokens_BT = jnp.where(col_BT >= cache.start_B[:, None], tokens_BT, -1)
-                run_B = cache.digit_run_B
+                run_B, line_B = cache.digit_run_B, cache.digit_line_B
             if not deterministic and cfg.digit_pos_offset_max:
                 offset_B = jax.random.randint(
                     self.make_rng("digits"), (tokens_BT.shape[0],), 0, cfg.digit_pos_offset_max
                 )
-            index_BT, run_B = digit_indices(digit_tokens_BT, cfg.digit_ids, run_B, offset_B)
+            if cfg.digit_pos_scheme == "coupled":
+                index_BT, line_B, run_B = coupled_indices(
+                    digit_tokens_BT, cfg.digit_ids, cfg.newline_ids, cfg.doc_sep_id, line_B,
+                    run_B, offset_B,
+                )
+            else:
+                index_BT, run_B = digit_indices(digit_tokens_BT, cfg.digit_ids, run_B, offset_B)
             row_BT = jnp.clip(index_BT - 1, 0, cfg.digit_pos_max - 1)
             wde = nn.Embed(cfg.digit_pos_max, cfg.n_embd, embedding_init=embed_init, name="wde")
             x_BTD = x_BTD + jnp.where((index_BT > 0)[..., None], wde(row_BT), 0)
             if cache is not None:
-                cache = cache.replace(digit_run_B=run_B)
+                cache = cache.replace(digit_run_B=run_B, digit_line_B=line_B)
         x_BTD = nn.Dropout(cfg.dropout)(x_BTD, deterministic=deterministic)
 
         if cache is None:

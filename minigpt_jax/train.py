@@ -200,17 +200,22 @@ def check_data(cfg: ml_collections.ConfigDict) -> tuple[GPTConfig, list[Path], l
             f"{tokenizer['vocab_size']}",
         )
     if model_cfg.digit_pos_max and tokenizer:
-        from minigpt_jax.digit_positions import digit_token_ids
+        from minigpt_jax.digit_positions import digit_token_ids, newline_token_ids
         from minigpt_jax.tokenizer import load_run_tokenizer
 
-        ids = digit_token_ids(load_run_tokenizer(tokenizer, cfg.data_dir))
-        if ids != model_cfg.digit_ids:
-            raise ConfigError(
-                "model.digit_ids",
-                f"{list(model_cfg.digit_ids)} are not the digit ids of the shards' tokenizer "
-                f"{tokenizer['name']!r} ({list(ids)}); set them with "
-                f"digit_positions.digit_token_ids(tokenizer)",
-            )
+        run_tokenizer = load_run_tokenizer(tokenizer, cfg.data_dir)
+        wanted = [("digit_ids", digit_token_ids)]
+        if model_cfg.digit_pos_scheme == "coupled":
+            wanted.append(("newline_ids", newline_token_ids))
+        for field, ids_of in wanted:
+            ids, have = ids_of(run_tokenizer), getattr(model_cfg, field)
+            if ids != have:
+                raise ConfigError(
+                    f"model.{field}",
+                    f"{list(have)} are not the {field[:-4]} ids of the shards' tokenizer "
+                    f"{tokenizer['name']!r} ({list(ids)}); set them with "
+                    f"digit_positions.{ids_of.__name__}(tokenizer)",
+                )
     check_eval_data(cfg, val_paths, model_cfg.vocab_size)  # not at the first eval, after hours
     return model_cfg, train_paths, val_paths, tokenizer
 

@@ -495,3 +495,24 @@ def test_length_curves_and_plot(tmp_path):
     pytest.importorskip("matplotlib")
     evaluate.plot_length_curves(curves, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_training_refuses_digit_and_newline_ids_that_are_not_the_shards(tmp_path):
+    """A config's digit/newline ids must be the shards' tokenizer's: the message names the key
+    and the helper that makes them."""
+    from minigpt_jax.config import ConfigError, default_config, model_fields
+    from minigpt_jax.train import check_data
+
+    arithmetic_data.write_dataset(tmp_path, train_tokens=4_096, val_tokens=1_024, block_size=128)
+    c = default_config()
+    c.model = model_fields(
+        "tiny", vocab_size=257, block_size=128, doc_sep_id=256, digit_pos_max=16,
+        digit_ids=tuple(range(48, 58)), digit_pos_scheme="coupled", newline_ids=(10,),
+    )
+    c.data_dir, c.block_size, c.batch_size = str(tmp_path), 128, 4
+    assert check_data(c)[0].newline_ids == (10,)
+    for key, wrong in (("newline_ids", (13,)), ("digit_ids", tuple(range(49, 59)))):
+        c.model[key] = wrong
+        with pytest.raises(ConfigError, match=f"model.{key}.*{key[:-4]}_token_ids"):
+            check_data(c)
+        c.model[key] = (10,) if key == "newline_ids" else tuple(range(48, 58))
