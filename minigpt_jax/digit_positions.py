@@ -47,17 +47,18 @@ def digit_token_ids(tokenizer) -> tuple[int, ...]:
     A BPE token such as "12" or " 3" is not one of them: its digits are not one index each, so it
     gets no digit position (the byte tokenizer has exactly the ten ids 48..57).
     """
-    eot = getattr(tokenizer, "eot_id", None)
-    return tuple(
-        i for i in range(tokenizer.vocab_size) if i != eot and tokenizer.decode([i]) in DIGITS
-    )
+    return _ids_decoding_to(tokenizer, DIGITS)
 
 
 def newline_token_ids(tokenizer) -> tuple[int, ...]:
     """The ids whose decoded text is exactly one newline: the line breaks "coupled" ids count."""
+    return _ids_decoding_to(tokenizer, {"\n"})
+
+
+def _ids_decoding_to(tokenizer, texts) -> tuple[int, ...]:
     eot = getattr(tokenizer, "eot_id", None)
     return tuple(
-        i for i in range(tokenizer.vocab_size) if i != eot and tokenizer.decode([i]) == "\n"
+        i for i in range(tokenizer.vocab_size) if i != eot and tokenizer.decode([i]) in texts
     )
 
 

@@ -180,12 +180,15 @@ class GPTConfig:
             raise ValueError(
                 f"digit_pos_scheme={self.digit_pos_scheme!r}: use one of {', '.join(SCHEMES)}"
             )
-        if self.digit_pos_max and self.digit_pos_scheme == "coupled" and not (
-            self.newline_ids and all(0 <= i < self.vocab_size for i in self.newline_ids)
+        if self.digit_pos_scheme == "coupled" and not (
+            self.digit_pos_max
+            and self.newline_ids
+            and all(0 <= i < self.vocab_size for i in self.newline_ids)
         ):
             raise ValueError(
-                f"digit_pos_scheme='coupled' needs newline_ids: the tokenizer's newline token ids "
-                f"below vocab_size={self.vocab_size} (digit_positions.newline_token_ids)"
+                f"digit_pos_scheme='coupled' needs digit_pos_max > 0 (got {self.digit_pos_max}) "
+                f"and newline_ids: the tokenizer's newline token ids below vocab_size="
+                f"{self.vocab_size} (digit_positions.newline_token_ids)"
             )
 
     def is_attention(self, layer: int) -> bool:

@@ -130,7 +130,7 @@ def test_coupled_step_lines_share_ids_with_the_prompt_columns_they_read():
         at += len(line) + 1
     assert line_ids[0] == [3, 2, 1, 0, 3, 2, 1]
     for s in (1, 2, 3):  # "x+y+c=..." of column s: the separators carry s, the operands s + 1
-        assert line_ids[s][1] == line_ids[s][3] == s and line_ids[s][-1] == max(s, 1)
+        assert line_ids[s][1] == line_ids[s][3] == s and line_ids[s][-1] == s
     assert line_ids[4] == [4, 4, 5, 4, 3, 2]  # A:0632, counting down to the columns
     assert coupled(text, offset=7) == [i + 7 if i else 0 for i in ids]
 
@@ -179,8 +179,10 @@ def test_config_validates_digit_fields():
     assert GPTConfig.preset("tiny", digit_pos_max=8, digit_ids=[48, 49]).digit_ids == (48, 49)
     with pytest.raises(ValueError, match="digit_pos_scheme='even'"):
         GPTConfig.preset("tiny", digit_pos_scheme="even")
-    with pytest.raises(ValueError, match="needs newline_ids"):
+    with pytest.raises(ValueError, match="needs digit_pos_max > 0 .* and newline_ids"):
         GPTConfig.preset("tiny", digit_pos_max=8, digit_ids=(48,), digit_pos_scheme="coupled")
+    with pytest.raises(ValueError, match=r"needs digit_pos_max > 0 \(got 0\)"):  # not a no-op
+        GPTConfig.preset("tiny", digit_pos_scheme="coupled", newline_ids=(10,))
     cfg = GPTConfig.preset("tiny", digit_pos_max=8, digit_ids=(48,), digit_pos_scheme="coupled",
                            newline_ids=[10])
     assert cfg.newline_ids == (10,)
