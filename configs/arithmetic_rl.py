@@ -15,6 +15,8 @@ and takes one on-policy policy-gradient step with the group-mean baseline
 Measured (BENCHMARKS.md, "Post-training"): of learning rates 3e-4, 1e-4 and 3e-5, none raised
 held-out greedy accuracy within 20 CPU minutes (107 steps at 3e-5 on one core); more supervised
 steps did (configs/arithmetic_sft_more.py). The rate here is the one that did least harm.
+Per-line credit from the step checker (`--config.line_credit=1`), an 800-step start and a KL
+penalty to it (`--config.kl_coef`) did not lift it either; the measured reason is in BENCHMARKS.md.
 """
 
 from pathlib import Path

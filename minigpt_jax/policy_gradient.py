@@ -7,9 +7,18 @@ all wrong). Every completion token of a sample carries its sample's advantage, a
 normalised by the number of completion tokens in the whole batch (token-level, as DAPO): a long
 answer is not worth less per token than a short one.
 
+Per-line credit (optional, `line_credit` in the RL config): a sequence-level advantage gives the
+same sign to every token of a sample, although a wrong worked solution is usually right up to one
+line. When the task can say how many of a completion's lines are right from the first
+(`RLTask.right_lines`, the step checker for arithmetic), each line j of a sample also gets
+1[j < right] minus the share of its group right through line j (the per-line baseline): the first
+wrong line is pushed down hardest where the rest of the group got it right, and a group that is
+all wrong still teaches where its samples went wrong. This is DeepSeekMath's process-supervised
+GRPO with per-step instead of return-to-go advantages.
+
 The update is on-policy, one optimizer step per batch of rollouts, so the importance ratio of
 PPO/GRPO's clipped objective is exactly 1 and the objective reduces to REINFORCE with the group
-baseline: loss = -sum_t w_t A_b log pi(y_t) / sum_t w_t, plus `kl_coef` times the k3 estimator of
+baseline: loss = -sum_t w_t A_t log pi(y_t) / sum_t w_t, plus `kl_coef` times the k3 estimator of
 KL(pi || pi_ref) per token (exp(d) - d - 1, d = log pi_ref - log pi), when asked for.
 """
 
@@ -36,33 +45,58 @@ def group_advantages(rewards_PG: np.ndarray, scale_by_std: bool = False) -> np.n
     return adv_PG
 
 
+def line_credit(right_G: Sequence[int], token_lines: Sequence[Sequence[int]]) -> list[np.ndarray]:
+    """Per-token process advantages of one group: for sample g's token in line j,
+    1[j < right_g] - mean over the group of 1[j < right_h]. `right_G` is how many lines of each
+    sample are right from the first; `token_lines` the line of each of its chosen tokens."""
+    right_G = np.asarray(right_G)
+    out = []
+    for right, lines in zip(right_G, token_lines, strict=True):
+        lines_N = np.asarray(lines, np.int64).reshape(-1)
+        share_N = (lines_N[None, :] < right_G[:, None]).mean(axis=0)
+        out.append(((lines_N < right).astype(np.float32) - share_N).astype(np.float32))
+    return out
+
+
+def token_lines(piece_newlines: Sequence[int], ended: bool) -> list[int]:
+    """The line each chosen token starts in, from the number of newlines each completion token
+    writes (`piece_newlines`); the closing end-of-text, when there is one, belongs to the line
+    it closes (the answer line), not to the empty line after its newline."""
+    lines = (np.cumsum([0, *piece_newlines])[:-1]).tolist()
+    return [*lines, lines[-1] if lines else 0] if ended else lines
+
+
 def rollout_batch(
     prompts: Sequence[Sequence[int]],
     completions: Sequence[Sequence[int]],
     ended: Sequence[bool],
-    advantages: Sequence[float],
+    advantages: Sequence[float | Sequence[float]],
     eot_id: int,
     length: int,
 ) -> dict[str, np.ndarray]:
     """Prompt + completion (+ `eot_id` where the sample ended) per row, right-padded to `length`
     + 1 tokens, as next-token inputs/targets. `weights` is 1 on the targets the policy chose (the
     completion and its closing eot), 0 on the prompt and padding: prompts are given, not chosen.
+    `advantages` holds, per row, one number for all its chosen tokens or one per chosen token;
+    the batch carries them per target (0 where the weight is 0).
     Rows start at position 0, as the sampler's left-padded rows do from their own start."""
     B = len(prompts)
     tokens = np.full((B, length + 1), eot_id, np.int32)
     weights = np.zeros((B, length), np.float32)
-    for b, (prompt, completion, done) in enumerate(zip(prompts, completions, ended, strict=True)):
+    adv_BT = np.zeros((B, length), np.float32)
+    rows = zip(prompts, completions, ended, advantages, strict=True)
+    for b, (prompt, completion, done, adv) in enumerate(rows):
         row = [*prompt, *completion, *([eot_id] if done else [])]
         if len(row) > length + 1:
             raise ValueError(f"row {b} has {len(row)} tokens; the batch holds {length + 1}")
+        chosen = slice(len(prompt) - 1, len(row) - 1)
+        if np.ndim(adv) and len(adv) != len(row) - len(prompt):
+            raise ValueError(f"row {b}: {len(adv)} advantages for {len(row) - len(prompt)} tokens")
         tokens[b, : len(row)] = row
-        weights[b, len(prompt) - 1 : len(row) - 1] = 1.0
-    return {
-        "inputs": tokens[:, :-1],
-        "targets": tokens[:, 1:],
-        "weights": weights,
-        "advantages": np.asarray(advantages, np.float32),
-    }
+        weights[b, chosen] = 1.0
+        adv_BT[b, chosen] = adv
+    return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "weights": weights,
+            "advantages": adv_BT}
 
 
 def token_logprobs(logits_BTV: jax.Array, targets_BT: jax.Array, temperature: float) -> jax.Array:
@@ -74,14 +108,14 @@ def token_logprobs(logits_BTV: jax.Array, targets_BT: jax.Array, temperature: fl
 def policy_gradient_loss(
     logp_BT: jax.Array,
     weights_BT: jax.Array,
-    advantages_B: jax.Array,
+    advantages_BT: jax.Array,
     ref_logp_BT: jax.Array | None = None,
     kl_coef: float = 0.0,
 ) -> tuple[jax.Array, Metrics]:
-    """Token-normalised REINFORCE with per-sample advantages, plus the optional k3 KL penalty."""
+    """Token-normalised REINFORCE with per-token advantages, plus the optional k3 KL penalty."""
     weights_BT = weights_BT.astype(jnp.float32)
     count = jnp.maximum(weights_BT.sum(), 1.0)
-    per_token_BT = -advantages_B[:, None] * logp_BT
+    per_token_BT = -advantages_BT * logp_BT
     metrics: Metrics = {}
     if ref_logp_BT is not None:
         d_BT = ref_logp_BT - logp_BT

@@ -40,9 +40,11 @@ from minigpt_jax.generate import bucket_size, max_prompt_tokens, sample, sample_
 from minigpt_jax.model import GPT, GPTConfig
 from minigpt_jax.policy_gradient import (
     group_advantages,
+    line_credit,
     make_logprob_fn,
     make_pg_step,
     rollout_batch,
+    token_lines,
 )
 from minigpt_jax.tasks import RLTask, load_task
 from minigpt_jax.train import (
@@ -80,6 +82,11 @@ def validate_rl_config(cfg: ml_collections.ConfigDict) -> None:
         raise ConfigError("group_size", f"{cfg.group_size}: a group baseline needs >= 2 samples")
     if not 0 < cfg.temperature < float("inf"):
         raise ConfigError("temperature", f"{cfg.temperature}: sample at a finite T > 0")
+    for key in ("line_credit", "outcome_credit", "negative_weight"):
+        if not 0 <= cfg[key] < float("inf"):
+            raise ConfigError(key, f"{cfg[key]}: use a finite weight >= 0")
+    if not cfg.outcome_credit and not cfg.line_credit:
+        raise ConfigError("outcome_credit", "0 with line_credit 0: every advantage would be 0")
     if cfg.kl_coef < 0:
         raise ConfigError("kl_coef", f"{cfg.kl_coef} is negative; use 0 (off) or more")
     if cfg.kl_coef and cfg.init_from == "scratch":
@@ -111,6 +118,7 @@ class RLRun:
     tokenizer: Any  # the TextTokenizer
     tokenizer_record: dict[str, Any] | None
     ckpts: Any
+    newlines: dict[int, int] = dataclasses.field(default_factory=dict)  # token id -> its "\n"s
 
 
 def setup(cfg: ml_collections.ConfigDict, task: RLTask | None = None) -> RLRun:
@@ -224,13 +232,21 @@ def rollouts(run: RLRun, params: Any, step: int) -> tuple[dict[str, np.ndarray],
         np.float32,
     )
     run.proposer.update([task.cell_of(p) for p in problems], solved_PG.mean(axis=1))
-    adv = group_advantages(rewards_PG, cfg.scale_advantages).reshape(-1)
+    adv = cfg.outcome_credit * group_advantages(rewards_PG, cfg.scale_advantages).reshape(-1)
     ended = [len(o) < cfg.max_new_tokens for o in outs]
+    metrics = {}
+    if cfg.negative_weight != 1.0:
+        adv = np.where(adv < 0, cfg.negative_weight * adv, adv)
+    if cfg.line_credit:
+        adv, metrics["right_lines"] = _with_line_credit(
+            run, problems, texts, outs, ended, adv, cfg.line_credit
+        )
     longest = max(len(r) + len(o) + 1 for r, o in zip(rows, outs, strict=True))
     length = min(bucket_size(longest - 1, minimum=32), run.model_cfg.block_size)
     batch = rollout_batch(rows, outs, ended, adv, tok.eot_id, length)
     new_tokens = sum(len(o) + e for o, e in zip(outs, ended, strict=True))
     metrics = {
+        **metrics,
         "reward": float(rewards_PG.mean()),
         "pass@1": float(solved_PG.mean()),
         f"pass@{G}": float((solved_PG.max(axis=1) > 0).mean()),
@@ -239,6 +255,27 @@ def rollouts(run: RLRun, params: Any, step: int) -> tuple[dict[str, np.ndarray],
         "sampled_tokens_per_s": new_tokens / max(sample_seconds, 1e-9),
     }
     return batch, metrics
+
+
+def _with_line_credit(run, problems, texts, outs, ended, adv, weight):
+    """Each sample's advantage, per chosen token: its group advantage plus `weight` times the
+    per-line process advantage (`policy_gradient.line_credit`). Also returns the mean number of
+    right lines, for the log."""
+    G = run.cfg.group_size
+    newlines = run.newlines
+    for t in {t for o in outs for t in o} - newlines.keys():
+        newlines[t] = run.tokenizer.decode([t]).count("\n")
+    right = [run.task.right_lines(p, texts[i * G + g])
+             for i, p in enumerate(problems) for g in range(G)]
+    per_token = []
+    for i in range(len(problems)):
+        group = range(i * G, (i + 1) * G)
+        lines = [token_lines([newlines[t] for t in outs[k]], ended[k]) for k in group]
+        credit = line_credit([right[k] for k in group], lines)
+        for k, c in zip(group, credit, strict=True):
+            c = np.where(c < 0, run.cfg.negative_weight * c, c)
+            per_token.append(adv[k] + weight * c)
+    return per_token, float(np.mean(right))
 
 
 def greedy_accuracy(run: RLRun, params: Any) -> dict[str, float]:

@@ -252,6 +252,29 @@ def test_steps_are_right_separates_wrong_steps_from_a_wrong_answer_line():
     assert arithmetic.steps_are_right(p, right + "1+1+0=02\n")  # lines after A: are not steps
 
 
+def test_right_lines_counts_the_lines_right_from_the_first():
+    p = arithmetic.Problem("+", 347, 285)
+    good = "7+5+0=12\n4+8+1=13\n3+2+1=06\nA:632\n"
+    assert arithmetic.right_lines(p, good) == 4
+    assert arithmetic.right_lines(p, "7+5+0=12\n4+8+0=12\n3+2+1=06\nA:622\n") == 1  # carry
+    assert arithmetic.right_lines(p, "7+5+0=12\n4+8+1=13\n3+2+1=06\nA:633\n") == 3  # answer
+    assert arithmetic.right_lines(p, "7+5+0=12\n4+8+1=13\nA:32\n") == 2  # a column short
+    assert arithmetic.right_lines(p, "7+5+0=12\n4+8+1=13\n3+2+1=06\n3+2+1=06\nA:1") == 3
+    assert arithmetic.right_lines(p, "7+5+0=12\n4+8+1=1") == 1  # cut inside a line
+    assert arithmetic.right_lines(p, "A:632\n") == 0
+    assert arithmetic.right_lines(p, "") == 0
+    rng = random.Random(0)
+    for cell in [("+", 3, 3), ("-", 4, 4), ("*", 2, 2), ("*", 3, 2), ("/", 4, 1), ("/", 4, 2)]:
+        for _ in range(20):
+            q = arithmetic.make_problem(rng, *cell)
+            lines = solution(q).split("\n")[:-1]
+            assert arithmetic.right_lines(q, solution(q)) == len(lines)
+            k = rng.randrange(len(lines))
+            assert arithmetic.right_lines(q, "\n".join(lines[:k]) + "\n" * (k > 0)) == k
+            broken = _corrupt(lines[k], rng) if any(c.isdigit() for c in lines[k]) else "?"
+            assert arithmetic.right_lines(q, "\n".join([*lines[:k], broken, *lines[k + 1 :]])) == k
+
+
 def test_true_step_fraction():
     assert arithmetic.true_step_fraction("7+5+0=12\n4+8+1=13\n3+2+1=06\nA:632\n") == 1.0
     assert arithmetic.true_step_fraction("7+5+0=13\n13-8-1=4\n4*8+5=38\nA:1\n") == 1 / 3

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -329,15 +330,20 @@ def test_ctrl_c_is_one_line_exit_130_and_the_rerun_resumes(tmp_path, shared_data
     cmd = [sys.executable, str(REPO / "scripts" / "download_data.py"), *argv]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     assert data_prep.main([*argv, f"--out_dir={tmp_path / 'ref'}"]) == 0
-    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
     progress = tmp_path / "out" / "progress.json"
-    while proc.poll() is None:
-        with contextlib.suppress(OSError, ValueError):
-            if len(json.loads(progress.read_text())["shards"]) >= 1:
-                proc.send_signal(signal.SIGINT)
-                break
-        time.sleep(0.005)
-    err = proc.communicate()[1]
+    for attempt in range(3):
+        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+        while proc.poll() is None:
+            with contextlib.suppress(OSError, ValueError):
+                if len(json.loads(progress.read_text())["shards"]) >= 1:
+                    proc.send_signal(signal.SIGINT)
+                    break
+            time.sleep(0.005)
+        err = proc.communicate()[1]
+        if proc.returncode == 0 and attempt < 2:  # it finished before the signal landed: a race
+            shutil.rmtree(tmp_path / "out")  # lost by this test's polling, not a failure; again
+            continue
+        break
     assert proc.returncode == 130, err
     assert "Traceback" not in err and err.strip().startswith("interrupted:") and "resume" in err
     assert len(err.strip().splitlines()) == 1

@@ -16,9 +16,11 @@ from minigpt_jax.config import add_rl_keys
 from minigpt_jax.curriculum import Proposer
 from minigpt_jax.policy_gradient import (
     group_advantages,
+    line_credit,
     make_pg_step,
     policy_gradient_loss,
     rollout_batch,
+    token_lines,
     token_logprobs,
 )
 
@@ -51,15 +53,41 @@ def test_rollout_batch_masks_prompts_and_padding():
     np.testing.assert_array_equal(batch["targets"], [[1, 2, 4, 9, 9], [3, 5, 6, 7, 9]])
     # row 0 chose 4 then eot (targets 2 and 3); row 1 chose 5, 6, 7 (targets 1..3)
     np.testing.assert_array_equal(batch["weights"], [[0, 0, 1, 1, 0], [0, 1, 1, 1, 0]])
-    np.testing.assert_array_equal(batch["advantages"], [0.5, -1.0])
+    # each row's advantage sits on its chosen targets only
+    np.testing.assert_array_equal(batch["advantages"], [[0, 0, 0.5, 0.5, 0], [0, -1, -1, -1, 0]])
     with pytest.raises(ValueError, match="tokens"):
         rollout_batch([[9, 1]], [[1, 2, 3, 4, 5]], [True], [0.0], eot, length=4)
+    per_token = rollout_batch([[9, 1, 2], [9, 3]], [[4], [5, 6, 7]], [True, False],
+                              [[0.25, -2.0], [1.0, 2.0, 3.0]], eot, 5)
+    np.testing.assert_array_equal(per_token["advantages"], [[0, 0, 0.25, -2, 0], [0, 1, 2, 3, 0]])
+    with pytest.raises(ValueError, match="2 advantages for 3 tokens"):
+        rollout_batch([[9, 3]], [[5, 6, 7]], [False], [[1.0, 2.0]], eot, 5)
+
+
+def test_line_credit_is_right_through_the_line_minus_the_groups_share():
+    # three samples; right through 2, 0 and 3 lines; tokens in lines 0, 0, 1, 2, 3 (say)
+    lines = [[0, 0, 1, 2, 3]] * 3
+    credit = line_credit([2, 0, 3], lines)
+    share = np.array([2 / 3, 2 / 3, 2 / 3, 1 / 3, 0])  # of the group right through each line
+    np.testing.assert_allclose(credit[0], np.array([1, 1, 1, 0, 0]) - share, atol=1e-6)
+    np.testing.assert_allclose(credit[1], -share, atol=1e-6)  # wrong from its first line
+    np.testing.assert_allclose(credit[2], np.array([1, 1, 1, 1, 0]) - share, atol=1e-6)
+    # a group that is all right (or all wrong) through a line learns nothing there
+    np.testing.assert_allclose(line_credit([4, 4], [[0, 1], [0, 1]]), 0)
+
+
+def test_token_lines_start_counting_after_each_newline():
+    # "7+", "\n", "A:", "1\n", then end-of-text: the eot belongs to the answer line it closes
+    assert token_lines([0, 1, 0, 1], ended=True) == [0, 0, 1, 1, 1]
+    assert token_lines([0, 1, 0, 1], ended=False) == [0, 0, 1, 1]
+    assert token_lines([0, 2, 0], ended=False) == [0, 0, 2]  # a token writing two newlines
+    assert token_lines([], ended=True) == [0]
 
 
 def test_policy_gradient_loss_matches_a_hand_computation():
     logp = jnp.array([[-9.0, -1.0, -2.0, -9.0], [-9.0, -0.5, -3.0, -4.0]])
     weights = jnp.array([[0, 1, 1, 0], [0, 1, 1, 1]], jnp.float32)
-    adv = jnp.array([2.0, -1.0])
+    adv = jnp.array([[5.0, 2.0, 2.0, 7.0], [5.0, -1.0, -1.0, -1.0]])  # 5, 7: off the weights
     loss, metrics = policy_gradient_loss(logp, weights, adv)
     # token-level: -(2*(-1) + 2*(-2) + (-1)*(-0.5) + (-1)*(-3) + (-1)*(-4)) / 5 tokens
     assert float(loss) == pytest.approx(-(-2 - 4 + 0.5 + 3 + 4) / 5)
@@ -246,6 +274,9 @@ class FirstDigitTask:
     reward = solved
     verify = solved
 
+    def right_lines(self, problem, completion):
+        return int(self.solved(problem, completion))  # the one line is right when it is a digit
+
     def cell_of(self, problem):
         return "q"
 
@@ -279,6 +310,19 @@ def test_rl_reaches_a_known_optimum_on_a_toy_task(tmp_path):
     assert first_rewards < 0.3
     assert last["heldout_greedy"] == 1.0  # greedy answers a digit to every held-out prompt
     assert np.mean([r["reward"] for r in records[-5:]]) > 0.9
+
+
+def test_rl_learns_from_line_credit_alone(tmp_path):
+    """With no outcome advantage at all (outcome_credit 0), the per-line credit alone must carry
+    the learning to the same optimum."""
+    from minigpt_jax.rl import train_rl
+
+    cfg = _toy_config(tmp_path, line_credit=1.0, outcome_credit=0.0)
+    last = train_rl(cfg, task=FirstDigitTask())
+    records = read_metrics(Path(cfg.run_dir))
+    assert np.mean([r["right_lines"] for r in records[1:6]]) < 0.3
+    assert last["heldout_greedy"] == 1.0
+    assert np.mean([r["right_lines"] for r in records[-5:]]) > 0.9
 
 
 def test_rl_resume_is_bit_exact_and_keeps_the_proposer_statistics(tmp_path):
@@ -326,6 +370,10 @@ def test_rl_checkpoint_loads_for_inference(tmp_path):
         ("temperature", 0.0, "temperature"),
         ("proposer", "best", "proposer"),
         ("kl_coef", 0.1, "kl_coef"),  # no reference policy: init_from is scratch
+        ("line_credit", -1.0, "line_credit"),
+        ("outcome_credit", float("nan"), "outcome_credit"),
+        ("outcome_credit", 0.0, "every advantage would be 0"),  # and line_credit 0
+        ("negative_weight", -0.5, "negative_weight"),
     ],
 )
 def test_rl_config_errors_name_the_key(tmp_path, key, value, message):

@@ -62,6 +62,11 @@ class RLTask(Protocol):
         """The final answer is right: what pass@k and held-out accuracy count."""
         ...
 
+    def right_lines(self, problem: Any, completion: str) -> int:
+        """How many of the completion's lines (split at newlines) are right from the first: the
+        per-line process credit (`line_credit`); a task without steps may return 0 always."""
+        ...
+
     def verify(self, problem: Any, completion: str) -> bool:
         """Accept a solution without knowing its answer (test-time training's filter)."""
         ...

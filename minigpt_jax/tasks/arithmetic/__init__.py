@@ -1,7 +1,8 @@
 """Chain-of-thought arithmetic: calculator problems, worked solutions, an exact step verifier.
 
     problems.py  Problem, worked solutions, the training mixture and held-out test sets
-    checker.py   parse_answer, check_steps / verify_solution (the reward), steps_are_right, votes
+    checker.py   parse_answer, check_steps / verify_solution (the reward), steps_are_right,
+                 right_lines (per-line process credit), votes
     data.py      the data writer (`python scripts/make_arithmetic_data.py`)
     evaluate.py  the evaluator (`python -m minigpt_jax.eval_arithmetic`)
 
@@ -14,6 +15,7 @@ from minigpt_jax.tasks.arithmetic.checker import (
     check_steps,
     majority_vote,
     parse_answer,
+    right_lines,
     steps_are_right,
     true_step_fraction,
     verified_vote,
@@ -45,6 +47,7 @@ __all__ = [
     "Problem", "StepError", "check_steps", "document", "heldout_problems", "length_specs",
     "majority_vote",
     "make_problem", "parse_answer", "random_int", "sample_problem", "solution",
+    "right_lines",
     "steps_are_right",
     "training_problems", "true_step_fraction", "verified_vote", "verify_solution",
 ]

@@ -56,51 +56,69 @@ _TOTAL_RE = re.compile(r"^=(\d+)$")
 
 
 class StepError(ValueError):
-    """A written step that is false, malformed, or not the next step of the procedure."""
+    """A written step that is false, malformed, or not the next step of the procedure.
+
+    `line` is the index of the first step line that is not the procedure's (the number of lines
+    when the solution stops short): every line before it is right, which is what the per-line
+    process reward (`right_lines`) credits.
+    """
+
+    def __init__(self, message: str, line: int):
+        super().__init__(message)
+        self.line = line
+
+
+def _check_count(lines: list[str], width: int, what: str) -> None:
+    """Raised after the lines present were checked, so a short solution's error is where it stops
+    and a long one's is its first extra line."""
+    if len(lines) != width:
+        raise StepError(f"{width} {what}, {len(lines)} lines", min(len(lines), width))
 
 
 def _check_add(a: int, b: int, lines: list[str], width: int) -> int:
-    if len(lines) != width:
-        raise StepError(f"{width} columns, {len(lines)} lines")
     carry, digits = 0, []
-    for line, x, y in zip(lines, digits_lsf(a, width), digits_lsf(b, width), strict=True):
+    for i, (line, x, y) in enumerate(
+        zip(lines, digits_lsf(a, width), digits_lsf(b, width), strict=False)
+    ):
         m = _ADD_RE.match(line)
         if not m:
-            raise StepError(f"malformed addition step {line!r}")
+            raise StepError(f"malformed addition step {line!r}", i)
         lx, ly, lc, s = (int(g) for g in m.groups())
         if (lx, ly, lc) != (x, y, carry):
-            raise StepError(f"{line!r}: expected digits {x},{y} and carry {carry}")
+            raise StepError(f"{line!r}: expected digits {x},{y} and carry {carry}", i)
         if lx + ly + lc != s:
-            raise StepError(f"{line!r} is false")
+            raise StepError(f"{line!r} is false", i)
         digits.append(s % 10)
         carry = s // 10
+    _check_count(lines, width, "columns")
     return int("".join(map(str, reversed(digits + [carry]))))
 
 
 def _check_sub(a: int, b: int, lines: list[str], width: int) -> int:
-    if len(lines) != width:
-        raise StepError(f"{width} columns, {len(lines)} lines")
     borrow, digits = 0, []
-    for line, x, y in zip(lines, digits_lsf(a, width), digits_lsf(b, width), strict=True):
+    for i, (line, x, y) in enumerate(
+        zip(lines, digits_lsf(a, width), digits_lsf(b, width), strict=False)
+    ):
         m = _SUB_RE.match(line)
         if not m:
-            raise StepError(f"malformed subtraction step {line!r}")
+            raise StepError(f"malformed subtraction step {line!r}", i)
         lb, lx, ly, lc, d = (int(g) for g in m.groups())
         if (lx, ly, lc) != (x, y, borrow):
-            raise StepError(f"{line!r}: expected digits {x},{y} and borrow {borrow}")
+            raise StepError(f"{line!r}: expected digits {x},{y} and borrow {borrow}", i)
         if 10 * lb + lx - ly - lc != d:
-            raise StepError(f"{line!r} is false")
+            raise StepError(f"{line!r} is false", i)
+        if i == width - 1 and lb:
+            raise StepError(f"{line!r} borrows out of the last column (a < b)", i)
         digits.append(d)
         borrow = lb
-    if borrow:
-        raise StepError("borrow out of the last column (a < b)")
+    _check_count(lines, width, "columns")
     return int("".join(map(str, reversed(digits))))
 
 
 def _expect_total(lines: list[str], pos: int, value: int, width: int, what: str) -> None:
     m = _TOTAL_RE.match(lines[pos]) if pos < len(lines) else None
     if not m or m.group(1) != f"{value:0{width}d}":
-        raise StepError(f"{what} {value} not written as '={value:0{width}d}'")
+        raise StepError(f"{what} {value} not written as '={value:0{width}d}'", pos)
 
 
 def _check_mul(a: int, b: int, lines: list[str], wa: int, wb: int) -> int:
@@ -109,13 +127,13 @@ def _check_mul(a: int, b: int, lines: list[str], wa: int, wb: int) -> int:
         carry, digits = 0, []
         for x in digits_lsf(a, wa):
             if pos >= len(lines):
-                raise StepError("solution ends inside a partial product")
+                raise StepError("solution ends inside a partial product", pos)
             m = _MUL_RE.match(lines[pos])
             if not m:
-                raise StepError(f"malformed multiplication step {lines[pos]!r}")
+                raise StepError(f"malformed multiplication step {lines[pos]!r}", pos)
             lx, ly, lc, v = (int(g) for g in m.groups())
             if (lx, ly, lc) != (x, y, carry) or lx * ly + lc != v:
-                raise StepError(f"{lines[pos]!r} is false or out of order")
+                raise StepError(f"{lines[pos]!r} is false or out of order", pos)
             digits.append(v % 10)
             carry = v // 10
             pos += 1
@@ -129,32 +147,34 @@ def _check_mul(a: int, b: int, lines: list[str], wa: int, wb: int) -> int:
             total = partial
             continue
         width = wa + j + 1
-        total = _check_add(total, partial * 10**j, lines[pos : pos + width], width)
+        try:
+            total = _check_add(total, partial * 10**j, lines[pos : pos + width], width)
+        except StepError as e:
+            raise StepError(str(e), pos + e.line) from None
         pos += width
         if j < wb - 1:
             _expect_total(lines, pos, total, width, "running total")
             pos += 1
     if pos != len(lines):
-        raise StepError(f"{len(lines) - pos} extra lines")
+        raise StepError(f"{len(lines) - pos} extra lines", pos)
     return total
 
 
 def _check_div(a: int, b: int, lines: list[str], wa: int) -> str:
     digits = f"{a:0{wa}d}"
-    if len(lines) != len(digits):
-        raise StepError(f"{len(digits)} dividend digits, {len(lines)} lines")
     rem, q_digits = 0, []
-    for line, c in zip(lines, digits, strict=True):
+    for i, (line, c) in enumerate(zip(lines, digits, strict=False)):
         m = _DIV_RE.match(line)
         if not m:
-            raise StepError(f"malformed division step {line!r}")
+            raise StepError(f"malformed division step {line!r}", i)
         cur, lb, q, r = (int(g) for g in m.groups())
         if cur != rem * 10 + int(c) or lb != b:
-            raise StepError(f"{line!r}: expected {rem * 10 + int(c)}/{b}")
+            raise StepError(f"{line!r}: expected {rem * 10 + int(c)}/{b}", i)
         if q * b + r != cur or not 0 <= r < b:
-            raise StepError(f"{line!r} is false")
+            raise StepError(f"{line!r} is false", i)
         q_digits.append(q)
         rem = r
+    _check_count(lines, len(digits), "dividend digits")
     return f"{int(''.join(map(str, q_digits)))}r{rem}"
 
 
@@ -197,14 +217,33 @@ def check_steps(problem: Problem, completion: str) -> str:
     """
     lines = [ln for ln in completion.split("\n") if ln]
     if not lines or not lines[-1].startswith(ANSWER_PREFIX):
-        raise StepError("no final answer line")
+        raise StepError("no final answer line", len(lines))
     stated = parse_answer(lines[-1])
     if stated is None:
-        raise StepError(f"unparseable answer line {lines[-1]!r}")
+        raise StepError(f"unparseable answer line {lines[-1]!r}", len(lines) - 1)
     implied = _implied_by(problem, lines[:-1])
     if implied != stated:
-        raise StepError(f"the steps give {implied} but the answer line says {stated}")
+        message = f"the steps give {implied} but the answer line says {stated}"
+        raise StepError(message, len(lines) - 1)
     return implied
+
+
+def right_lines(problem: Problem, completion: str) -> int:
+    """How many of the completion's lines (split at every newline), from the first, are right:
+    the procedure's steps in order, then an answer line stating what they computed.
+
+    The per-line process reward of RL: a solution is right up to its first wrong line, and that
+    line is where the credit for a failure belongs. Like `check_steps`, it uses only the problem.
+    """
+    lines = completion.split("\n")
+    steps = list(itertools.takewhile(lambda line: not line.startswith(ANSWER_PREFIX), lines))
+    try:
+        implied = _implied_by(problem, steps)
+    except StepError as e:
+        return e.line
+    if len(steps) < len(lines) and parse_answer(lines[len(steps)]) == implied:
+        return len(steps) + 1
+    return len(steps)
 
 
 def true_step_fraction(completion: str) -> float | None:

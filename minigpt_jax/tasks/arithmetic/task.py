@@ -141,6 +141,9 @@ class ArithmeticTask:
     def solved(self, problem: Problem, completion: str) -> bool:
         return checker.parse_answer(completion) == problem.answer
 
+    def right_lines(self, problem: Problem, completion: str) -> int:
+        return checker.right_lines(problem, completion)
+
     def verify(self, problem: Problem, completion: str) -> bool:
         return checker.verify_solution(problem, completion)
 
