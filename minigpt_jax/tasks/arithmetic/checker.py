@@ -58,9 +58,10 @@ _TOTAL_RE = re.compile(r"^=(\d+)$")
 class StepError(ValueError):
     """A written step that is false, malformed, or not the next step of the procedure.
 
-    `line` is the index of the first step line that is not the procedure's (the number of lines
-    when the solution stops short): every line before it is right, which is what the per-line
-    process reward (`right_lines`) credits.
+    `line`, when raised by the step checks (`_implied_by`, which `right_lines` calls), is the index
+    of the first step line that is not the procedure's (the number of lines when the solution
+    stops short): every line before it is right. `check_steps` drops blank lines and checks the
+    answer line first, so its own indices are only a hint.
     """
 
     def __init__(self, message: str, line: int):
@@ -234,6 +235,9 @@ def right_lines(problem: Problem, completion: str) -> int:
 
     The per-line process reward of RL: a solution is right up to its first wrong line, and that
     line is where the credit for a failure belongs. Like `check_steps`, it uses only the problem.
+    Unlike `verify_solution`, a blank line counts as a wrong line: the lines are indexed as the
+    model wrote them (the per-token credit maps tokens to lines by their newlines), and the
+    procedure writes none.
     """
     lines = completion.split("\n")
     steps = list(itertools.takewhile(lambda line: not line.startswith(ANSWER_PREFIX), lines))
