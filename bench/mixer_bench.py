@@ -52,6 +52,13 @@ KINDS = {
 }
 
 
+# --quick: tiny sizes, a smoke run of every row (flags given on the command line still win).
+QUICK = dict(
+    n_layer=2, n_embd=64, n_head=2, repeats=1, contexts="64,256", new_tokens=8, lengths="64,128",
+    widths="32", seq_len=64, pairs=8, steps=30, mqar_vocab=64, lrs="3e-3",
+)
+
+
 def model_config(
     kind: str, n_layer: int, n_embd: int, n_head: int, vocab: int, block: int,
     pos_emb: str = "learned",
@@ -269,7 +276,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("what", choices=["decode", "scaling", "mqar", "all", "table"],
                    help="table: the MQAR table (and --plot) from --rows files of earlier runs")
-    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of every row")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny sizes: a smoke run of every row (size flags given still win)")
     p.add_argument("--kinds", default="attention,gated_deltanet,hybrid")
     p.add_argument("--n_layer", type=int, default=4)
     p.add_argument("--n_embd", type=int, default=256)
@@ -297,14 +305,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--plot", default=None, help="mqar: write accuracy vs width to this PNG")
     p.add_argument("--rows", default=None,
                    help="table: comma-separated --out files of mqar runs (e.g. one per lr)")
+    if p.parse_args(argv).quick:  # its sizes replace the defaults; flags given still win
+        p.set_defaults(**QUICK)
     args = p.parse_args(argv)
     if args.what == "table":
         return mqar_table_from_files(p, args.rows, args.plot)
-    if args.quick:
-        args.n_layer, args.n_embd, args.n_head, args.repeats = 2, 64, 2, 1
-        args.contexts, args.new_tokens, args.lengths = "64,256", 8, "64,128"
-        args.widths, args.seq_len, args.pairs, args.steps = "32", 64, 8, 30
-        args.mqar_vocab, args.lrs = 64, "3e-3"
     kinds = args.kinds.split(",")
     args.lengths = [int(x) for x in args.lengths.split(",")]
     args.lrs = [float(x) for x in args.lrs.split(",")]

@@ -146,6 +146,7 @@ def add_rl_keys(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.scale_advantages = False  # divide by the group's std (GRPO) or not (Dr. GRPO, nanochat)
     c.line_credit = 0.0  # weight of the per-line process advantage (policy_gradient.line_credit)
     c.outcome_credit = 1.0  # weight of the answer's group advantage on every chosen token
+    c.solved_credit = 0.0  # added to each solved sample's advantage (rejection-sampling FT)
     c.negative_weight = 1.0  # scale of negative advantages: 1 = GRPO; 0 = reinforce the better only
     c.kl_coef = 0.0  # k3 KL penalty to the init_from policy per token; 0 = off (nanochat)
     c.proposer = "mixture"  # "mixture" | "uniform" | "frontier" (minigpt_jax/curriculum.py)

@@ -108,15 +108,62 @@ def coupled_indices(
     is_digit_BT = jnp.isin(tokens_BT, jnp.asarray(digit_ids, tokens_BT.dtype))
     from_left_BT, run_B = digit_indices(tokens_BT, digit_ids, run_B)
     from_right_BT = digit_indices(tokens_BT[:, ::-1], digit_ids)[0][:, ::-1]
+    line_BT = line_numbers(tokens_BT, newline_ids, doc_sep_id, line_B)
+    in_line_BT = jnp.where(is_digit_BT, jnp.maximum(line_BT + 2 - from_left_BT, 1), line_BT)
+    index_BT = jnp.where(line_BT == 0, jnp.where(is_digit_BT, from_right_BT, 0), in_line_BT)
+    if offset_B is not None:
+        index_BT = jnp.where(index_BT > 0, index_BT + offset_B[:, None], 0)
+    return index_BT, line_BT[:, -1], run_B
+
+
+def line_numbers(
+    tokens_BT: jax.Array, newline_ids: Sequence[int], doc_sep_id: int, line_B: jax.Array | None
+) -> jax.Array:
+    """Each token's line within its document: a newline opens the next line (and is its first
+    token), a `doc_sep_id` token starts line 0 again; `line_B` continues a decode (default 0)."""
     is_newline_BT = jnp.isin(tokens_BT, jnp.asarray(newline_ids, tokens_BT.dtype))
     base_B = jnp.zeros(tokens_BT.shape[:1], jnp.int32) if line_B is None else line_B
     count_BT = base_B[:, None] + jnp.cumsum(is_newline_BT, axis=1, dtype=jnp.int32)
     # count_BT never decreases, so the running max of its value at separators is the last one's
     is_doc_start_BT = (tokens_BT == doc_sep_id) & (doc_sep_id >= 0)  # -1 (off) is padding's id
     at_doc_start_BT = jax.lax.cummax(jnp.where(is_doc_start_BT, count_BT, 0), axis=1)
-    line_BT = count_BT - at_doc_start_BT
-    in_line_BT = jnp.where(is_digit_BT, jnp.maximum(line_BT + 2 - from_left_BT, 1), line_BT)
-    index_BT = jnp.where(line_BT == 0, jnp.where(is_digit_BT, from_right_BT, 0), in_line_BT)
-    if offset_B is not None:
-        index_BT = jnp.where(index_BT > 0, index_BT + offset_B[:, None], 0)
-    return index_BT, line_BT[:, -1], run_B
+    return count_BT - at_doc_start_BT
+
+
+def segment_indices(
+    tokens_BT: jax.Array,
+    digit_ids: Sequence[int],
+    newline_ids: Sequence[int],
+    doc_sep_id: int,
+    line_B: jax.Array | None = None,
+    segment_B: jax.Array | None = None,
+    after_digit_B: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(segment_BT, line_BT, segment_B): each token's 1-based segment within its line, its line,
+    and the segment at the last column.
+
+    A segment is a maximal run of digits or of non-digits, so `7+5+0=12` is segments 1..7 and the
+    prompt `347+285` is 1, 2, 3 whatever the numbers' lengths. Why: coupled ids say which column a
+    token belongs to but not which number of its line, and a model without token positions can
+    only estimate that from an attention average over the line, which a longer prompt dilutes
+    (the 15-digit `+++0=09` failure). The segment is bounded by the line's layout, not the length.
+    Line breaks, document separators and padding (tokens < 0) are segment 0. `segment_B` and
+    `after_digit_B` (whether the token before column 0 was a digit) continue a decode.
+    """
+    B = tokens_BT.shape[0]
+    is_digit_BT = jnp.isin(tokens_BT, jnp.asarray(digit_ids, tokens_BT.dtype))
+    is_break_BT = (
+        jnp.isin(tokens_BT, jnp.asarray(newline_ids, tokens_BT.dtype))
+        | (tokens_BT < 0)
+        | ((tokens_BT == doc_sep_id) & (doc_sep_id >= 0))
+    )
+    seg0_B = jnp.zeros((B,), jnp.int32) if segment_B is None else segment_B.astype(jnp.int32)
+    digit0_B = jnp.zeros((B,), bool) if after_digit_B is None else after_digit_B
+    prev_digit_BT = jnp.concatenate([digit0_B[:, None], is_digit_BT[:, :-1]], axis=1)
+    prev_break_BT = jnp.concatenate([(seg0_B == 0)[:, None], is_break_BT[:, :-1]], axis=1)
+    starts_BT = ~is_break_BT & (prev_break_BT | (is_digit_BT != prev_digit_BT))
+    count_BT = seg0_B[:, None] + jnp.cumsum(starts_BT, axis=1, dtype=jnp.int32)
+    at_break_BT = jax.lax.cummax(jnp.where(is_break_BT, count_BT, 0), axis=1)
+    segment_BT = jnp.where(is_break_BT, 0, count_BT - at_break_BT)
+    line_BT = line_numbers(tokens_BT, newline_ids, doc_sep_id, line_B)
+    return segment_BT, line_BT, segment_BT[:, -1]

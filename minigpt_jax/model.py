@@ -23,7 +23,12 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from minigpt_jax.digit_positions import SCHEMES, coupled_indices, digit_indices
+from minigpt_jax.digit_positions import (
+    SCHEMES,
+    coupled_indices,
+    digit_indices,
+    segment_indices,
+)
 from minigpt_jax.layers import MLP, MLPS, NORMS, dense, norm, residual_std, rms_normalize
 from minigpt_jax.mixers import DeltaState, GatedDeltaNet
 from minigpt_jax.positions import random_gaps, rope, stretch_positions
@@ -108,6 +113,11 @@ class GPTConfig:
     # which needs the tokenizer's `newline_ids` (`digit_positions.newline_token_ids`).
     digit_pos_scheme: str = "abacus"
     newline_ids: tuple[int, ...] = ()
+    # With "coupled" ids, > 0 adds a learned embedding of each token's segment within its line (a
+    # run of digits or of non-digits, counted from 1; larger ones share the last row), the prompt
+    # line's apart from the rest (digit_positions.segment_indices): which number of its line a
+    # token belongs to, bounded whatever the numbers' lengths.
+    line_segment_max: int = 0
     # Randomized positions, a variant of Ruoss et al. 2023, with pos_emb="rope": g > 1 stretches
     # each training document's positions by random gaps (a scale s in 1..g per document, each gap
     # in 1..s; positions.random_gaps), so no lookup can rely on an exact distance and distances
@@ -190,6 +200,13 @@ class GPTConfig:
                 f"and newline_ids: the tokenizer's newline token ids below vocab_size="
                 f"{self.vocab_size} (digit_positions.newline_token_ids)"
             )
+        if self.line_segment_max < 0 or (
+            self.line_segment_max and self.digit_pos_scheme != "coupled"
+        ):
+            raise ValueError(
+                f"line_segment_max={self.line_segment_max}: use 0 (off), or > 0 with "
+                f"digit_pos_scheme='coupled' (got {self.digit_pos_scheme!r})"
+            )
 
     def is_attention(self, layer: int) -> bool:
         every = self.attention_every
@@ -232,6 +249,7 @@ class GPTConfig:
 ARCHITECTURE_FIELDS = (
     "pos_emb", "norm", "bias", "qk_norm", "mlp", "tie_embeddings", "zero_init_proj",
     "logit_softcap", "mixer", "attention_every", "digit_pos_max", "digit_pos_scheme",
+    "line_segment_max",
 )
 
 
@@ -261,6 +279,7 @@ class KVCache(flax.struct.PyTreeNode):
     mixer: DeltaState  # leaves stacked over the mixer layers (leading axis of size 0 if none)
     digit_run_B: jax.Array  # int32, the digit run the last written column ends (digit positions)
     digit_line_B: jax.Array  # int32, the line the last written column is in ("coupled" ids)
+    digit_segment_B: jax.Array  # int32, the segment of its line the last written column is in
 
     @classmethod
     def zeros(cls, config: GPTConfig, batch: int, length: int, start_B: jax.Array) -> KVCache:
@@ -276,6 +295,7 @@ class KVCache(flax.struct.PyTreeNode):
             mixer=jax.tree.map(lambda x: jnp.zeros((n_mixer, *x.shape), x.dtype), one),
             digit_run_B=jnp.zeros((batch,), jnp.int32),
             digit_line_B=jnp.zeros((batch,), jnp.int32),
+            digit_segment_B=jnp.zeros((batch,), jnp.int32),
         )
 
 
@@ -456,9 +476,19 @@ class GPT(nn.Module):
                                      name="wpe")(pos_BT)
         if cfg.digit_pos_max:
             digit_tokens_BT, run_B, line_B, offset_B = tokens_BT, None, None, None
+            segment_B = None
             if cache is not None:  # left padding is never part of a number
                 digit_tokens_BT = jnp.where(col_BT >= cache.start_B[:, None], tokens_BT, -1)
                 run_B, line_B = cache.digit_run_B, cache.digit_line_B
+                segment_B = cache.digit_segment_B
+            if cfg.line_segment_max:  # before run_B and line_B move on to the last column
+                S = cfg.line_segment_max
+                segment_BT, seg_line_BT, segment_B = segment_indices(
+                    digit_tokens_BT, cfg.digit_ids, cfg.newline_ids, cfg.doc_sep_id, line_B,
+                    segment_B, None if run_B is None else run_B > 0,
+                )
+                wse = nn.Embed(2 * S, cfg.n_embd, embedding_init=embed_init, name="wse")
+                x_BTD = x_BTD + wse(jnp.minimum(segment_BT, S - 1) + S * (seg_line_BT > 0))
             if not deterministic and cfg.digit_pos_offset_max:
                 offset_B = jax.random.randint(
                     self.make_rng("digits"), (tokens_BT.shape[0],), 0, cfg.digit_pos_offset_max
@@ -474,7 +504,10 @@ class GPT(nn.Module):
             wde = nn.Embed(cfg.digit_pos_max, cfg.n_embd, embedding_init=embed_init, name="wde")
             x_BTD = x_BTD + jnp.where((index_BT > 0)[..., None], wde(row_BT), 0)
             if cache is not None:
-                cache = cache.replace(digit_run_B=run_B, digit_line_B=line_B)
+                cache = cache.replace(
+                    digit_run_B=run_B, digit_line_B=line_B,
+                    digit_segment_B=segment_B,
+                )
         x_BTD = nn.Dropout(cfg.dropout)(x_BTD, deterministic=deterministic)
 
         if cache is None:
@@ -583,7 +616,7 @@ def count_params(config: GPTConfig, non_embedding: bool = False) -> int:
     if non_embedding and config.pos_emb == "learned":
         n -= config.block_size * config.n_embd
     if non_embedding:
-        n -= config.digit_pos_max * config.n_embd
+        n -= (config.digit_pos_max + 2 * config.line_segment_max) * config.n_embd
     if non_embedding and not config.tie_embeddings:
         n -= config.vocab_size * config.n_embd
     return n

@@ -82,11 +82,13 @@ def validate_rl_config(cfg: ml_collections.ConfigDict) -> None:
         raise ConfigError("group_size", f"{cfg.group_size}: a group baseline needs >= 2 samples")
     if not 0 < cfg.temperature < float("inf"):
         raise ConfigError("temperature", f"{cfg.temperature}: sample at a finite T > 0")
-    for key in ("line_credit", "outcome_credit", "negative_weight"):
+    for key in ("line_credit", "outcome_credit", "solved_credit", "negative_weight"):
         if not 0 <= cfg[key] < float("inf"):
             raise ConfigError(key, f"{cfg[key]}: use a finite weight >= 0")
-    if not cfg.outcome_credit and not cfg.line_credit:
-        raise ConfigError("outcome_credit", "0 with line_credit 0: every advantage would be 0")
+    if not (cfg.outcome_credit or cfg.line_credit or cfg.solved_credit):
+        raise ConfigError(
+            "outcome_credit", "0 with line_credit and solved_credit 0: every advantage would be 0"
+        )
     if cfg.kl_coef < 0:
         raise ConfigError("kl_coef", f"{cfg.kl_coef} is negative; use 0 (off) or more")
     if cfg.kl_coef and cfg.init_from == "scratch":
@@ -237,6 +239,9 @@ def rollouts(run: RLRun, params: Any, step: int) -> tuple[dict[str, np.ndarray],
     metrics = {}
     if cfg.negative_weight != 1.0:
         adv = np.where(adv < 0, cfg.negative_weight * adv, adv)
+    # Rejection-sampling fine-tuning on the solved samples: unlike the group advantage it does
+    # not vanish where every sample is right, so it holds cells the policy already solves.
+    adv = adv + cfg.solved_credit * solved_PG.reshape(-1)
     if cfg.line_credit:
         adv, metrics["right_lines"] = _with_line_credit(
             run, problems, texts, outs, ended, adv, cfg.line_credit

@@ -16,6 +16,7 @@ from minigpt_jax.digit_positions import (
     digit_indices,
     digit_token_ids,
     newline_token_ids,
+    segment_indices,
 )
 from minigpt_jax.generate import sample
 from minigpt_jax.model import GPT, GPTConfig
@@ -152,6 +153,60 @@ def test_coupled_ids_token_by_token_equal_the_whole_sequence():
     assert pieces[: text.index("@12")] == whole[: text.index("@12")]
 
 
+def segments(text: str) -> tuple[list[int], list[int]]:
+    """(segment, line) of each token of `text`, "@" standing for <eot>."""
+    tokens = [EOT if c == "@" else ord(c) for c in text]
+    tokens_BT = jnp.asarray([tokens], jnp.int32)
+    seg, line, _ = segment_indices(tokens_BT, BYTE_DIGITS, BYTE_NEWLINES, EOT)
+    return seg[0].tolist(), line[0].tolist()
+
+
+@pytest.mark.parametrize(
+    "text, want",
+    [
+        # the prompt line is 1, 2, 3 for any operand lengths; a newline (and <eot>) is segment 0
+        ("@347+285\n", [0, 1, 1, 1, 2, 3, 3, 3, 0]),
+        ("@3471234+28512345\n", [0] + [1] * 7 + [2] + [3] * 8 + [0]),
+        # a step line: runs of digits and of non-digits alternate
+        ("7+5+0=12\n", [1, 2, 3, 4, 5, 6, 7, 7, 0]),
+        # the answer line starts with non-digits; several non-digits in a row are one segment
+        ("A:0632\n", [1, 1, 2, 2, 2, 2, 0]),
+        # a document separator ends the line; a line may start with a digit or not
+        ("12 r4@5-6", [1, 1, 2, 2, 3, 0, 1, 2, 3]),
+    ],
+)
+def test_segments_on_hand_written_lines(text, want):
+    assert segments(text)[0] == want
+
+
+def test_segments_tell_the_prompt_line_from_the_rest():
+    text = "@12+3\n2+3+0=05\nA:015\n"
+    seg, line = segments(text)
+    assert line[: text.index("\n")] == [0] * text.index("\n")
+    assert line[text.index("\n") :] == [1] * 9 + [2] * 6 + [3]
+    # the first operand's digits are segment 1 on the prompt line and on a step line alike: only
+    # the line number (0 or not) tells them apart, which the model's table keeps apart
+    assert seg[1] == seg[6] == 1 and line[1] == 0 and line[6] == 1
+
+
+def test_segments_token_by_token_equal_the_whole_sequence():
+    text = "@98+7\n8+7+0=15\n9+0+1=10\nA:105\n@12-3\n4"
+    tokens = [EOT if c == "@" else ord(c) for c in text]
+    whole, whole_line = segments(text)
+    line, seg, after_digit = None, None, None
+    pieces, line_pieces = [], []
+    for chunk in [tokens[:6], tokens[6:9], *([t] for t in tokens[9:])]:
+        chunk_BT = jnp.asarray([chunk], jnp.int32)
+        got, got_line, seg = segment_indices(
+            chunk_BT, BYTE_DIGITS, BYTE_NEWLINES, EOT, line, seg, after_digit
+        )
+        _, line, _ = coupled_indices(chunk_BT, BYTE_DIGITS, BYTE_NEWLINES, EOT, line)
+        after_digit = jnp.isin(chunk_BT[:, -1], jnp.asarray(BYTE_DIGITS))
+        pieces += got[0].tolist()
+        line_pieces += got_line[0].tolist()
+    assert pieces == whole and line_pieces == whole_line
+
+
 # A tiny model without absolute positions: digit positions are its only sense of place. Half of
 # all ids count as digits so that random weights generate long runs across decode steps.
 CFG = GPTConfig.preset(
@@ -186,6 +241,11 @@ def test_config_validates_digit_fields():
     cfg = GPTConfig.preset("tiny", digit_pos_max=8, digit_ids=(48,), digit_pos_scheme="coupled",
                            newline_ids=[10])
     assert cfg.newline_ids == (10,)
+    with pytest.raises(ValueError, match=r"line_segment_max=4: .* \(got 'abacus'\)"):
+        GPTConfig.preset("tiny", digit_pos_max=8, digit_ids=(48,), line_segment_max=4)
+    with pytest.raises(ValueError, match="line_segment_max=-1"):
+        dataclasses.replace(cfg, line_segment_max=-1)
+    assert dataclasses.replace(cfg, line_segment_max=4).line_segment_max == 4
 
 
 def test_digit_positions_change_the_output_and_training_draws_offsets(params):
@@ -237,24 +297,32 @@ COUPLED = dataclasses.replace(
 )
 
 
-@pytest.fixture(scope="module")
-def coupled_params():
-    model = GPT(COUPLED)
+# With line segments too: the decode carries the segment and the run that starts the next one.
+SEGMENTS = dataclasses.replace(COUPLED, line_segment_max=4)
+
+
+@pytest.fixture(scope="module", params=[COUPLED, SEGMENTS], ids=["coupled", "segments"])
+def coupled_model(request):
+    model = GPT(request.param)
     raw = jax.jit(model.init)(jax.random.key(3), jnp.zeros((1, 8), jnp.int32))["params"]
-    return jax.tree.map(lambda x: x * 6.0, raw)
+    return request.param, jax.tree.map(lambda x: x * 6.0, raw)
 
 
-def test_cached_greedy_equals_recompute_with_coupled_ids(coupled_params):
+def test_cached_greedy_equals_recompute_with_coupled_ids(coupled_model):
+    cfg, params = coupled_model
     prompts = [[5, 7, 9, 2], [4, 3, 5, 7, 1, 1, 13, 15, 10, 17, 19, 18]]
-    got = sample(COUPLED, coupled_params, prompts, 12, temperature=0)
+    got = sample(cfg, params, prompts, 12, temperature=0)
     seqs = [list(p) for p in prompts]
-    forward = jax.jit(lambda p, t: GPT(COUPLED).apply({"params": p}, t))
+    forward = jax.jit(lambda p, t: GPT(cfg).apply({"params": p}, t))
     for seq in seqs:
         for _ in range(12):
-            buffer = np.zeros((1, COUPLED.block_size), np.int32)
+            buffer = np.zeros((1, cfg.block_size), np.int32)
             buffer[0, : len(seq)] = seq
-            logits = forward(coupled_params, jnp.asarray(buffer))
+            logits = forward(params, jnp.asarray(buffer))
             seq.append(int(jnp.argmax(logits[0, len(seq) - 1])))
     assert got == [s[len(p):] for s, p in zip(seqs, prompts, strict=True)]
     generated = [t for row in got for t in row]
-    assert sum(t % 2 for t in generated) >= 3 and any(t in COUPLED.newline_ids for t in generated)
+    assert sum(t % 2 for t in generated) >= 3 and any(t in cfg.newline_ids for t in generated)
+    if cfg.line_segment_max:  # the segment table is used: zeroing it changes the output
+        zeroed = {**params, "wse": {"embedding": jnp.zeros_like(params["wse"]["embedding"])}}
+        assert sample(cfg, zeroed, prompts, 12, temperature=0) != got

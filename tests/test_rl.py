@@ -325,6 +325,19 @@ def test_rl_learns_from_line_credit_alone(tmp_path):
     assert np.mean([r["right_lines"] for r in records[-5:]]) > 0.9
 
 
+def test_rl_learns_from_solved_credit_alone(tmp_path):
+    """With no group advantage (outcome_credit 0), reinforcing the solved samples alone
+    (rejection-sampling fine-tuning) must reach the same optimum."""
+    from minigpt_jax.rl import train_rl
+
+    cfg = _toy_config(tmp_path, solved_credit=1.0, outcome_credit=0.0)
+    last = train_rl(cfg, task=FirstDigitTask())
+    records = read_metrics(Path(cfg.run_dir))
+    assert np.mean([r["reward"] for r in records[1:6]]) < 0.3
+    assert last["heldout_greedy"] == 1.0
+    assert np.mean([r["reward"] for r in records[-5:]]) > 0.9
+
+
 def test_rl_resume_is_bit_exact_and_keeps_the_proposer_statistics(tmp_path):
     from minigpt_jax.checkpoint import RunCheckpoints
     from minigpt_jax.rl import train_rl
@@ -372,7 +385,8 @@ def test_rl_checkpoint_loads_for_inference(tmp_path):
         ("kl_coef", 0.1, "kl_coef"),  # no reference policy: init_from is scratch
         ("line_credit", -1.0, "line_credit"),
         ("outcome_credit", float("nan"), "outcome_credit"),
-        ("outcome_credit", 0.0, "every advantage would be 0"),  # and line_credit 0
+        ("outcome_credit", 0.0, "every advantage would be 0"),  # and the other credits 0
+        ("solved_credit", float("inf"), "solved_credit"),
         ("negative_weight", -0.5, "negative_weight"),
     ],
 )

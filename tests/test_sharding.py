@@ -242,8 +242,17 @@ WORKERS = {
 # --- subprocess plumbing --------------------------------------------------------------------------
 
 
+# conftest's persistent compilation cache, which the workers share: the runs of one mesh with and
+# without accumulation, and the restores, compile the same init and eval programs.
+_CACHE_VARS = (
+    "JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES",
+)
+
+
 def _env(devices: int, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_", "OMPI_"))}
+    env = {k: v for k, v in os.environ.items()
+           if k in _CACHE_VARS or not k.startswith(("JAX_", "SLURM_", "OMPI_"))}
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])

@@ -64,12 +64,15 @@ def test_train_only_trains_exactly_the_named_variants(monkeypatch, tmp_path):
 def test_quick_mode_writes_table_json_and_plot(shared_data, tmp_path):
     speedrun = _speedrun()
     out = tmp_path / "speedrun"
-    argv = ["--quick", "--out_dir", str(out), "--classics", str(shared_data / "classics")]
+    # --quick's two variants and data, trained 4 steps (of its 24) each: the pipeline is under test.
+    argv = ["--quick", "--tokens", str(4 * 8 * 256), "--out_dir", str(out),
+            "--classics", str(shared_data / "classics")]
     results = speedrun.main(argv)
     for name in ("results.json", "results.md", "curves.png"):
         assert (out / name).stat().st_size > 0
     saved = json.loads((out / "results.json").read_text())
     assert set(saved["variants"]) == {"gpt2", "best-stack+muon"}
+    assert saved["task"]["steps"] == 4 and saved["task"]["max_train_bytes"] == 1_000_000
     base = saved["variants"]["gpt2"]
     assert base["tokens_ratio"] == 1.0  # the target is the baseline's own final loss
     for row in saved["variants"].values():
