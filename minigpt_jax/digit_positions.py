@@ -69,8 +69,8 @@ def digit_indices(
     offset_B: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """(index_BT, run_B): each digit token's 1-based index within its run of digits plus the row's
-    `offset_B` (training's random shift; default 0), 0 for every other token; and the unshifted
-    run length at the last column (0 when it is not a digit).
+    `offset_B` (training's random shift, (B,) or per token (B, T); default 0), 0 for every other
+    token; and the unshifted run length at the last column (0 when it is not a digit).
 
     `run_B` is the run length that ends just before column 0 (a KV-cache decode's state; default
     0): a digit at column 0 then continues that run, so decoding token by token gives the indices
@@ -85,8 +85,7 @@ def digit_indices(
         jnp.maximum(jnp.where(is_digit_BT, -(1 << 30), t_T[None]), before_B[:, None]), axis=1
     )
     run_BT = jnp.where(is_digit_BT, t_T[None] - last_non_BT, 0)
-    shift_B1 = 0 if offset_B is None else offset_B[:, None]
-    return jnp.where(is_digit_BT, run_BT + shift_B1, 0), run_BT[:, -1]
+    return jnp.where(is_digit_BT, run_BT + _per_token(offset_B), 0), run_BT[:, -1]
 
 
 def coupled_indices(
@@ -112,8 +111,39 @@ def coupled_indices(
     in_line_BT = jnp.where(is_digit_BT, jnp.maximum(line_BT + 2 - from_left_BT, 1), line_BT)
     index_BT = jnp.where(line_BT == 0, jnp.where(is_digit_BT, from_right_BT, 0), in_line_BT)
     if offset_B is not None:
-        index_BT = jnp.where(index_BT > 0, index_BT + offset_B[:, None], 0)
+        index_BT = jnp.where(index_BT > 0, index_BT + _per_token(offset_B), 0)
     return index_BT, line_BT[:, -1], run_B
+
+
+def _per_token(offset: jax.Array | None) -> jax.Array | int:
+    """A row's offset (B,) or a per-token one (B, T), broadcast over the columns."""
+    if offset is None:
+        return 0
+    return offset if offset.ndim == 2 else offset[:, None]
+
+
+def document_block_offsets(
+    key: jax.Array, tokens_BT: jax.Array, doc_sep_id: int, width: int, n_blocks: int
+) -> jax.Array:
+    """(B, T) training offsets: each document of a packed row gets its own block of `width` ids
+    (a random permutation of `n_blocks` blocks per row; documents past `n_blocks` reuse them) and
+    a random start in its first half, so a document whose ids span fewer than width / 2 never
+    shares an id with another document of its row (up to `n_blocks` documents). Known limit: ids
+    above width / 2 + the trained span are never drawn in block 0, and evaluation (offset 0)
+    reads them for longer numbers, so the width must exceed twice the longest evaluated id.
+
+    Why: one offset per row (and document masking) means a lookup is only ever contrasted with ids
+    of its own problem, at most ~11 apart when training stops at 10 digits; at 14 digits the first
+    step lines read blends of columns 12 ids away (BENCHMARKS.md). Documents that see each other
+    under distinct blocks contrast every id with ids at every distance.
+    """
+    B, _ = tokens_BT.shape
+    k_perm, k_start = jax.random.split(key)
+    doc_BT = jnp.cumsum(tokens_BT == doc_sep_id, axis=1, dtype=jnp.int32)
+    block_BN = jnp.argsort(jax.random.uniform(k_perm, (B, n_blocks)), axis=1).astype(jnp.int32)
+    start_BD = jax.random.randint(k_start, (B, tokens_BT.shape[1] + 1), 0, max(width // 2, 1))
+    block_BT = jnp.take_along_axis(block_BN, doc_BT % n_blocks, axis=1)
+    return width * block_BT + jnp.take_along_axis(start_BD, doc_BT, axis=1)  # D: docs <= T + 1
 
 
 def line_numbers(

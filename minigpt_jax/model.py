@@ -27,6 +27,7 @@ from minigpt_jax.digit_positions import (
     SCHEMES,
     coupled_indices,
     digit_indices,
+    document_block_offsets,
     segment_indices,
 )
 from minigpt_jax.layers import MLP, MLPS, NORMS, dense, norm, residual_std, rms_normalize
@@ -114,10 +115,17 @@ class GPTConfig:
     digit_pos_scheme: str = "abacus"
     newline_ids: tuple[int, ...] = ()
     # With "coupled" ids, > 0 adds a learned embedding of each token's segment within its line (a
-    # run of digits or of non-digits, counted from 1; larger ones share the last row), the prompt
+    # run of digits or of non-digits, counted from 1; 0 is a line break; segments from
+    # line_segment_max - 1 on share the last row), the prompt
     # line's apart from the rest (digit_positions.segment_indices): which number of its line a
     # token belongs to, bounded whatever the numbers' lengths.
     line_segment_max: int = 0
+    # Training only: w > 0 lets the packed documents of a row attend to each other (no document
+    # mask in training; evaluation and decoding keep it) and gives each its own offset from a
+    # distinct block of w digit-position ids (digit_positions.document_block_offsets) instead of
+    # digit_pos_offset_max's one offset per row, so every id is contrasted with ids at every
+    # distance, not only those of its own problem. A document's ids must span fewer than w / 2.
+    digit_pos_doc_block: int = 0
     # Randomized positions, a variant of Ruoss et al. 2023, with pos_emb="rope": g > 1 stretches
     # each training document's positions by random gaps (a scale s in 1..g per document, each gap
     # in 1..s; positions.random_gaps), so no lookup can rely on an exact distance and distances
@@ -200,11 +208,25 @@ class GPTConfig:
                 f"and newline_ids: the tokenizer's newline token ids below vocab_size="
                 f"{self.vocab_size} (digit_positions.newline_token_ids)"
             )
-        if self.line_segment_max < 0 or (
+        if self.digit_pos_doc_block and not (
+            self.digit_pos_doc_block >= 2
+            and self.digit_pos_max >= 2 * self.digit_pos_doc_block
+            and self.digit_pos_offset_max == 0
+            and self.doc_sep_id >= 0
+            and self.pos_emb != "rope"
+        ):
+            raise ValueError(
+                f"digit_pos_doc_block={self.digit_pos_doc_block}: use 0 (off), or a block width "
+                f">= 2 with digit_pos_max >= 2 x width (got {self.digit_pos_max}), "
+                f"digit_pos_offset_max=0 (got {self.digit_pos_offset_max}: the blocks replace it) "
+                f"and a doc_sep_id (got {self.doc_sep_id}), not with pos_emb='rope' (positions "
+                f"restart per document, so distances across documents would be meaningless)"
+            )
+        if self.line_segment_max < 0 or self.line_segment_max == 1 or (
             self.line_segment_max and self.digit_pos_scheme != "coupled"
         ):
             raise ValueError(
-                f"line_segment_max={self.line_segment_max}: use 0 (off), or > 0 with "
+                f"line_segment_max={self.line_segment_max}: use 0 (off), or >= 2 with "
                 f"digit_pos_scheme='coupled' (got {self.digit_pos_scheme!r})"
             )
 
@@ -460,6 +482,8 @@ class GPT(nn.Module):
         reset_BT = tokens_BT == cfg.doc_sep_id
         if cache is None and cfg.doc_sep_id >= 0:
             pos_BT, doc_mask_B1TT = document_positions_and_mask(tokens_BT, cfg.doc_sep_id)
+            if cfg.digit_pos_doc_block and not deterministic:  # documents see each other's ids
+                doc_mask_B1TT = None
         elif cache is None:
             pos_BT = jnp.arange(T)[None]
         else:  # each row counts positions from its own first real column
@@ -492,6 +516,12 @@ class GPT(nn.Module):
             if not deterministic and cfg.digit_pos_offset_max:
                 offset_B = jax.random.randint(
                     self.make_rng("digits"), (tokens_BT.shape[0],), 0, cfg.digit_pos_offset_max
+                )
+            if not deterministic and cfg.digit_pos_doc_block and cache is None:
+                width = cfg.digit_pos_doc_block
+                offset_B = document_block_offsets(  # (B, T): one offset per document
+                    self.make_rng("digits"), tokens_BT, cfg.doc_sep_id, width,
+                    cfg.digit_pos_max // width,
                 )
             if cfg.digit_pos_scheme == "coupled":
                 index_BT, line_B, run_B = coupled_indices(

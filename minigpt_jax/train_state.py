@@ -193,9 +193,10 @@ def make_train_step(
 
     `loss_chunks` > 0 fuses the head with the loss (see `batch_loss`).
     """
-    # Training-time randomness: dropout, the digit positions' random offset, the rotary gaps.
+    # Training-time randomness: dropout, the digit positions' random offsets, the rotary gaps.
     cfg = model.config
-    use_rng = cfg.dropout > 0 or cfg.digit_pos_offset_max > 0 or cfg.rope_gap_max > 1
+    use_rng = (cfg.dropout > 0 or cfg.digit_pos_offset_max > 0 or cfg.digit_pos_doc_block > 0
+               or cfg.rope_gap_max > 1)
 
     def loss_and_count(params, micro: Batch, rng):
         rngs = None

@@ -15,6 +15,7 @@ from minigpt_jax.digit_positions import (
     coupled_indices,
     digit_indices,
     digit_token_ids,
+    document_block_offsets,
     newline_token_ids,
     segment_indices,
 )
@@ -207,6 +208,28 @@ def test_segments_token_by_token_equal_the_whole_sequence():
     assert pieces == whole and line_pieces == whole_line
 
 
+def test_document_block_offsets_give_each_document_its_own_block():
+    width, n_blocks = 16, 4
+    tokens = [[EOT, 5, 6, EOT, 7, EOT, 8, 9, 9, EOT, 1], [3, 3, EOT, 4, 4, 4, 4, 4, 4, 4, 4]]
+    tokens_BT = jnp.asarray(tokens, jnp.int32)
+    seen = set()
+    for k in range(20):
+        off = np.asarray(document_block_offsets(jax.random.key(k), tokens_BT, EOT, width, n_blocks))
+        for row, toks in zip(off, tokens, strict=True):
+            docs = np.cumsum(np.asarray(toks) == EOT)
+            blocks = []
+            for d in np.unique(docs):
+                values = set(row[docs == d].tolist())
+                assert len(values) == 1  # one offset per document
+                (v,) = values
+                assert 0 <= v % width < width // 2 and 0 <= v < width * n_blocks
+                blocks.append(v // width)
+                seen.add(v)
+            # up to n_blocks documents never share a block (then ids spanning < width/2 never meet)
+            assert len(set(blocks[:n_blocks])) == len(blocks[:n_blocks])
+    assert len(seen) > 20  # the blocks and starts are drawn, not fixed
+
+
 # A tiny model without absolute positions: digit positions are its only sense of place. Half of
 # all ids count as digits so that random weights generate long runs across decode steps.
 CFG = GPTConfig.preset(
@@ -243,9 +266,16 @@ def test_config_validates_digit_fields():
     assert cfg.newline_ids == (10,)
     with pytest.raises(ValueError, match=r"line_segment_max=4: .* \(got 'abacus'\)"):
         GPTConfig.preset("tiny", digit_pos_max=8, digit_ids=(48,), line_segment_max=4)
-    with pytest.raises(ValueError, match="line_segment_max=-1"):
-        dataclasses.replace(cfg, line_segment_max=-1)
+    for bad in (-1, 1):  # 1 would hold only the line breaks' row
+        with pytest.raises(ValueError, match=f"line_segment_max={bad}"):
+            dataclasses.replace(cfg, line_segment_max=bad)
     assert dataclasses.replace(cfg, line_segment_max=4).line_segment_max == 4
+    with pytest.raises(ValueError, match="digit_pos_doc_block=5: .* digit_pos_max >= 2 x width"):
+        dataclasses.replace(cfg, digit_pos_doc_block=5, doc_sep_id=0)  # digit_pos_max is 8
+    with pytest.raises(ValueError, match="digit_pos_doc_block=2: .* doc_sep_id"):
+        dataclasses.replace(cfg, digit_pos_doc_block=2)
+    with pytest.raises(ValueError, match="digit_pos_doc_block=2: .* not with pos_emb='rope'"):
+        dataclasses.replace(cfg, digit_pos_doc_block=2, doc_sep_id=0, pos_emb="rope")
 
 
 def test_digit_positions_change_the_output_and_training_draws_offsets(params):
@@ -326,3 +356,23 @@ def test_cached_greedy_equals_recompute_with_coupled_ids(coupled_model):
     if cfg.line_segment_max:  # the segment table is used: zeroing it changes the output
         zeroed = {**params, "wse": {"embedding": jnp.zeros_like(params["wse"]["embedding"])}}
         assert sample(cfg, zeroed, prompts, 12, temperature=0) != got
+
+
+def test_document_blocks_let_training_documents_see_each_other():
+    """In training (not deterministic) the second document's logits depend on the first one's
+    digits and on the drawn blocks; evaluation keeps documents apart and uses no offset."""
+    cfg = dataclasses.replace(SEGMENTS, doc_sep_id=0, digit_pos_offset_max=0, digit_pos_doc_block=8)
+    model = GPT(cfg)
+    params = jax.jit(model.init)(jax.random.key(4), jnp.zeros((1, 8), jnp.int32))["params"]
+    second = [0, 7, 9, 2, 5]
+    a = jnp.asarray([[0, 3, 5, 2, 11, *second]], jnp.int32)
+    b = jnp.asarray([[0, 13, 15, 2, 17, *second]], jnp.int32)  # another first document
+
+    def logits(tokens, train, key=0):
+        return model.apply({"params": params}, tokens, deterministic=not train,
+                           rngs={"digits": jax.random.key(key)})[0, 5:]
+
+    np.testing.assert_allclose(logits(a, False), logits(b, False), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(logits(a, False, 0), logits(a, False, 1))  # no offsets drawn
+    assert not np.allclose(logits(a, True), logits(b, True))  # the same blocks, another document
+    assert not np.allclose(logits(a, True, 0), logits(a, True, 1))  # other blocks
