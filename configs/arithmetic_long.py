@@ -17,8 +17,10 @@ Budget: about 3 CPU hours on 2 cores (the headline run); see docs/arithmetic.md.
 
 Measured on + and - alone (configs/arithmetic_long_addsub.py, BENCHMARKS.md): with no token
 positions the 4-layer model had not learned even 5-digit sums after 2,300 steps; with RoPE it
-learned the trained lengths but failed at 20 and 30 digits. Change `pos_emb` before spending the
-3 hours here.
+learned the trained lengths but failed at 20 and 30 digits. Coupled ids + line segments +
+document blocks (session 12: `digit_pos_scheme="coupled"`, `line_segment_max=8`,
+`digit_pos_doc_block`, no offsets) reached 0.80 / 0.88 at 20 digits; set those here, with blocks
+wide enough that every evaluated id is trained (docs/arithmetic.md), before spending the 3 hours.
 """
 
 from minigpt_jax.config import default_config, model_fields

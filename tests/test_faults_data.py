@@ -332,7 +332,10 @@ def test_ctrl_c_is_one_line_exit_130_and_the_rerun_resumes(tmp_path, shared_data
     assert data_prep.main([*argv, f"--out_dir={tmp_path / 'ref'}"]) == 0
     progress = tmp_path / "out" / "progress.json"
     for attempt in range(3):
-        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+        # As from a terminal: a shell's background job (`pytest ... &`) inherits SIGINT ignored,
+        # and an ignored SIGINT survives exec, so Python would never raise KeyboardInterrupt.
+        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         while proc.poll() is None:
             with contextlib.suppress(OSError, ValueError):
                 if len(json.loads(progress.read_text())["shards"]) >= 1:
