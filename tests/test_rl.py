@@ -312,30 +312,21 @@ def test_rl_reaches_a_known_optimum_on_a_toy_task(tmp_path):
     assert np.mean([r["reward"] for r in records[-5:]]) > 0.9
 
 
-def test_rl_learns_from_line_credit_alone(tmp_path):
-    """With no outcome advantage at all (outcome_credit 0), the per-line credit alone must carry
-    the learning to the same optimum."""
+@pytest.mark.parametrize(
+    ("credit", "metric"), [("line_credit", "right_lines"), ("solved_credit", "reward")]
+)
+def test_rl_learns_from_one_credit_alone(tmp_path, credit, metric):
+    """With no outcome advantage at all (outcome_credit 0), the per-line credit alone, or
+    reinforcing the solved samples alone (rejection-sampling fine-tuning), must carry the
+    learning to the same optimum."""
     from minigpt_jax.rl import train_rl
 
-    cfg = _toy_config(tmp_path, line_credit=1.0, outcome_credit=0.0)
+    cfg = _toy_config(tmp_path, **{credit: 1.0, "outcome_credit": 0.0})
     last = train_rl(cfg, task=FirstDigitTask())
     records = read_metrics(Path(cfg.run_dir))
-    assert np.mean([r["right_lines"] for r in records[1:6]]) < 0.3
+    assert np.mean([r[metric] for r in records[1:6]]) < 0.3
     assert last["heldout_greedy"] == 1.0
-    assert np.mean([r["right_lines"] for r in records[-5:]]) > 0.9
-
-
-def test_rl_learns_from_solved_credit_alone(tmp_path):
-    """With no group advantage (outcome_credit 0), reinforcing the solved samples alone
-    (rejection-sampling fine-tuning) must reach the same optimum."""
-    from minigpt_jax.rl import train_rl
-
-    cfg = _toy_config(tmp_path, solved_credit=1.0, outcome_credit=0.0)
-    last = train_rl(cfg, task=FirstDigitTask())
-    records = read_metrics(Path(cfg.run_dir))
-    assert np.mean([r["reward"] for r in records[1:6]]) < 0.3
-    assert last["heldout_greedy"] == 1.0
-    assert np.mean([r["reward"] for r in records[-5:]]) > 0.9
+    assert np.mean([r[metric] for r in records[-5:]]) > 0.9
 
 
 def test_rl_resume_is_bit_exact_and_keeps_the_proposer_statistics(tmp_path):
