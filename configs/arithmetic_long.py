@@ -1,36 +1,35 @@
-"""Arithmetic that generalizes (issue 17): one model, all four operations, Abacus digit positions.
+"""Arithmetic that generalizes (issue 17): one model, all four operations, longer numbers.
 
     python scripts/make_arithmetic_data.py --preset long --out_dir data/arithmetic_long \
-        --train_tokens 60000000
+        --train_tokens 60000000 --block_size 512
     python -m minigpt_jax.train --config configs/arithmetic_long.py
     python -m minigpt_jax.eval_arithmetic --run_dir runs/arithmetic_long --sample_sets all
 
 Training draws + and - with up to 10 digits per operand, x up to 5x2, / up to 6/2 (the data's
-manifest records the ranges); the test sets are the trained lengths and 2x and 3x the longest.
-No absolute positions (`pos_emb="none"`): causal attention plus each digit's index within its
-number (random offset in training, so indices up to 100 are trained) is all the model knows of
-place, so nothing ties a step to a column index seen in training. Training windows are 256 tokens
-(every training problem fits); the model's context, 1024, fits the full worked solution of a
-30-digit problem (30x2 multiplication: 963 tokens) after its prompt.
+manifest records the ranges), written in the aligned layout (x one line per product column, the
+quotient zero-padded); the test sets are the trained lengths and 2x and 3x the longest.
+No token positions (`pos_emb="none"`): what the model knows of place is coupled digit ids (each
+token's column), each token's segment within its line, and each digit's index from its number's
+left end (docs/arithmetic.md). Training rows' documents see each other, each under its own block
+of 64 ids (`digit_pos_doc_block`) from a start in the block's first half, so every id a 30-digit
+problem reads is trained and contrasted with ids at every distance. Training windows are 512
+tokens, so that a row holds at least two worked 5x2 products (about 4 documents on average); the
+model's context, 1024, fits the full worked solution of a 30-digit problem after its prompt.
 
-Budget: about 3 CPU hours on 2 cores (the headline run); see docs/arithmetic.md.
+Budget: about 3 CPU hours on 2 cores (the headline run; not yet measured); see docs/arithmetic.md.
 
-Measured on + and - alone (configs/arithmetic_long_addsub.py, BENCHMARKS.md): with no token
-positions the 4-layer model had not learned even 5-digit sums after 2,300 steps; with RoPE it
-learned the trained lengths but failed at 20 and 30 digits. Coupled ids + line segments +
-document blocks (session 12: `digit_pos_scheme="coupled"`, `line_segment_max=8`,
-`digit_pos_doc_block`, no offsets) reached 0.80 / 0.88 at 20 digits; set those here, with blocks
-wide enough that every evaluated id is trained (docs/arithmetic.md), before spending the 3 hours.
+Each part was measured on one operation family at a time, the 4-layer width-128 model, about an
+hour on one core (BENCHMARKS.md): + and - (`configs/arithmetic_long_addsub.py` with these
+options), x (`--preset long_mul`) and / (`--preset long_div`).
 """
 
 from minigpt_jax.config import default_config, model_fields
 from minigpt_jax.digit_positions import digit_token_ids, newline_token_ids
 from minigpt_jax.tokenizer import ByteTokenizer
 
-# Longest trained number: a 10-digit operand or an 11-digit sum; offsets up to 100 train indices
-# up to 111, beyond any test number (a 15x2 product has 17 digits, a 30-digit sum 31).
-DIGIT_POS_OFFSET_MAX = 100
-DIGIT_POS_MAX = 128
+# Ids of a 30-digit sum reach 32, a 15x2 product's 19, an 18/2 quotient's 20: 8 blocks of 64.
+DIGIT_POS_MAX = 512
+DOC_BLOCK = 64
 
 
 def get_config():
@@ -42,18 +41,23 @@ def get_config():
         n_head=8,
         n_embd=256,
         block_size=1024,
-        doc_sep_id=256,  # the byte tokenizer's <eot>: each packed problem sees only itself
+        doc_sep_id=256,  # the byte tokenizer's <eot>: evaluation sees one problem at a time
         pos_emb="none",
         digit_pos_max=DIGIT_POS_MAX,
-        digit_pos_offset_max=DIGIT_POS_OFFSET_MAX,
+        digit_pos_offset_max=0,  # the document blocks replace one offset per row
+        digit_pos_doc_block=DOC_BLOCK,
+        digit_pos_doc_start="half",  # starts < 32: ids up to 32 + the trained span are trained
+        digit_pos_scheme="coupled",
+        digit_pos_from_left=True,
+        line_segment_max=32,  # an aligned x line has 23 segments
         digit_ids=digit_token_ids(ByteTokenizer()),
-        newline_ids=newline_token_ids(ByteTokenizer()),  # used by digit_pos_scheme="coupled"
+        newline_ids=newline_token_ids(ByteTokenizer()),
     )
     c.data_dir = "data/arithmetic_long"
     c.run_dir = "runs/arithmetic_long"
     c.total_steps = 12_000
-    c.batch_size = 16
-    c.block_size = 256
+    c.batch_size = 8
+    c.block_size = 512
     c.lr = 1e-3
     c.min_lr = 1e-4
     c.warmup_steps = 200

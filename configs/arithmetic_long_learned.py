@@ -15,6 +15,10 @@ def get_config():
     c.model.pos_emb = "learned"
     c.model.digit_pos_max = 0
     c.model.digit_pos_offset_max = 0
+    c.model.digit_pos_doc_block = 0
+    c.model.digit_pos_scheme = "abacus"
+    c.model.digit_pos_from_left = False
+    c.model.line_segment_max = 0
     c.model.digit_ids = ()
     c.run_dir = "runs/arithmetic_long_learned"
     return c

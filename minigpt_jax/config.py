@@ -21,6 +21,7 @@ from minigpt_jax.errors import ConfigError
 from minigpt_jax.files import write_json_atomic
 from minigpt_jax.init_from import frozen_modules, parse_init_from
 from minigpt_jax.model import GPTConfig
+from minigpt_jax.train_state import OPTIMIZERS
 
 _POSITIVE_MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "vocab_size", "block_size")
 # Model fields the run sets elsewhere: compute_dtype is the run's dtype policy (top-level key).
@@ -98,8 +99,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.adam_b1 = 0.9
     c.adam_b2 = 0.95
     c.compute_dtype = "float32"  # "bfloat16" on GPUs and TPUs
-    # "adamw" | "muon": Muon (optax.contrib.muon) for the blocks' hidden matrices at muon_lr, AdamW
-    # at lr for embeddings, head, biases and gains; one warmup + cosine shape scales both.
+    # "adamw" | "muon" | "sgd": Muon (optax.contrib.muon) for the blocks' hidden matrices at
+    # muon_lr, AdamW at lr for embeddings, head, biases and gains; one warmup + cosine shape scales
+    # both. "sgd": momentum adam_b1, decoupled weight decay, at lr (another scale than Adam's).
     c.optimizer = "adamw"
     c.muon_lr = 0.02  # peak lr of the Muon group (modded-nanogpt's order); used when optimizer=muon
 
@@ -136,9 +138,12 @@ def add_rl_keys(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     and `init_from` names the policy to start from. Returns `c`, locked again."""
     c.unlock()
     c.task = "arithmetic"  # minigpt_jax.tasks.load_task
-    # Per task. arithmetic: process_weight (reward for fully verified steps, on top of the right
-    # answer's 1), max_digits ("+:8,-:8": the longest operand the curriculum may reach per op).
-    c.task_options = ml_collections.ConfigDict({"process_weight": 0.0, "max_digits": ""})
+    # Per task. arithmetic: answer_weight (reward for the right answer) and process_weight (for
+    # fully verified steps, added), max_digits ("+:8,-:8": the longest operand the curriculum may
+    # reach per op).
+    c.task_options = ml_collections.ConfigDict(
+        {"answer_weight": 1.0, "process_weight": 0.0, "max_digits": ""}
+    )
     c.prompts_per_step = 16  # distinct problems per step
     c.group_size = 8  # samples per problem: the group whose mean reward is the baseline
     c.max_new_tokens = 160
@@ -146,7 +151,7 @@ def add_rl_keys(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.scale_advantages = False  # divide by the group's std (GRPO) or not (Dr. GRPO, nanochat)
     c.line_credit = 0.0  # weight of the per-line process advantage (policy_gradient.line_credit)
     c.outcome_credit = 1.0  # weight of the answer's group advantage on every chosen token
-    c.solved_credit = 0.0  # added to each solved sample's advantage (rejection-sampling FT)
+    c.solved_credit = 0.0  # added to the advantage of each sample task.verify accepts (RFT)
     c.negative_weight = 1.0  # scale of negative advantages: 1 = GRPO; 0 = reinforce the better only
     c.kl_coef = 0.0  # k3 KL penalty to the init_from policy per token; 0 = off (nanochat)
     c.proposer = "mixture"  # "mixture" | "uniform" | "frontier" (minigpt_jax/curriculum.py)
@@ -261,8 +266,8 @@ def validate_config(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
             )
     if c.eval_every < 0 or c.checkpoint_every < 0:
         raise ConfigError("eval_every", "eval_every and checkpoint_every must be >= 0")
-    if c.optimizer not in ("adamw", "muon"):
-        raise ConfigError("optimizer", f"{c.optimizer!r}: use 'adamw' or 'muon'")
+    if c.optimizer not in OPTIMIZERS:
+        raise ConfigError("optimizer", f"{c.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
     if c.optimizer == "muon" and not (c.muon_lr > 0 and c.lr > 0):
         raise ConfigError("muon_lr", f"optimizer=muon needs muon_lr > 0 and lr > 0, got "
                           f"muon_lr={c.muon_lr}, lr={c.lr}")

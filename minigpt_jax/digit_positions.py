@@ -96,18 +96,20 @@ def coupled_indices(
     line_B: jax.Array | None = None,
     run_B: jax.Array | None = None,
     offset_B: jax.Array | None = None,
+    line_BT: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(index_BT, line_B, run_B): each token's coupled id (module docstring) plus the row's
     `offset_B` where it is > 0; the line count and the digit run at the last column.
 
     `line_B` and `run_B` continue a decode (the line number and digit run that end just before
     column 0; default 0). A `doc_sep_id` token starts a new document at line 0; tokens < 0 (left
-    padding) are nothing.
+    padding) are nothing. `line_BT`: the tokens' `line_numbers` when the caller has them already.
     """
     is_digit_BT = jnp.isin(tokens_BT, jnp.asarray(digit_ids, tokens_BT.dtype))
     from_left_BT, run_B = digit_indices(tokens_BT, digit_ids, run_B)
     from_right_BT = digit_indices(tokens_BT[:, ::-1], digit_ids)[0][:, ::-1]
-    line_BT = line_numbers(tokens_BT, newline_ids, doc_sep_id, line_B)
+    if line_BT is None:
+        line_BT = line_numbers(tokens_BT, newline_ids, doc_sep_id, line_B)
     in_line_BT = jnp.where(is_digit_BT, jnp.maximum(line_BT + 2 - from_left_BT, 1), line_BT)
     index_BT = jnp.where(line_BT == 0, jnp.where(is_digit_BT, from_right_BT, 0), in_line_BT)
     if offset_B is not None:
@@ -122,28 +124,47 @@ def _per_token(offset: jax.Array | None) -> jax.Array | int:
     return offset if offset.ndim == 2 else offset[:, None]
 
 
+DOC_STARTS = ("half", "fit")  # how document_block_offsets draws a document's start in its block
+
+
 def document_block_offsets(
-    key: jax.Array, tokens_BT: jax.Array, doc_sep_id: int, width: int, n_blocks: int
+    key: jax.Array, tokens_BT: jax.Array, index_BT: jax.Array, doc_sep_id: int, width: int,
+    n_blocks: int, starts: str = "half",
 ) -> jax.Array:
     """(B, T) training offsets: each document of a packed row gets its own block of `width` ids
     (a random permutation of `n_blocks` blocks per row; documents past `n_blocks` reuse them) and
-    a random start in its first half, so a document whose ids span fewer than width / 2 never
-    shares an id with another document of its row (up to `n_blocks` documents). Known limit: ids
-    above width / 2 + the trained span are never drawn in block 0, and evaluation (offset 0)
-    reads them for longer numbers, so the width must exceed twice the longest evaluated id.
+    a random start in it, so up to `n_blocks` documents of a row never share an id.
 
-    Why: one offset per row (and document masking) means a lookup is only ever contrasted with ids
-    of its own problem, at most ~11 apart when training stops at 10 digits; at 14 digits the first
-    step lines read blends of columns 12 ids away (BENCHMARKS.md). Documents that see each other
-    under distinct blocks contrast every id with ids at every distance.
+    `starts="half"`: uniform in the block's first half, whatever the document, so a document whose
+    ids (`index_BT`, before any offset) span fewer than width / 2 stays in its block; ids above
+    width / 2 + the trained span are never drawn, and evaluation (offset 0) reads block 0's high
+    ids for longer numbers, so the width must exceed twice the longest evaluated id. `"fit"`:
+    uniform over the starts that keep the document's ids in its block (0 .. width - span), so
+    every id of every block is drawn. Measured on + and - (one seed each, BENCHMARKS.md): "half"
+    at width 32 reached 0.80 at 20 digits, "fit" 0.
+
+    Why blocks: one offset per row (and document masking) means a lookup is only ever contrasted
+    with ids of its own problem, at most ~11 apart when training stops at 10 digits; at 14 digits
+    the first step lines read blends of columns 12 ids away (BENCHMARKS.md). Documents that see
+    each other under distinct blocks contrast every id with ids at every distance.
     """
-    B, _ = tokens_BT.shape
+    if starts not in DOC_STARTS:
+        raise ValueError(f"starts={starts!r}: use one of {DOC_STARTS}")
+    B, T = tokens_BT.shape
     k_perm, k_start = jax.random.split(key)
-    doc_BT = jnp.cumsum(tokens_BT == doc_sep_id, axis=1, dtype=jnp.int32)
+    doc_BT = jnp.cumsum(tokens_BT == doc_sep_id, axis=1, dtype=jnp.int32)  # D: docs <= T + 1
     block_BN = jnp.argsort(jax.random.uniform(k_perm, (B, n_blocks)), axis=1).astype(jnp.int32)
-    start_BD = jax.random.randint(k_start, (B, tokens_BT.shape[1] + 1), 0, max(width // 2, 1))
+    if starts == "half":
+        start_BD = jax.random.randint(k_start, (B, T + 1), 0, max(width // 2, 1))
+    else:
+        rows_BT = jnp.broadcast_to(jnp.arange(B)[:, None], (B, T))
+        span_BD = jnp.zeros((B, T + 1), jnp.int32).at[rows_BT, doc_BT].max(
+            index_BT.astype(jnp.int32)
+        )
+        room_BD = jnp.maximum(width - span_BD, 0) + 1  # a longer document runs into the next block
+        start_BD = jnp.floor(jax.random.uniform(k_start, (B, T + 1)) * room_BD).astype(jnp.int32)
     block_BT = jnp.take_along_axis(block_BN, doc_BT % n_blocks, axis=1)
-    return width * block_BT + jnp.take_along_axis(start_BD, doc_BT, axis=1)  # D: docs <= T + 1
+    return width * block_BT + jnp.take_along_axis(start_BD, doc_BT, axis=1)
 
 
 def line_numbers(

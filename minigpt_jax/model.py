@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from minigpt_jax.digit_positions import (
+    DOC_STARTS,
     SCHEMES,
     coupled_indices,
     digit_indices,
@@ -124,8 +125,18 @@ class GPTConfig:
     # mask in training; evaluation and decoding keep it) and gives each its own offset from a
     # distinct block of w digit-position ids (digit_positions.document_block_offsets) instead of
     # digit_pos_offset_max's one offset per row, so every id is contrasted with ids at every
-    # distance, not only those of its own problem. A document's ids must span fewer than w / 2.
+    # distance, not only those of its own problem.
     digit_pos_doc_block: int = 0
+    # How each document's start in its block is drawn (digit_positions.DOC_STARTS): "half" of
+    # the block, blind; or "fit" the document's ids (of both tables, with digit_pos_from_left).
+    digit_pos_doc_start: str = "half"
+    # With "coupled" ids, True adds a second learned table: each digit's index from its number's
+    # first digit (Abacus), shifted by the same training offsets. Coupled ids count a prompt
+    # number from its right end, which is what + - x read; long division reads the dividend
+    # from its left, and writes its quotient in that order, so step line i needs "the prompt
+    # digit i from the left" and the answer's digit i "step line i": one lookup each only with
+    # this index (docs/arithmetic.md).
+    digit_pos_from_left: bool = False
     # Randomized positions, a variant of Ruoss et al. 2023, with pos_emb="rope": g > 1 stretches
     # each training document's positions by random gaps (a scale s in 1..g per document, each gap
     # in 1..s; positions.random_gaps), so no lookup can rely on an exact distance and distances
@@ -230,6 +241,16 @@ class GPTConfig:
                 f"digit_pos_scheme='coupled' (got {self.digit_pos_scheme!r})"
             )
 
+        if self.digit_pos_doc_start not in DOC_STARTS:
+            raise ValueError(
+                f"digit_pos_doc_start={self.digit_pos_doc_start!r}: use one of {DOC_STARTS}"
+            )
+        if self.digit_pos_from_left and self.digit_pos_scheme != "coupled":
+            raise ValueError(
+                f"digit_pos_from_left=True adds to coupled ids: set digit_pos_scheme='coupled' "
+                f"(got {self.digit_pos_scheme!r}; 'abacus' ids already count from the left)"
+            )
+
     def is_attention(self, layer: int) -> bool:
         every = self.attention_every
         return self.mixer == "attention" or (every > 0 and (layer + 1) % every == 0)
@@ -271,7 +292,7 @@ class GPTConfig:
 ARCHITECTURE_FIELDS = (
     "pos_emb", "norm", "bias", "qk_norm", "mlp", "tie_embeddings", "zero_init_proj",
     "logit_softcap", "mixer", "attention_every", "digit_pos_max", "digit_pos_scheme",
-    "line_segment_max",
+    "line_segment_max", "digit_pos_from_left",
 )
 
 
@@ -500,7 +521,7 @@ class GPT(nn.Module):
                                      name="wpe")(pos_BT)
         if cfg.digit_pos_max:
             digit_tokens_BT, run_B, line_B, offset_B = tokens_BT, None, None, None
-            segment_B = None
+            segment_B, seg_line_BT = None, None
             if cache is not None:  # left padding is never part of a number
                 digit_tokens_BT = jnp.where(col_BT >= cache.start_B[:, None], tokens_BT, -1)
                 run_B, line_B = cache.digit_run_B, cache.digit_line_B
@@ -517,22 +538,33 @@ class GPT(nn.Module):
                 offset_B = jax.random.randint(
                     self.make_rng("digits"), (tokens_BT.shape[0],), 0, cfg.digit_pos_offset_max
                 )
-            if not deterministic and cfg.digit_pos_doc_block and cache is None:
-                width = cfg.digit_pos_doc_block
-                offset_B = document_block_offsets(  # (B, T): one offset per document
-                    self.make_rng("digits"), tokens_BT, cfg.doc_sep_id, width,
-                    cfg.digit_pos_max // width,
-                )
+            left_BT = None  # before run_B moves on to the last column
+            if cfg.digit_pos_from_left:
+                left_BT, _ = digit_indices(digit_tokens_BT, cfg.digit_ids, run_B, offset_B)
             if cfg.digit_pos_scheme == "coupled":
                 index_BT, line_B, run_B = coupled_indices(
                     digit_tokens_BT, cfg.digit_ids, cfg.newline_ids, cfg.doc_sep_id, line_B,
-                    run_B, offset_B,
+                    run_B, offset_B, line_BT=seg_line_BT,
                 )
             else:
                 index_BT, run_B = digit_indices(digit_tokens_BT, cfg.digit_ids, run_B, offset_B)
-            row_BT = jnp.clip(index_BT - 1, 0, cfg.digit_pos_max - 1)
-            wde = nn.Embed(cfg.digit_pos_max, cfg.n_embd, embedding_init=embed_init, name="wde")
-            x_BTD = x_BTD + jnp.where((index_BT > 0)[..., None], wde(row_BT), 0)
+            if not deterministic and cfg.digit_pos_doc_block and cache is None:
+                width = cfg.digit_pos_doc_block
+                span_BT = index_BT if left_BT is None else jnp.maximum(index_BT, left_BT)
+                offset_BT = document_block_offsets(  # one offset per document
+                    self.make_rng("digits"), tokens_BT, span_BT, cfg.doc_sep_id, width,
+                    cfg.digit_pos_max // width, cfg.digit_pos_doc_start,
+                )
+                index_BT = jnp.where(index_BT > 0, index_BT + offset_BT, 0)
+                if left_BT is not None:
+                    left_BT = jnp.where(left_BT > 0, left_BT + offset_BT, 0)
+            for name, ids_BT in (("wde", index_BT), ("wdl", left_BT)):
+                if ids_BT is None:
+                    continue
+                table = nn.Embed(cfg.digit_pos_max, cfg.n_embd, embedding_init=embed_init,
+                                 name=name)
+                row_BT = jnp.clip(ids_BT - 1, 0, cfg.digit_pos_max - 1)
+                x_BTD = x_BTD + jnp.where((ids_BT > 0)[..., None], table(row_BT), 0)
             if cache is not None:
                 cache = cache.replace(
                     digit_run_B=run_B, digit_line_B=line_B,
@@ -646,7 +678,8 @@ def count_params(config: GPTConfig, non_embedding: bool = False) -> int:
     if non_embedding and config.pos_emb == "learned":
         n -= config.block_size * config.n_embd
     if non_embedding:
-        n -= (config.digit_pos_max + 2 * config.line_segment_max) * config.n_embd
+        tables = 1 + config.digit_pos_from_left  # wde, and wdl
+        n -= (tables * config.digit_pos_max + 2 * config.line_segment_max) * config.n_embd
     if non_embedding and not config.tie_embeddings:
         n -= config.vocab_size * config.n_embd
     return n

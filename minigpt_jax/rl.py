@@ -239,9 +239,14 @@ def rollouts(run: RLRun, params: Any, step: int) -> tuple[dict[str, np.ndarray],
     metrics = {}
     if cfg.negative_weight != 1.0:
         adv = np.where(adv < 0, cfg.negative_weight * adv, adv)
-    # Rejection-sampling fine-tuning on the solved samples: unlike the group advantage it does
-    # not vanish where every sample is right, so it holds cells the policy already solves.
-    adv = adv + cfg.solved_credit * solved_PG.reshape(-1)
+    # Rejection-sampling fine-tuning on the samples the verifier accepts: unlike the group
+    # advantage it does not vanish where every sample is right, so it holds cells the policy
+    # already solves. Verified, not merely answered right: a right answer reached through wrong
+    # steps, reinforced, would teach the wrong steps.
+    if cfg.solved_credit:
+        accepted = [task.verify(p, texts[i * G + g]) for i, p in enumerate(problems)
+                    for g in range(G)]
+        adv = adv + cfg.solved_credit * np.asarray(accepted, np.float32)
     if cfg.line_credit:
         adv, metrics["right_lines"] = _with_line_credit(
             run, problems, texts, outs, ended, adv, cfg.line_credit

@@ -62,7 +62,7 @@ def freeze_labels(params: Any, freeze: str = "none") -> Any:
     )
 
 
-OPTIMIZERS = ("adamw", "muon")
+OPTIMIZERS = ("adamw", "muon", "sgd")
 MUON_MOMENTUM = 0.95  # modded-nanogpt's and optax's default (Nesterov)
 
 
@@ -91,7 +91,8 @@ def make_optimizer(
     optimizer: str = "adamw",
     muon_lr_scale: float = 0.0,
 ) -> optax.GradientTransformation:
-    """AdamW with global-norm clipping; `freeze="embeddings"` holds wte and wpe fixed.
+    """AdamW (or Muon, or SGD) with global-norm clipping; `freeze="embeddings"` holds wte and wpe
+    fixed.
 
     `optimizer="muon"`: the hidden matrices (`muon_labels`) take `optax.contrib.muon` (Nesterov
     momentum, Newton-Schulz orthogonalisation, optax's shape scaling) at `lr_schedule` times
@@ -99,6 +100,12 @@ def make_optimizer(
     rest keeps this AdamW at `lr_schedule`. Both follow the one global-norm clip. Muon's decoupled
     weight decay is divided by the scale, so a matrix shrinks per step as under AdamW
     (lr x weight_decay) whatever muon_lr is.
+
+    `optimizer="sgd"`: heavy-ball momentum (`b1`) and the same decoupled, masked weight decay, no
+    per-coordinate scaling, so a step's size follows the gradient's instead of being about `lr`
+    per coordinate whatever its signal (the question RL's noisy gradients raise; docs/
+    post-training.md). Its lr is on another scale than Adam's (and momentum b1 = 0.9 makes a
+    steady step about 10x lr x the gradient): sweep it.
 
     Frozen leaves get zero updates and no Adam moments (optax.multi_transform), so they cost no
     optimizer memory and weight decay never shrinks them.
@@ -108,6 +115,13 @@ def make_optimizer(
     adamw = optax.adamw(
         lr_schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=decay_mask
     )
+    update = adamw
+    if optimizer == "sgd":
+        update = optax.chain(
+            optax.trace(decay=b1),
+            optax.add_decayed_weights(weight_decay, mask=decay_mask),
+            optax.scale_by_learning_rate(lr_schedule),
+        )
     if optimizer == "muon":
         if muon_lr_scale <= 0:
             raise ValueError(f"optimizer='muon' needs muon_lr_scale > 0, got {muon_lr_scale}")
@@ -116,8 +130,8 @@ def make_optimizer(
             beta=MUON_MOMENTUM,
             weight_decay=weight_decay / muon_lr_scale,
         )
-        adamw = optax.partition({"muon": muon, "adamw": adamw}, muon_labels)
-    tx = optax.chain(optax.clip_by_global_norm(grad_clip), adamw)
+        update = optax.partition({"muon": muon, "adamw": adamw}, muon_labels)
+    tx = optax.chain(optax.clip_by_global_norm(grad_clip), update)
     if not frozen_modules(freeze):
         return tx
     return optax.multi_transform(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import re
@@ -28,11 +29,13 @@ from minigpt_jax.tokenizer import ByteTokenizer
 # --- the generator's worked solutions are right, step by step --------------------------------
 
 
-def _independent_check(p: Problem, text: str) -> None:
+def _independent_check(p: Problem, text: str, layout: str = "classic") -> None:
     """Re-derive every line with Python integers, independently of `check_steps`."""
     lines = text.rstrip("\n").split("\n")
-    assert lines[-1] == f"A:{p.written_answer}" and parse_answer(lines[-1]) == p.answer
-    for line in lines[:-1]:
+    assert lines[-1] == f"A:{arithmetic.written_answer(p, layout)}"
+    assert parse_answer(lines[-1]) == p.answer
+    equations = [eq for line in lines[:-1] for eq in line.split(",")]  # aligned x: 3 per line
+    for line in equations:
         if line.startswith("="):
             continue
         lhs, rhs = line.split("=")
@@ -239,6 +242,38 @@ def test_verifier_on_hand_made_samples():
     assert not verify_solution(mul, right.replace("4*8+5=37", "4*8+5=38"))
 
 
+def test_aligned_layout_writes_a_line_per_product_column_and_pads_the_quotient():
+    p = Problem("*", 347, 85)
+    right = solution(p, layout="aligned")
+    assert right == (
+        "7*5+0=35,7*8+0=56,5+0+0=05\n"  # column 1: 7x5, 7x8, units 5 (+ nothing shifted in)
+        "4*5+3=23,4*8+5=37,3+6+0=09\n"  # column 2: units 3 of 4x5+3 and 6 of line 1's 7x8
+        "3*5+2=17,3*8+3=27,7+7+0=14\n"
+        "0*5+1=01,0*8+2=02,1+7+1=09\n"  # a's zero columns spend the carries
+        "0*5+0=00,0*8+0=00,0+2+0=02\n"
+        "A:29495\n"
+    )
+    assert check_steps(p, right) == "29495" and arithmetic.steps_are_right(p, right)
+    wrong = {  # each a true equation, but not the procedure's next step
+        "units from the wrong line": right.replace("3+6+0=09", "3+5+0=08"),
+        "product carry dropped": right.replace("4*8+5=37", "4*8+0=32"),
+        "sum carry dropped": right.replace("1+7+1=09", "1+7+0=08"),
+        "a column short": right.replace("0*5+0=00,0*8+0=00,0+2+0=02\n", ""),
+        "a product missing": right.replace("7*5+0=35,7*8+0=56,", "7*5+0=35,"),
+    }
+    for name, text in wrong.items():
+        assert not arithmetic.steps_are_right(p, text), name
+    assert arithmetic.right_lines(p, wrong["units from the wrong line"]) == 1
+    assert solution(Problem("*", 99, 99), layout="aligned").count("\n") == 5  # 2+2 columns
+    with pytest.raises(ValueError, match="layout"):
+        arithmetic.Mixture(layout="diagonal")
+    div = Problem("/", 47, 6)  # "047/6": the quotient's digits are the three step lines'
+    padded = solution(div, layout="aligned")
+    assert padded == solution(div).replace("A:7r5", "A:007r5") and padded.endswith("A:007r5\n")
+    assert check_steps(div, padded) == "7r5" == parse_answer(padded)
+    assert solution(Problem("+", 347, 285), layout="aligned") == solution(Problem("+", 347, 285))
+
+
 def test_steps_are_right_separates_wrong_steps_from_a_wrong_answer_line():
     p = arithmetic.Problem("+", 347, 285)
     right = arithmetic.solution(p)
@@ -264,11 +299,13 @@ def test_right_lines_counts_the_lines_right_from_the_first():
     assert arithmetic.right_lines(p, "A:632\n") == 0
     assert arithmetic.right_lines(p, "") == 0
     rng = random.Random(0)
-    for cell in [("+", 3, 3), ("-", 4, 4), ("*", 2, 2), ("*", 3, 2), ("/", 4, 1), ("/", 4, 2)]:
+    cells = [("+", 3, 3), ("-", 4, 4), ("*", 2, 2), ("*", 3, 2), ("/", 4, 1), ("/", 4, 2)]
+    for cell, layout in itertools.product(cells, arithmetic.LAYOUTS):
         for _ in range(20):
             q = arithmetic.make_problem(rng, *cell)
-            lines = solution(q).split("\n")[:-1]
-            assert arithmetic.right_lines(q, solution(q)) == len(lines)
+            right = solution(q, layout=layout)
+            lines = right.split("\n")[:-1]
+            assert arithmetic.right_lines(q, right) == len(lines)
             k = rng.randrange(len(lines))
             assert arithmetic.right_lines(q, "\n".join(lines[:k]) + "\n" * (k > 0)) == k
             broken = _corrupt(lines[k], rng) if any(c.isdigit() for c in lines[k]) else "?"
@@ -280,6 +317,12 @@ def test_true_step_fraction():
     assert arithmetic.true_step_fraction("7+5+0=13\n13-8-1=4\n4*8+5=38\nA:1\n") == 1 / 3
     assert arithmetic.true_step_fraction("24/6=4r0\n=235\n24/6=3r6\nbla\n") == 1 / 3
     assert arithmetic.true_step_fraction("A:632\n") is None
+    aligned = solution(Problem("*", 34567, 85), layout="aligned")
+    assert arithmetic.true_step_fraction(aligned) == 1.0
+    # a line is true when all its equations are: one false product makes the line false
+    assert arithmetic.true_step_fraction(aligned.replace("6*8+5=53", "6*8+5=54")) == 6 / 7
+    wide = solution(Problem("*", 4567, 987), layout="aligned")  # 4-term column sums
+    assert "+" in wide.split("\n")[2].split(",")[-1] and arithmetic.true_step_fraction(wide) == 1.0
 
 
 def test_verified_vote_prefers_consistent_solutions():
@@ -445,8 +488,8 @@ def test_every_length_cell_of_every_preset_checks_and_corruption_fails(preset):
     if preset in ("default", "long"):
         assert set(mix.operand_ranges()) == set(arithmetic.OPS)  # division is trained and tested
     for p in problems:
-        text = solution(p)
-        _independent_check(p, text)
+        text = solution(p, layout=mix.layout)
+        _independent_check(p, text, mix.layout)
         assert check_steps(p, text) == p.answer
         for _ in range(3):
             assert not verify_solution(p, _corrupt(text, rng)), (p, text)
@@ -478,7 +521,11 @@ def test_long_preset_shards_respect_the_manifest_ranges(tmp_path):
             assert ranges[op]["a"][0] <= da <= ranges[op]["a"][1], doc
             assert ranges[op]["b"][0] <= db <= ranges[op]["b"][1], doc
             seen[op] = [max(seen[op][0], da), max(seen[op][1], db)]
+            # written in the preset's layout, which the manifest records
+            problem = Problem(op, a, b)
+            assert doc == problem.prompt + solution(problem, layout="aligned"), doc
     assert seen["+"][0] == 10 and seen["*"] == [5, 2]  # the ranges are used, up to their ends
+    assert manifest["task"]["mixture"]["layout"] == "aligned"
 
 
 def test_arithmetic_long_context_fits_a_30_digit_worked_solution():
@@ -498,8 +545,8 @@ def test_arithmetic_long_context_fits_a_30_digit_worked_solution():
     problems = [Problem("+", big, big), Problem("-", big, big // 7), Problem("*", big, 99),
                 Problem("/", big, 97)]
     problems += arithmetic.heldout_problems(3, [(*cell[:3], 2) for cell in long])
-    for p in problems:  # <eot> + prompt + solution + <eot>
-        assert len(p.prompt) + len(solution(p)) + 2 <= cfg.block_size, p
+    for p, layout in itertools.product(problems, arithmetic.LAYOUTS):  # <eot> ... <eot>
+        assert len(p.prompt) + len(solution(p, layout=layout)) + 2 <= cfg.block_size, p
 
 
 def test_length_curves_and_plot(tmp_path):

@@ -20,7 +20,7 @@ from minigpt_jax.digit_positions import (
     segment_indices,
 )
 from minigpt_jax.generate import sample
-from minigpt_jax.model import GPT, GPTConfig
+from minigpt_jax.model import GPT, GPTConfig, count_params
 from minigpt_jax.tokenizer import ByteTokenizer
 
 BYTE_DIGITS = digit_token_ids(ByteTokenizer())
@@ -208,26 +208,39 @@ def test_segments_token_by_token_equal_the_whole_sequence():
     assert pieces == whole and line_pieces == whole_line
 
 
-def test_document_block_offsets_give_each_document_its_own_block():
+@pytest.mark.parametrize("starts", ["half", "fit"])
+def test_document_block_offsets_give_each_document_its_own_block(starts):
     width, n_blocks = 16, 4
     tokens = [[EOT, 5, 6, EOT, 7, EOT, 8, 9, 9, EOT, 1], [3, 3, EOT, 4, 4, 4, 4, 4, 4, 4, 4]]
-    tokens_BT = jnp.asarray(tokens, jnp.int32)
-    seen = set()
-    for k in range(20):
-        off = np.asarray(document_block_offsets(jax.random.key(k), tokens_BT, EOT, width, n_blocks))
-        for row, toks in zip(off, tokens, strict=True):
+    ids = [[0, 1, 2, 0, 1, 0, 3, 12, 1, 0, 2], [1, 2, 0, 1, 2, 3, 4, 5, 6, 7, 16]]  # spans 2..16
+    tokens_BT, index_BT = jnp.asarray(tokens, jnp.int32), jnp.asarray(ids, jnp.int32)
+    seen, top_ids = set(), set()
+    for k in range(40):
+        off = document_block_offsets(
+            jax.random.key(k), tokens_BT, index_BT, EOT, width, n_blocks, starts
+        )
+        for row, toks, row_ids in zip(np.asarray(off), tokens, ids, strict=True):
             docs = np.cumsum(np.asarray(toks) == EOT)
             blocks = []
             for d in np.unique(docs):
                 values = set(row[docs == d].tolist())
                 assert len(values) == 1  # one offset per document
                 (v,) = values
-                assert 0 <= v % width < width // 2 and 0 <= v < width * n_blocks
-                blocks.append(v // width)
+                span = max(np.asarray(row_ids)[docs == d])
+                block = v // width
+                assert 0 <= block < n_blocks
+                if starts == "fit":  # the document's ids stay in its block
+                    assert v % width + span <= width
+                else:  # blind: somewhere in the block's first half
+                    assert v % width < width // 2
+                blocks.append(block)
                 seen.add(v)
-            # up to n_blocks documents never share a block (then ids spanning < width/2 never meet)
+                top_ids.add(v % width + span)
+            # up to n_blocks documents never share a block, so they never share an id
             assert len(set(blocks[:n_blocks])) == len(blocks[:n_blocks])
     assert len(seen) > 20  # the blocks and starts are drawn, not fixed
+    if starts == "fit":  # a block's last id is drawn too
+        assert width in top_ids
 
 
 # A tiny model without absolute positions: digit positions are its only sense of place. Half of
@@ -276,6 +289,14 @@ def test_config_validates_digit_fields():
         dataclasses.replace(cfg, digit_pos_doc_block=2)
     with pytest.raises(ValueError, match="digit_pos_doc_block=2: .* not with pos_emb='rope'"):
         dataclasses.replace(cfg, digit_pos_doc_block=2, doc_sep_id=0, pos_emb="rope")
+    left = dataclasses.replace(cfg, digit_pos_from_left=True)
+    assert count_params(left) == count_params(cfg) + 8 * cfg.n_embd  # the wdl table
+    assert count_params(left, non_embedding=True) == count_params(cfg, non_embedding=True)
+    assert "digit_pos_from_left=True" in left.gpt2_differences()
+    with pytest.raises(ValueError, match="digit_pos_doc_start='last'"):
+        dataclasses.replace(cfg, digit_pos_doc_start="last")
+    with pytest.raises(ValueError, match=r"digit_pos_from_left=True .* \(got 'abacus'"):
+        GPTConfig.preset("tiny", digit_pos_max=8, digit_ids=(48,), digit_pos_from_left=True)
 
 
 def test_digit_positions_change_the_output_and_training_draws_offsets(params):
@@ -331,7 +352,13 @@ COUPLED = dataclasses.replace(
 SEGMENTS = dataclasses.replace(COUPLED, line_segment_max=4)
 
 
-@pytest.fixture(scope="module", params=[COUPLED, SEGMENTS], ids=["coupled", "segments"])
+# And with each digit's index from its number's left end, in its own table.
+FROM_LEFT = dataclasses.replace(SEGMENTS, digit_pos_from_left=True)
+
+
+@pytest.fixture(
+    scope="module", params=[COUPLED, SEGMENTS, FROM_LEFT], ids=["coupled", "segments", "left"]
+)
 def coupled_model(request):
     model = GPT(request.param)
     raw = jax.jit(model.init)(jax.random.key(3), jnp.zeros((1, 8), jnp.int32))["params"]
@@ -353,9 +380,11 @@ def test_cached_greedy_equals_recompute_with_coupled_ids(coupled_model):
     assert got == [s[len(p):] for s, p in zip(seqs, prompts, strict=True)]
     generated = [t for row in got for t in row]
     assert sum(t % 2 for t in generated) >= 3 and any(t in cfg.newline_ids for t in generated)
-    if cfg.line_segment_max:  # the segment table is used: zeroing it changes the output
-        zeroed = {**params, "wse": {"embedding": jnp.zeros_like(params["wse"]["embedding"])}}
-        assert sample(cfg, zeroed, prompts, 12, temperature=0) != got
+    for table in ("wse", "wdl"):  # a table in use: zeroing it changes the output
+        if table in params:
+            zeroed = {**params, table: {"embedding": jnp.zeros_like(params[table]["embedding"])}}
+            assert sample(cfg, zeroed, prompts, 12, temperature=0) != got
+    assert ("wdl" in params) == cfg.digit_pos_from_left
 
 
 def test_document_blocks_let_training_documents_see_each_other():

@@ -347,6 +347,34 @@ def test_muon_takes_hidden_matrices_and_orthogonalises_their_updates():
     assert float(jnp.abs(updates["h_0"]["attn"]["c_proj"]["kernel"]).max()) > 3 * lr
 
 
+def test_sgd_steps_scale_with_the_gradient_and_decay_is_decoupled_and_masked():
+    params = init(cfg_of("modern"))
+    grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(4), p.shape), params)
+    lr, wd, b1 = 0.1, 0.5, 0.9
+    sgd = make_optimizer(lambda _: lr, weight_decay=wd, grad_clip=1e9, b1=b1, optimizer="sgd")
+    adam = make_optimizer(lambda _: lr, weight_decay=0.0, grad_clip=1e9)
+    state = sgd.init(params)
+    first, state = sgd.update(grads, state, params)
+    small, _ = sgd.update(jax.tree.map(lambda g: g / 100, grads), sgd.init(params), params)
+    adam_small, _ = adam.update(jax.tree.map(lambda g: g / 100, grads), adam.init(params), params)
+    k = "h_0/mlp/c_fc/kernel".split("/")
+    pick = lambda t: t[k[0]][k[1]][k[2]][k[3]]  # noqa: E731
+    w, g = pick(params), pick(grads)
+    # first step: -lr (g + wd w) for a decayed matrix, -lr g for a gain (decay mask)
+    np.testing.assert_allclose(pick(first), -lr * (g + wd * w), rtol=1e-5, atol=1e-7)
+    gain = params["h_0"]["ln_1"]["scale"]
+    np.testing.assert_allclose(
+        first["h_0"]["ln_1"]["scale"], -lr * grads["h_0"]["ln_1"]["scale"], rtol=1e-5
+    )
+    assert float(jnp.abs(gain).max()) > 0
+    # momentum: the second step adds b1 x the first step's gradient; the decay stays outside it
+    second, _ = sgd.update(grads, state, params)
+    np.testing.assert_allclose(pick(second), -lr * ((1 + b1) * g + wd * w), rtol=1e-5, atol=1e-7)
+    # a 100x smaller gradient: SGD's step shrinks with it (all but the decay), Adam's does not
+    np.testing.assert_allclose(pick(small), -lr * (g / 100 + wd * w), rtol=1e-4, atol=1e-7)
+    assert float(jnp.abs(pick(adam_small)).max()) == pytest.approx(lr, rel=1e-2)
+
+
 @pytest.mark.slow
 def test_modern_muon_run_resumes_bit_exact_loads_evaluates_and_refuses_hf_export(
     tiny_shards, tmp_path, monkeypatch, capsys

@@ -217,6 +217,11 @@ def test_arithmetic_task_cells_rewards_and_heldout(arithmetic_dir):
     assert task.reward(p, solution(p)) == 1.5
     assert task.reward(p, "A:3995\n") == 1.0  # right answer, no steps to verify
     assert task.reward(p, solution(Problem("*", 47, 86))) == 0.0
+    verified_only = load_task(
+        "arithmetic", str(arithmetic_dir), {"answer_weight": 0.0, "process_weight": 1.0}
+    )
+    assert verified_only.reward(p, solution(p)) == 1.0
+    assert verified_only.reward(p, "A:3995\n") == 0.0  # the right answer alone earns nothing
     assert task.cell_name(task.cell_of(p)) == "mul 2x2"
     heldout = set(task.heldout())
     rng = random.Random(0)
@@ -240,6 +245,8 @@ def test_arithmetic_task_refuses_bad_options(arithmetic_dir, tmp_path):
         load_task("chess", str(arithmetic_dir))
     with pytest.raises(ConfigError, match="process_weight"):
         load_task("arithmetic", str(arithmetic_dir), {"process_weight": -1.0})
+    with pytest.raises(ConfigError, match="answer_weight"):
+        load_task("arithmetic", str(arithmetic_dir), {"answer_weight": 0.0})
     with pytest.raises(DataError, match="not arithmetic data"):
         load_task("arithmetic", str(write_random_shards(tmp_path / "d")))
 
@@ -327,6 +334,28 @@ def test_rl_learns_from_one_credit_alone(tmp_path, credit, metric):
     assert np.mean([r[metric] for r in records[1:6]]) < 0.3
     assert last["heldout_greedy"] == 1.0
     assert np.mean([r[metric] for r in records[-5:]]) > 0.9
+
+
+class SevenVerifiedTask(FirstDigitTask):
+    """Any digit is a right answer, but only "7" passes the verifier (right steps)."""
+
+    def verify(self, problem, completion):
+        return completion[:1] == "7"
+
+    reward = verify  # logged: how often the policy writes the verified answer
+
+
+def test_solved_credit_reinforces_verified_samples_not_merely_right_answers(tmp_path):
+    """A right answer reached through wrong steps, reinforced, teaches the wrong steps: solved
+    credit counts only what the verifier accepts, so the policy converges on "7"."""
+    from minigpt_jax.rl import train_rl
+
+    cfg = _toy_config(tmp_path, solved_credit=1.0, outcome_credit=0.0)
+    train_rl(cfg, task=SevenVerifiedTask())
+    rewards = [r["reward"] for r in read_metrics(Path(cfg.run_dir))[1:]]
+    assert np.mean(rewards[:5]) < 0.1
+    # (at this toy lr, Adam later wanders off the saturated optimum: the peak is the test)
+    assert max(np.convolve(rewards, np.ones(3) / 3, mode="valid")) > 0.9
 
 
 def test_rl_resume_is_bit_exact_and_keeps_the_proposer_statistics(tmp_path):

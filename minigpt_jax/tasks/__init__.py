@@ -68,7 +68,8 @@ class RLTask(Protocol):
         ...
 
     def verify(self, problem: Any, completion: str) -> bool:
-        """Accept a solution without knowing its answer (test-time training's filter)."""
+        """Accept a solution without knowing its answer: test-time training's filter, and the
+        samples `solved_credit` reinforces."""
         ...
 
     def cell_of(self, problem: Any) -> Cell: ...

@@ -24,6 +24,7 @@ from minigpt_jax.tasks.arithmetic.checker import (
 from minigpt_jax.tasks.arithmetic.problems import (
     ANSWER_PREFIX,
     HELDOUT_SPEC,
+    LAYOUTS,
     LONG_SPEC,
     MIN_WIDTH,
     OP_NAMES,
@@ -39,15 +40,17 @@ from minigpt_jax.tasks.arithmetic.problems import (
     sample_problem,
     solution,
     training_problems,
+    written_answer,
 )
 
 __all__ = [
-    "ANSWER_PREFIX", "HELDOUT_SPEC", "LONG_SPEC", "MIN_WIDTH", "OP_NAMES", "OPS", "PRESETS",
+    "ANSWER_PREFIX", "HELDOUT_SPEC", "LONG_SPEC", "MIN_WIDTH", "LAYOUTS", "OP_NAMES", "OPS",
+    "PRESETS",
     "Mixture",
     "Problem", "StepError", "check_steps", "document", "heldout_problems", "length_specs",
     "majority_vote",
     "make_problem", "parse_answer", "random_int", "sample_problem", "solution",
     "right_lines",
     "steps_are_right",
-    "training_problems", "true_step_fraction", "verified_vote", "verify_solution",
+    "training_problems", "true_step_fraction", "verified_vote", "verify_solution", "written_answer",
 ]

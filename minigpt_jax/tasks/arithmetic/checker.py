@@ -13,7 +13,12 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 
-from minigpt_jax.tasks.arithmetic.problems import ANSWER_PREFIX, Problem, digits_lsf
+from minigpt_jax.tasks.arithmetic.problems import (
+    ANSWER_PREFIX,
+    Problem,
+    column_sum_width,
+    digits_lsf,
+)
 
 _ANSWER_RE = re.compile(r"^-?\d+(r\d+)?$")
 
@@ -53,6 +58,7 @@ _SUB_RE = re.compile(r"^([01])(\d)-(\d)-([01])=(\d)$")
 _MUL_RE = re.compile(r"^(\d)\*(\d)\+(\d)=(\d\d)$")
 _DIV_RE = re.compile(r"^(\d+)/(\d+)=(\d)r(\d+)$")
 _TOTAL_RE = re.compile(r"^=(\d+)$")
+_SUM_RE = re.compile(r"^\d(\+\d)+=\d+$")
 
 
 class StepError(ValueError):
@@ -161,6 +167,42 @@ def _check_mul(a: int, b: int, lines: list[str], wa: int, wb: int) -> int:
     return total
 
 
+def _check_mul_columns(a: int, b: int, lines: list[str], wa: int, wb: int) -> int:
+    """x in the "aligned" layout (`problems._mul_column_lines`): per line, wb digit products with
+    their own carry chains, then the column sum of the shifted products' units and its carry."""
+    b_digits = digits_lsf(b, wb)
+    sum_re = re.compile(
+        "^" + r"\+".join([r"(\d)"] * wb) + rf"\+(\d)=(\d{{{column_sum_width(wb)}}})$"
+    )
+    carries, units, add_carry, digits = [0] * wb, [], 0, []
+    for s, (line, x) in enumerate(zip(lines, digits_lsf(a, wa + wb), strict=False)):
+        parts = line.split(",")
+        if len(parts) != wb + 1:
+            raise StepError(f"{line!r}: expected {wb} products and a column sum", s)
+        row = []
+        for j, (part, y) in enumerate(zip(parts, b_digits, strict=False)):
+            m = _MUL_RE.match(part)
+            if not m:
+                raise StepError(f"malformed multiplication step {part!r}", s)
+            lx, ly, lc, v = (int(g) for g in m.groups())
+            if (lx, ly, lc) != (x, y, carries[j]) or lx * ly + lc != v:
+                raise StepError(f"{part!r} is false or out of order", s)
+            carries[j] = v // 10
+            row.append(v % 10)
+        units.append(row)
+        m = sum_re.match(parts[-1])
+        if not m:
+            raise StepError(f"malformed column sum {parts[-1]!r}", s)
+        *terms, carry, v = (int(g) for g in m.groups())
+        want = [units[s - j][j] if s >= j else 0 for j in range(wb)]
+        if terms != want or carry != add_carry or sum(terms) + carry != v:
+            raise StepError(f"{parts[-1]!r}: expected {'+'.join(map(str, want))}+{add_carry}", s)
+        digits.append(v % 10)
+        add_carry = v // 10
+    _check_count(lines, wa + wb, "product columns")
+    return int("".join(map(str, reversed(digits + [add_carry]))))
+
+
 def _check_div(a: int, b: int, lines: list[str], wa: int) -> str:
     digits = f"{a:0{wa}d}"
     rem, q_digits = 0, []
@@ -185,8 +227,9 @@ def _implied_by(problem: Problem, steps: list[str]) -> str:
         return str(_check_add(a, b, steps, wa))
     if problem.op == "-":
         return str(_check_sub(a, b, steps, wa))
-    if problem.op == "*":
-        return str(_check_mul(a, b, steps, wa, wb))
+    if problem.op == "*":  # either layout (problems.LAYOUTS); a padded quotient parses the same
+        columns = bool(steps) and "," in steps[0]
+        return str((_check_mul_columns if columns else _check_mul)(a, b, steps, wa, wb))
     return _check_div(a, b, steps, wa)
 
 
@@ -257,24 +300,31 @@ def true_step_fraction(completion: str) -> float | None:
     isolation (a true `3+4+0=07` counts even if it is the wrong column), unlike `check_steps`.
     """
     verdicts = []
-    for line in completion.split("\n"):
-        if not line or line.startswith(ANSWER_PREFIX) or _TOTAL_RE.match(line):
+    for text in completion.split("\n"):
+        if not text or text.startswith(ANSWER_PREFIX) or _TOTAL_RE.match(text):
             continue
-        if m := _ADD_RE.match(line):
-            x, y, c, s = (int(g) for g in m.groups())
-            verdicts.append(x + y + c == s)
-        elif m := _SUB_RE.match(line):
-            b, x, y, c, d = (int(g) for g in m.groups())
-            verdicts.append(10 * b + x - y - c == d)
-        elif m := _MUL_RE.match(line):
-            x, y, c, v = (int(g) for g in m.groups())
-            verdicts.append(x * y + c == v)
-        elif (m := _DIV_RE.match(line)) and int(m.group(2)) > 0:
-            cur, b, q, r = (int(g) for g in m.groups())
-            verdicts.append(q * b + r == cur and r < b)
-        else:
-            verdicts.append(False)  # not a step of any known form
+        verdicts.append(all(map(_true_equation, text.split(","))))  # aligned x: 3 per line
     return sum(verdicts) / len(verdicts) if verdicts else None
+
+
+def _true_equation(line: str) -> bool:
+    """Whether one equation of a known step form is true on its own."""
+    if m := _ADD_RE.match(line):
+        x, y, c, s = (int(g) for g in m.groups())
+        return x + y + c == s
+    if m := _SUB_RE.match(line):
+        b, x, y, c, d = (int(g) for g in m.groups())
+        return 10 * b + x - y - c == d
+    if m := _MUL_RE.match(line):
+        x, y, c, v = (int(g) for g in m.groups())
+        return x * y + c == v
+    if (m := _DIV_RE.match(line)) and int(m.group(2)) > 0:
+        cur, b, q, r = (int(g) for g in m.groups())
+        return q * b + r == cur and r < b
+    if _SUM_RE.match(line):  # an aligned x column sum of 3+ terms, e.g. 5+0+7+1=13
+        *terms, total = (int(g) for g in re.findall(r"\d+", line))
+        return sum(terms) == total
+    return False  # not a step of any known form
 
 
 def verify_solution(problem: Problem, completion: str) -> bool:

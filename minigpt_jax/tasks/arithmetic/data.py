@@ -6,14 +6,16 @@
 
 `--preset` names a training mixture and its test sets (`problems.PRESETS`): "default" (all four
 operations), "addsubmul" (the first 14-minute result's data, no division), "long" (operands up to
-10 digits for + and -, tested at 2x and 3x the longest trained length). The manifest records the
-digit range of each operand the mixture can draw (`task.operand_ranges`).
+10 digits for + and -, tested at 2x and 3x the longest trained length; the aligned layout), and
+its operations alone, "long_addsub", "long_mul", "long_div". The manifest records the digit range
+of each operand the mixture can draw (`task.operand_ranges`) and the mixture's layout.
 
 Each problem is one document, `<eot>` + problem + worked steps + answer line, in the built-in byte
 tokenizer (every digit and operator is one token). Documents are packed whole and densely into
 chunks of `block_size` tokens (the rest of a chunk is `<eot>` padding); the config's model separates
 documents at `<eot>` (`model.doc_sep_id`), so every problem is trained at positions 0, 1, ... seeing
-only itself, exactly as the evaluator prompts it. A loss-mask shard beside each token shard counts
+only itself, exactly as the evaluator prompts it (unless `model.digit_pos_doc_block` lets
+training documents see each other's digit ids). A loss-mask shard beside each token shard counts
 the solution and the `<eot>` that ends it, not the prompt: the operands are random by construction,
 so their loss cannot fall and would only add noise to the gradients. The test problems
 (`test.jsonl`, and the longer-numbers `test_long.jsonl`) are drawn first and never appear in the
@@ -51,6 +53,7 @@ def pack_documents(
     block_size: int,
     target_tokens: int,
     tokenizer: ByteTokenizer,
+    layout: str = "classic",
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Documents packed whole into block_size chunks until `target_tokens`: (tokens, loss mask,
     #problems). The mask is 1 on each solution and on the `<eot>` after it (the next document's
@@ -72,7 +75,7 @@ def pack_documents(
 
     for problem in problems:
         prompt = tokenizer.encode(problem.prompt)
-        answer = tokenizer.encode(arithmetic.solution(problem, steps))
+        answer = tokenizer.encode(arithmetic.solution(problem, steps, layout))
         doc = [eot, *prompt, *answer]
         if len(doc) > block_size:
             raise DataError(
@@ -145,7 +148,9 @@ def _write(out: Path, tokenizer: ByteTokenizer, record: dict, steps: bool, train
         ("val", val_tokens, seed + 1),
     ):
         stream = arithmetic.training_problems(split_seed, mixture, exclude=tests)
-        tokens, mask, n_problems = pack_documents(stream, steps, block_size, n_tokens, tokenizer)
+        tokens, mask, n_problems = pack_documents(
+            stream, steps, block_size, n_tokens, tokenizer, mixture.layout
+        )
         name = f"{split}_000000.bin"
         write_shard(mask_path(out / name), mask)  # first: a token shard always has its mask
         write_shard(out / name, tokens)

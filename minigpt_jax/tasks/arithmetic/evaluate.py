@@ -64,7 +64,11 @@ def budget_tokens(
 ) -> int:
     """New tokens to allow: the longest worked solution plus slack, rounded up so that cells share a
     compiled decode loop; never more than the context leaves after the prompt."""
-    longest = max(len(arithmetic.solution(p).encode()) for p in problems)
+    longest = max(  # whichever layout the model was trained on
+        len(arithmetic.solution(p, layout=layout).encode())
+        for p in problems
+        for layout in arithmetic.LAYOUTS
+    )
     wanted = 32 * math.ceil((longest + longest // 4 + 4) / 32)
     return max(1, min(wanted, block_size - prompt_tokens + 1))
 

@@ -19,6 +19,10 @@ length (measured: 0% after 600 steps; see BENCHMARKS.md). Widths are at least
                   adding it shifted to the running total is written column by column)
     div  847/6    08/6=1r2 / 24/6=4r0 / 07/6=1r1 / A:141r1   (quotient r remainder)
 
+That is the "classic" layout. The "aligned" one (`LAYOUTS`) writes x one line per product column,
+three equations to a line (`7*5+0=35,7*8+0=56,5+0+0=05`), and zero-pads the quotient to the
+dividend's width (`A:007r5`), so that each step's lookups are the same at every length.
+
 Solutions are checked with exact integer arithmetic by `checker.verify_solution`, which is both
 the test of the generator and the inference-time verifier that filters sampled solutions.
 """
@@ -167,6 +171,46 @@ def _mul_lines(a: int, b: int, wa: int, wb: int) -> list[str]:
     return lines
 
 
+def _mul_column_lines(a: int, b: int, wa: int, wb: int) -> list[str]:
+    """One line per column of the product, least significant first: the column's digit of a
+    times each digit of b (each with its own carry chain, a's width padded with zeros until the
+    carries are spent), then the column sum of the shifted products' units plus its carry:
+    `7*5+0=35,7*8+0=56,5+0+0=05`.
+
+    The "aligned" layout's x. Why: "classic" writes b's digits one after another, so the second
+    partial product's line s sits w + 1 lines after the first's and reads a's digit s: a lookup
+    whose distance grows with the length. Here line s reads a's digit s, the units of line s - j
+    and its own carries, the same relation at every length, which coupled digit ids
+    (docs/arithmetic.md) make one lookup.
+    Every line is still one-digit products and small sums.
+    """
+    b_digits = digits_lsf(b, wb)
+    carries, units, add_carry, lines = [0] * wb, [], 0, []
+    sum_width = column_sum_width(wb)
+    for s, x in enumerate(digits_lsf(a, wa + wb)):
+        parts, row = [], []
+        for j, y in enumerate(b_digits):
+            v = x * y + carries[j]
+            parts.append(f"{x}*{y}+{carries[j]}={v:02d}")
+            carries[j] = v // 10
+            row.append(v % 10)
+        units.append(row)
+        terms = [units[s - j][j] if s >= j else 0 for j in range(wb)]
+        v = sum(terms) + add_carry
+        parts.append("+".join(map(str, terms)) + f"+{add_carry}={v:0{sum_width}d}")
+        add_carry = v // 10
+        lines.append(",".join(parts))
+    return lines
+
+
+def column_sum_width(wb: int) -> int:
+    """Digits of the largest column sum of `_mul_column_lines`: wb units of 9 plus the carry."""
+    carry = 0
+    while (9 * wb + carry) // 10 != carry:
+        carry = (9 * wb + carry) // 10
+    return len(str(9 * wb + carry))
+
+
 def _div_lines(a: int, b: int, wa: int) -> list[str]:
     width = len(str(b)) + 1  # fixed-width lines: every partial dividend is below 10 * b
     lines, rem = [], 0
@@ -177,26 +221,47 @@ def _div_lines(a: int, b: int, wa: int) -> list[str]:
     return lines
 
 
-def _step_lines(problem: Problem) -> list[str]:
+# How the worked steps are laid out. "classic": x as one partial product per digit of b, then
+# their column addition; the quotient as is (`847/6` -> `A:141r1`). "aligned": every line's
+# lookups are the same at every length, which coupled digit ids turn into one lookup each
+# (docs/arithmetic.md): x one line per product column (`_mul_column_lines`), and the quotient
+# zero-padded to the dividend's width (`A:0141r1`), so the answer's i-th digit is always step
+# line i's, not line i + (the number of leading zeros). + and - are the same in both.
+LAYOUTS = ("classic", "aligned")
+
+
+def _step_lines(problem: Problem, layout: str) -> list[str]:
     (wa, wb), a, b = problem.widths, problem.a, problem.b
     if problem.op == "+":
         return _add_lines(a, b, wa)
     if problem.op == "-":
         return _sub_lines(a, b, wa)
     if problem.op == "*":
-        return _mul_lines(a, b, wa, wb)
+        lines = _mul_column_lines if layout == "aligned" else _mul_lines
+        return lines(a, b, wa, wb)
     return _div_lines(a, b, wa)
 
 
-def solution(problem: Problem, steps: bool = True) -> str:
+def written_answer(problem: Problem, layout: str = "classic") -> str:
+    """The answer line's text after `A:` (`Problem.written_answer`, with the aligned quotient)."""
+    if layout == "aligned" and problem.op == "/":
+        q, r = divmod(problem.a, problem.b)
+        return f"{q:0{problem.widths[0]}d}r{r}"
+    return problem.written_answer
+
+
+def solution(problem: Problem, steps: bool = True, layout: str = "classic") -> str:
     """The completion after the prompt: worked steps (optional) and the answer line."""
-    lines = _step_lines(problem) if steps else []
-    return "".join(line + "\n" for line in lines) + f"{ANSWER_PREFIX}{problem.written_answer}\n"
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout={layout!r}: use one of {LAYOUTS}")
+    lines = _step_lines(problem, layout) if steps else []
+    answer = written_answer(problem, layout)
+    return "".join(line + "\n" for line in lines) + f"{ANSWER_PREFIX}{answer}\n"
 
 
-def document(problem: Problem, steps: bool = True) -> str:
+def document(problem: Problem, steps: bool = True, layout: str = "classic") -> str:
     """One training document (the tokenizer's end-of-text goes before it)."""
-    return problem.prompt + solution(problem, steps)
+    return problem.prompt + solution(problem, steps, layout)
 
 
 # --- problem generation ------------------------------------------------------------------------
@@ -219,6 +284,11 @@ class Mixture:
     mul_multiplier_digit_weights: tuple[float, ...] = ()
     div_dividend_digit_weights: tuple[float, ...] = (0.1, 0.2, 0.35, 0.35)
     div_divisor_digit_weights: tuple[float, ...] = (0.6, 0.4)
+    layout: str = "classic"  # LAYOUTS: how the worked steps are written
+
+    def __post_init__(self):
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout={self.layout!r}: use one of {LAYOUTS}")
 
     def _weights(self, op: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
         if op in "+-":
@@ -325,7 +395,8 @@ def length_specs(
 # Named training mixtures (`scripts/make_arithmetic_data.py --preset NAME`) and their test sets.
 # "default": all four operations at small sizes; "addsubmul": the mixture of the first 14-minute
 # result (no division); "long": operands up to 10 digits for + and -, 5x2 for x, 6/2 for /, tested
-# at the trained lengths and at 2x and 3x the longest; "long_addsub": its + and - alone.
+# at the trained lengths and at 2x and 3x the longest; "long_addsub", "long_mul", "long_div":
+# its + and - alone, its x alone, its / alone (each mechanism at a fraction of the cost).
 _LONG_MIX = Mixture(
     op_weights=(0.25, 0.25, 0.25, 0.25),
     addsub_digit_weights=tuple(float(i) for i in range(1, 11)),
@@ -333,10 +404,15 @@ _LONG_MIX = Mixture(
     mul_multiplier_digit_weights=(1.0, 2.0),
     div_dividend_digit_weights=(1.0, 1.0, 2.0, 2.0, 2.0, 2.0),
     div_divisor_digit_weights=(1.0, 1.0),
+    layout="aligned",  # x and / written so that their lines extend to longer numbers
 )
 # + and - alone at the long preset's lengths: the length-generalisation mechanism on its own, at
 # a fraction of the headline run's cost.
 _LONG_ADDSUB_MIX = dataclasses.replace(_LONG_MIX, op_weights=(0.5, 0.5, 0.0, 0.0))
+# x alone and / alone, likewise: do the aligned layout's x (5x2 -> 10x2, 15x2) and / (6/2 ->
+# 12/2, 18/2) extend?
+_LONG_MUL_MIX = dataclasses.replace(_LONG_MIX, op_weights=(0.0, 0.0, 1.0, 0.0))
+_LONG_DIV_MIX = dataclasses.replace(_LONG_MIX, op_weights=(0.0, 0.0, 0.0, 1.0))
 PRESETS: dict[str, tuple[Mixture, tuple, tuple]] = {
     "default": (Mixture(), HELDOUT_SPEC, LONG_SPEC),
     "addsubmul": (
@@ -353,6 +429,8 @@ PRESETS: dict[str, tuple[Mixture, tuple, tuple]] = {
         _LONG_ADDSUB_MIX,
         *length_specs(_LONG_ADDSUB_MIX, trained={"+": [5], "-": [5]}),
     ),
+    "long_mul": (_LONG_MUL_MIX, *length_specs(_LONG_MUL_MIX, trained={"*": [3]})),
+    "long_div": (_LONG_DIV_MIX, *length_specs(_LONG_DIV_MIX, trained={"/": [4]})),
 }
 
 

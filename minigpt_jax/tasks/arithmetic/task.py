@@ -5,9 +5,10 @@ trained cells are those of the data directory's mixture (its manifest); `max_dig
 cells for the self-play curriculum, each opening once the one a digit shorter is mostly solved
 (`prerequisite`). Problems never repeat the data directory's test problems.
 
-Reward: 1 for the right final answer, plus `process_weight` when every written step also checks
-out (`checker.verify_solution`, the optional process reward); the verifier is what test-time
-training keeps samples by, since it needs no answer.
+Reward: `answer_weight` (1) for the right final answer, plus `process_weight` when every written
+step also checks out (`checker.verify_solution`, the optional process reward); the verifier is
+what test-time training keeps samples by, since it needs no answer, and what `solved_credit`
+reinforces (an answers-only policy writes no steps to verify: solved credit has nothing to take).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class ArithmeticTask:
     heldout_problems: list[Problem]
     max_digits: dict[str, int]  # longest `a` a curriculum may reach, per operation
     process_weight: float = 0.0
+    answer_weight: float = 1.0
     name: str = "arithmetic"
 
     def __post_init__(self):
@@ -70,6 +72,7 @@ class ArithmeticTask:
         data_dir: str | Path,
         max_digits: dict[str, int] | str | None = None,
         process_weight: float = 0.0,
+        answer_weight: float = 1.0,
     ) -> ArithmeticTask:
         """The mixture from the manifest `scripts/make_arithmetic_data.py` wrote, and its test
         sets: none is ever drawn for training; the held-out one is scored, and the longer-numbers
@@ -83,7 +86,15 @@ class ArithmeticTask:
                 f"{data_dir}/manifest.json: not arithmetic data (no task.mixture); write it with "
                 f"`python scripts/make_arithmetic_data.py --out_dir {data_dir}`"
             )
-        mixture = Mixture(**{k: tuple(v) for k, v in task["mixture"].items()})
+        try:
+            mixture = Mixture(
+                **{k: tuple(v) if isinstance(v, list) else v for k, v in task["mixture"].items()}
+            )
+        except (TypeError, ValueError) as e:
+            raise DataError(
+                f"{data_dir}/manifest.json: task.mixture is not a mixture this version reads "
+                f"({e}); rewrite the data with `python scripts/make_arithmetic_data.py`"
+            ) from e
         files = task.get("test_files") or {"heldout": "test.jsonl"}
         heldout = load_test_set(data_dir, "heldout")
         others = [p for name in files if name != "heldout" for p in load_test_set(data_dir, name)]
@@ -92,6 +103,12 @@ class ArithmeticTask:
                 "task_options.process_weight",
                 f"{process_weight}: use a finite weight >= 0 (0 = answer reward only)",
             )
+        if not 0 <= answer_weight < float("inf") or answer_weight + process_weight == 0:
+            raise ConfigError(
+                "task_options.answer_weight",
+                f"{answer_weight}: use a finite weight >= 0, and not 0 with process_weight 0 "
+                f"(every reward would be 0); 0 with process_weight 1 rewards verified solutions",
+            )
         if isinstance(max_digits, str):
             max_digits = parse_max_digits(max_digits)
         unknown = sorted(set(max_digits or {}) - set(OPS))
@@ -99,7 +116,7 @@ class ArithmeticTask:
             raise ConfigError("task_options.max_digits", f"unknown operations {unknown}; use {OPS}")
         if max_digits:  # the curriculum can reach longer cells: score them too
             heldout = heldout + [p for p in others if p not in set(heldout)]
-        t = cls(mixture, heldout, dict(max_digits or {}), process_weight)
+        t = cls(mixture, heldout, dict(max_digits or {}), process_weight, answer_weight)
         t._banned |= set(others)
         return t
 
@@ -148,7 +165,7 @@ class ArithmeticTask:
         return checker.verify_solution(problem, completion)
 
     def reward(self, problem: Problem, completion: str) -> float:
-        r = float(self.solved(problem, completion))
+        r = self.answer_weight * self.solved(problem, completion)
         if self.process_weight:
             r += self.process_weight * self.verify(problem, completion)
         return r
