@@ -17,8 +17,10 @@ held-out greedy accuracy within 20 CPU minutes (107 steps at 3e-5 on one core); 
 steps did (configs/arithmetic_sft_more.py). The rate here is the one that did least harm.
 Per-line credit from the step checker (`--config.line_credit=1`), an 800-step start and a KL
 penalty to it (`--config.kl_coef`) did not lift it either; the measured reason is in BENCHMARKS.md.
-Reinforcing every solved sample as well (`--config.solved_credit=1`) did not stop solved cells
-drifting, and the supervised control from the 800-step start, at lr 3e-4, beat every RL run.
+Reinforcing every solved sample as well (`--config.solved_credit=1`, then counting right answers;
+it now counts verified solutions) did not stop solved cells drifting, and the supervised control
+from the 800-step start, at lr 3e-4, beat every RL run. Solved credit alone at that rate
+(rejection-sampling fine-tuning) collapsed, with either count and either proposer (session 13).
 """
 
 from pathlib import Path
