@@ -17,6 +17,10 @@ tokens, so that a row holds at least two worked 5x2 products (about 4 documents 
 model's context, 1024, fits the full worked solution of a 30-digit problem after its prompt.
 
 Budget: about 3 CPU hours on 2 cores (the headline run; not yet measured); see docs/arithmetic.md.
+Measured risk (BENCHMARKS.md, session 14): on + and - alone, the small model with these blocks of
+64 ids had not finished learning - at the trained lengths after 3,000 steps (blocks of 32 had), and
+scored 0-4% on 20-digit sums against 80% with blocks of 32; this run's 12,000 steps of a larger
+model are untested.
 
 Each part was measured on one operation family at a time, the 4-layer width-128 model, about an
 hour on one core (BENCHMARKS.md): + and - (`configs/arithmetic_long_addsub.py` with these

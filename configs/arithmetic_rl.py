@@ -21,6 +21,9 @@ Reinforcing every solved sample as well (`--config.solved_credit=1`, then counti
 it now counts verified solutions) did not stop solved cells drifting, and the supervised control
 from the 800-step start, at lr 3e-4, beat every RL run. Solved credit alone at that rate
 (rejection-sampling fine-tuning) collapsed, with either count and either proposer (session 13).
+Session 14: supervised training with 16 problems per step falls the same way, and 64 prompts x 4
+samples (`--config.prompts_per_step=64 --config.group_size=4`) held accuracy at 1e-4 without
+raising it.
 """
 
 from pathlib import Path

@@ -438,7 +438,14 @@ class RunCheckpoints:
     def restore_params(self, step: int, abstract_params: Any, shardings: Any) -> Any:
         """Only the params (no optimizer state is read): inference and fine-tuning."""
         self.check_params(step, abstract_params)
-        target = {"params": with_shardings(abstract_params, shardings)}
+        return self._restore_field(step, "params", abstract_params, shardings)
+
+    def restore_opt_state(self, step: int, abstract_opt_state: Any, shardings: Any) -> Any:
+        """Only the optimizer state, of a train or RL checkpoint: `init_adam_scale`."""
+        return self._restore_field(step, "opt_state", abstract_opt_state, shardings)
+
+    def _restore_field(self, step: int, field: str, abstract: Any, shardings: Any) -> Any:
+        target = {field: with_shardings(abstract, shardings)}
         with self._reading(step):
             restored = self.manager.restore(
                 step,
@@ -448,7 +455,7 @@ class RunCheckpoints:
                     partial_restore=True,
                 )}),
             )
-        return restored[STATE]["params"]
+        return restored[STATE][field]
 
 
 def rescale_data_position(data_iter: Any, saved_batch_size: int, batch_size: int) -> None:

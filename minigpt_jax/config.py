@@ -154,6 +154,10 @@ def add_rl_keys(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.solved_credit = 0.0  # added to the advantage of each sample task.verify accepts (RFT)
     c.negative_weight = 1.0  # scale of negative advantages: 1 = GRPO; 0 = reinforce the better only
     c.kl_coef = 0.0  # k3 KL penalty to the init_from policy per token; 0 = off (nanochat)
+    # Start AdamW's second moments (and step count) from the init_from checkpoint's, first moments
+    # at zero: a step is then the gradient over the supervised run's gradient scale, not about lr
+    # per coordinate whatever its signal (init_from.adam_scale_from).
+    c.init_adam_scale = False
     c.proposer = "mixture"  # "mixture" | "uniform" | "frontier" (minigpt_jax/curriculum.py)
     c.proposer_unlock = 0.6  # success a cell needs before the next-longer one opens
     c.eval_per_cell = 50  # held-out problems per cell in the periodic greedy evaluation

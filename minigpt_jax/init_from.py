@@ -3,10 +3,10 @@ and what fine-tuning may hold fixed (`freeze`). `validate_config` checks both ke
 functions here, so the rules are written once.
 
 Fine-tuning takes the weights and nothing else (the optimizer starts fresh, as nanoGPT's `init_from`
-does), so the source only has to agree with the run's model on the shapes that carry knowledge:
-layers, heads, width and vocabulary. Two harmless differences are adapted rather than refused: a
-shorter context keeps the first rows of the position table (nanoGPT's `crop_block_size`), and
-another `vocab_multiple` re-pads the token table.
+does; RL may also take AdamW's second moments, `adam_scale_from`), so the source only has to agree
+with the run's model on the shapes that carry knowledge: layers, heads, width and vocabulary. Two
+harmless differences are adapted rather than refused: a shorter context keeps the first rows of the
+position table (nanoGPT's `crop_block_size`), and another `vocab_multiple` re-pads the token table.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 import numpy as np
+import optax
 from flax import traverse_util
 
 from minigpt_jax.errors import CheckpointError, ConfigError
@@ -140,6 +141,53 @@ def adapt_params(params: Any, source: GPTConfig, target: GPTConfig, where: str) 
                 f"{tuple(leaf.shape)}",
             )
     return traverse_util.unflatten_dict(flat)
+
+
+def adam_scale_from(
+    spec: str, opt_state: Any, abstract_opt_state: Any, opt_shardings: Any
+) -> Any:
+    """`opt_state` with every AdamW second moment (`nu`) and step count taken from the `spec`
+    checkpoint's optimizer state; first moments stay zero, schedules stay at their start.
+
+    Why: a fresh Adam divides each coordinate's gradient by its own running size, so the first
+    steps are about `lr` per coordinate whatever the signal, and a gradient that is mostly noise
+    (RL's, or fine-tuning on samples the model already gets right) moves every weight as far as a
+    meaningful one would. With the supervised run's second moments, a step is the gradient over
+    the scale of the gradients that trained the model: small where the new signal is small. The
+    checkpoint must hold the same optimizer (AdamW, same frozen groups) over the same parameters.
+    """
+    from minigpt_jax.checkpoint import RunCheckpoints
+
+    parsed = parse_init_from(spec)
+    if parsed.kind != "checkpoint":
+        raise ConfigError("init_adam_scale", f"needs init_from=checkpoint:<run_dir>, not {spec!r}")
+    is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)  # noqa: E731
+    if not any(is_adam(s) for s in jax.tree.leaves(opt_state, is_leaf=is_adam)):
+        raise ConfigError("init_adam_scale", "the run's optimizer keeps no Adam moments: use adamw")
+    try:
+        ckpts = RunCheckpoints(parsed.target, read_only=True)
+    except (OSError, ValueError) as e:
+        raise ConfigError("init_from", f"checkpoint:{parsed.target}: {e}") from e
+    try:
+        step = ckpts.resolve_step(parsed.step)
+        saved = ckpts.restore_opt_state(step, abstract_opt_state, opt_shardings)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(
+            "init_adam_scale",
+            f"checkpoint:{parsed.target}: its optimizer state does not fit this run's optimizer "
+            f"({str(e)[:200]}); use the checkpoint's optimizer and freeze, or set it False",
+        ) from e
+    finally:
+        ckpts.close()
+    saved_adam = iter(s for s in jax.tree.leaves(saved, is_leaf=is_adam) if is_adam(s))
+
+    def graft(s):
+        if not is_adam(s):
+            return s
+        src = next(saved_adam)
+        return s._replace(count=src.count, nu=src.nu)
+
+    return jax.tree.map(graft, opt_state, is_leaf=is_adam)
 
 
 def load_init_params(

@@ -93,6 +93,10 @@ def validate_rl_config(cfg: ml_collections.ConfigDict) -> None:
         raise ConfigError("kl_coef", f"{cfg.kl_coef} is negative; use 0 (off) or more")
     if cfg.kl_coef and cfg.init_from == "scratch":
         raise ConfigError("kl_coef", "a KL penalty needs a reference policy: set init_from")
+    if cfg.init_adam_scale and not cfg.init_from.startswith("checkpoint:"):
+        raise ConfigError("init_adam_scale", "needs init_from=checkpoint:<run_dir> to read it from")
+    if cfg.init_adam_scale and cfg.optimizer != "adamw":
+        raise ConfigError("init_adam_scale", f"needs optimizer adamw, not {cfg.optimizer!r}")
     if cfg.proposer not in PROPOSERS:
         raise ConfigError("proposer", f"{cfg.proposer!r}: use one of {', '.join(PROPOSERS)}")
     if not 0 <= cfg.proposer_unlock <= 1:
@@ -178,6 +182,12 @@ def _build(cfg, model_cfg, task, proposer, tok, record, ckpts, resume_step) -> R
         if ref_params is not None:
             params = jax.tree.map(jnp.copy, ref_params)  # the state is donated; the ref stays
             opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+            if cfg.init_adam_scale:
+                from minigpt_jax.init_from import adam_scale_from
+
+                opt_state = adam_scale_from(
+                    cfg.init_from, opt_state, abstract_state.opt_state, shardings.opt_state
+                )
             state = state.replace(params=params, opt_state=opt_state)
     else:
         abstract = RLState(

@@ -3,7 +3,9 @@ and the loop end to end on a toy task whose optimum is known (with exact resume)
 
 from __future__ import annotations
 
+import json
 import random
+import shutil
 from pathlib import Path
 
 import jax
@@ -249,6 +251,13 @@ def test_arithmetic_task_refuses_bad_options(arithmetic_dir, tmp_path):
         load_task("arithmetic", str(arithmetic_dir), {"answer_weight": 0.0})
     with pytest.raises(DataError, match="not arithmetic data"):
         load_task("arithmetic", str(write_random_shards(tmp_path / "d")))
+    damaged = tmp_path / "damaged"
+    shutil.copytree(arithmetic_dir, damaged)
+    manifest = json.loads((damaged / "manifest.json").read_text())
+    manifest["task"]["mixture"]["layout"] = "diagonal"
+    (damaged / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=r"manifest.json: task.mixture is not a mixture"):
+        load_task("arithmetic", str(damaged))
 
 
 # --- the loop on a toy task -----------------------------------------------------------------
@@ -396,9 +405,43 @@ def test_rl_checkpoint_loads_for_inference(tmp_path):
     assert record["model"].n_layer == 2 and "wte" in params
 
 
+def test_init_adam_scale_takes_the_checkpoints_second_moments_and_zero_first_moments(tmp_path):
+    import optax
+
+    from minigpt_jax.checkpoint import RunCheckpoints
+    from minigpt_jax.rl import setup, train_rl
+
+    source = _toy_config(tmp_path / "a", total_steps=3, eval_every=0)
+    train_rl(source, task=FirstDigitTask())
+    ckpts = RunCheckpoints(source.run_dir, read_only=True)
+    try:
+        saved = ckpts.manager.restore(3)["state"]["opt_state"]
+    finally:
+        ckpts.close()
+    saved_nu = [np.asarray(x) for x in jax.tree.leaves(saved[1][0]["nu"])]
+    assert any(np.abs(x).max() > 0 for x in saved_nu)
+
+    def adam_state(keep):
+        cfg = _toy_config(tmp_path / f"b{keep}", init_from=f"checkpoint:{source.run_dir}",
+                          init_adam_scale=keep)
+        run = setup(cfg, FirstDigitTask())
+        run.ckpts.close()
+        is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)  # noqa: E731
+        return next(s for s in jax.tree.leaves(run.state.opt_state, is_leaf=is_adam)
+                    if is_adam(s))
+
+    kept, fresh = adam_state(True), adam_state(False)
+    assert int(kept.count) == 3 and int(fresh.count) == 0
+    for got, want in zip(jax.tree.leaves(kept.nu), saved_nu, strict=True):
+        np.testing.assert_array_equal(np.asarray(got), want)
+    assert all(not np.asarray(x).any() for x in jax.tree.leaves(kept.mu))
+    assert all(not np.asarray(x).any() for x in jax.tree.leaves(fresh.nu))
+
+
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
+        ("init_adam_scale", True, "init_adam_scale"),  # init_from is scratch: nothing to read
         ("group_size", 1, "group_size"),
         ("temperature", 0.0, "temperature"),
         ("proposer", "best", "proposer"),
