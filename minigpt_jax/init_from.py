@@ -154,7 +154,10 @@ def adam_scale_from(
     (RL's, or fine-tuning on samples the model already gets right) moves every weight as far as a
     meaningful one would. With the supervised run's second moments, a step is the gradient over
     the scale of the gradients that trained the model: small where the new signal is small. The
-    checkpoint must hold the same optimizer (AdamW, same frozen groups) over the same parameters.
+    carried count switches off Adam's bias correction, so with `mu` at zero the first steps are
+    0.1, 0.19, 0.27, ... of full size (1 - 0.9^t): a built-in warm-up of about 20 steps. The
+    checkpoint must hold the same optimizer (AdamW, same frozen groups) over the same parameter
+    shapes (no cropped context or re-padded vocabulary).
     """
     from minigpt_jax.checkpoint import RunCheckpoints
 
@@ -164,30 +167,32 @@ def adam_scale_from(
     is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)  # noqa: E731
     if not any(is_adam(s) for s in jax.tree.leaves(opt_state, is_leaf=is_adam)):
         raise ConfigError("init_adam_scale", "the run's optimizer keeps no Adam moments: use adamw")
+    misfit = (
+        f"checkpoint:{parsed.target}: its optimizer state does not fit this run's; the checkpoint "
+        f"must hold AdamW with the same freeze over parameters of the same shapes (context and "
+        f"vocabulary included), or set init_adam_scale=False"
+    )
     try:
         ckpts = RunCheckpoints(parsed.target, read_only=True)
     except (OSError, ValueError) as e:
         raise ConfigError("init_from", f"checkpoint:{parsed.target}: {e}") from e
     try:
-        step = ckpts.resolve_step(parsed.step)
-        saved = ckpts.restore_opt_state(step, abstract_opt_state, opt_shardings)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ConfigError(
-            "init_adam_scale",
-            f"checkpoint:{parsed.target}: its optimizer state does not fit this run's optimizer "
-            f"({str(e)[:200]}); use the checkpoint's optimizer and freeze, or set it False",
-        ) from e
+        step = ckpts.resolve_step(parsed.step)  # its errors name the run and its steps
+        try:
+            saved = ckpts.restore_opt_state(step, abstract_opt_state, opt_shardings)
+        except (OSError, ValueError, KeyError, TypeError) as e:  # CheckpointError included
+            raise ConfigError("init_adam_scale", f"{misfit} ({str(e)[:200]})") from e
     finally:
         ckpts.close()
-    saved_adam = iter(s for s in jax.tree.leaves(saved, is_leaf=is_adam) if is_adam(s))
+    # A partial restore fills what the checkpoint lacks (an SGD run's Adam moments) with the
+    # target's abstract leaves instead of failing.
+    if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(saved)):
+        raise ConfigError("init_adam_scale", misfit)
 
-    def graft(s):
-        if not is_adam(s):
-            return s
-        src = next(saved_adam)
-        return s._replace(count=src.count, nu=src.nu)
+    def graft(state, src):
+        return state._replace(count=src.count, nu=src.nu) if is_adam(state) else state
 
-    return jax.tree.map(graft, opt_state, is_leaf=is_adam)
+    return jax.tree.map(graft, opt_state, saved, is_leaf=is_adam)
 
 
 def load_init_params(

@@ -438,6 +438,23 @@ def test_init_adam_scale_takes_the_checkpoints_second_moments_and_zero_first_mom
     assert all(not np.asarray(x).any() for x in jax.tree.leaves(fresh.nu))
 
 
+def test_init_adam_scale_refuses_a_checkpoint_without_adam_moments(tmp_path):
+    """An SGD run's optimizer state has the same length of chain but no moments: a partial
+    restore would fill them with placeholders, so the refusal must come from the check."""
+    from minigpt_jax.errors import ConfigError
+    from minigpt_jax.rl import setup, train_rl
+
+    source = _toy_config(tmp_path / "a", total_steps=2, eval_every=0, optimizer="sgd")
+    train_rl(source, task=FirstDigitTask())
+    cfg = _toy_config(tmp_path / "b", init_from=f"checkpoint:{source.run_dir}",
+                      init_adam_scale=True)
+    with pytest.raises(ConfigError, match="init_adam_scale.*does not fit"):
+        setup(cfg, FirstDigitTask())
+    cfg.optimizer = "sgd"  # this run's own optimizer: refused before any checkpoint is read
+    with pytest.raises(ConfigError, match="init_adam_scale.*needs optimizer adamw"):
+        setup(cfg, FirstDigitTask())
+
+
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
