@@ -161,12 +161,9 @@ def adam_scale_from(
     """
     from minigpt_jax.checkpoint import RunCheckpoints
 
+    # `rl.validate_rl_config` has refused a spec that is not a checkpoint and a run without AdamW.
     parsed = parse_init_from(spec)
-    if parsed.kind != "checkpoint":
-        raise ConfigError("init_adam_scale", f"needs init_from=checkpoint:<run_dir>, not {spec!r}")
     is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)  # noqa: E731
-    if not any(is_adam(s) for s in jax.tree.leaves(opt_state, is_leaf=is_adam)):
-        raise ConfigError("init_adam_scale", "the run's optimizer keeps no Adam moments: use adamw")
     misfit = (
         f"checkpoint:{parsed.target}: its optimizer state does not fit this run's; the checkpoint "
         f"must hold AdamW with the same freeze over parameters of the same shapes (context and "
