@@ -143,6 +143,29 @@ def adapt_params(params: Any, source: GPTConfig, target: GPTConfig, where: str) 
     return traverse_util.unflatten_dict(flat)
 
 
+def pin_step(spec: str) -> str:
+    """`checkpoint:<run_dir>` with its step resolved now ("latest" or "best" becomes a number);
+    any other spec unchanged.
+
+    Why: a run that reads one source twice (rl's `init_adam_scale`: the params, then the Adam
+    moments) must read them from one checkpoint, even while the source is still saving new ones.
+    """
+    from minigpt_jax.checkpoint import RunCheckpoints
+
+    parsed = parse_init_from(spec)
+    if parsed.kind != "checkpoint":
+        return spec
+    try:
+        ckpts = RunCheckpoints(parsed.target, read_only=True)
+    except (OSError, ValueError) as e:
+        raise ConfigError("init_from", f"checkpoint:{parsed.target}: {e}") from e
+    try:
+        step = ckpts.resolve_step(parsed.step)  # its errors name the run and its steps
+    finally:
+        ckpts.close()
+    return f"checkpoint:{parsed.target}@{step}"
+
+
 def adam_scale_from(
     spec: str, opt_state: Any, abstract_opt_state: Any, opt_shardings: Any
 ) -> Any:

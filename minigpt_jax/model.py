@@ -137,6 +137,12 @@ class GPTConfig:
     # digit i from the left" and the answer's digit i "step line i": one lookup each only with
     # this index (docs/arithmetic.md).
     digit_pos_from_left: bool = False
+    # With digit positions, True adds a learned embedding of whether a digit starts its run of
+    # digits (two rows: a run's first digit, any later one). It is length-blind where
+    # digit_pos_from_left is not: in `a+b+c=XY` the carry X of line m - 1 and the units Y of
+    # line m share coupled id m and their segment, and the answer line's copy of Y took X instead
+    # (BENCHMARKS.md, session 14); X starts its run and Y does not, at every length.
+    digit_run_start: bool = False
     # Randomized positions, a variant of Ruoss et al. 2023, with pos_emb="rope": g > 1 stretches
     # each training document's positions by random gaps (a scale s in 1..g per document, each gap
     # in 1..s; positions.random_gaps), so no lookup can rely on an exact distance and distances
@@ -245,6 +251,11 @@ class GPTConfig:
             raise ValueError(
                 f"digit_pos_doc_start={self.digit_pos_doc_start!r}: use one of {DOC_STARTS}"
             )
+        if self.digit_run_start and not self.digit_pos_max:
+            raise ValueError(
+                "digit_run_start=True marks digits within their runs: set digit_pos_max > 0 "
+                "and digit_ids (digit_positions.digit_token_ids)"
+            )
         if self.digit_pos_from_left and self.digit_pos_scheme != "coupled":
             raise ValueError(
                 f"digit_pos_from_left=True adds to coupled ids: set digit_pos_scheme='coupled' "
@@ -292,7 +303,7 @@ class GPTConfig:
 ARCHITECTURE_FIELDS = (
     "pos_emb", "norm", "bias", "qk_norm", "mlp", "tie_embeddings", "zero_init_proj",
     "logit_softcap", "mixer", "attention_every", "digit_pos_max", "digit_pos_scheme",
-    "line_segment_max", "digit_pos_from_left",
+    "line_segment_max", "digit_pos_from_left", "digit_run_start",
 )
 
 
@@ -534,6 +545,12 @@ class GPT(nn.Module):
                 )
                 wse = nn.Embed(2 * S, cfg.n_embd, embedding_init=embed_init, name="wse")
                 x_BTD = x_BTD + wse(jnp.minimum(segment_BT, S - 1) + S * (seg_line_BT > 0))
+            if cfg.digit_run_start:  # also before run_B moves on: a decode continues its run
+                in_run_BT, _ = digit_indices(digit_tokens_BT, cfg.digit_ids, run_B)
+                wdr = nn.Embed(2, cfg.n_embd, embedding_init=embed_init, name="wdr")
+                x_BTD = x_BTD + jnp.where(
+                    (in_run_BT > 0)[..., None], wdr((in_run_BT > 1).astype(jnp.int32)), 0
+                )
             if not deterministic and cfg.digit_pos_offset_max:
                 offset_B = jax.random.randint(
                     self.make_rng("digits"), (tokens_BT.shape[0],), 0, cfg.digit_pos_offset_max
@@ -679,7 +696,8 @@ def count_params(config: GPTConfig, non_embedding: bool = False) -> int:
         n -= config.block_size * config.n_embd
     if non_embedding:
         tables = 1 + config.digit_pos_from_left  # wde, and wdl
-        n -= (tables * config.digit_pos_max + 2 * config.line_segment_max) * config.n_embd
+        rows = tables * config.digit_pos_max + 2 * config.line_segment_max
+        n -= (rows + 2 * config.digit_run_start) * config.n_embd
     if non_embedding and not config.tie_embeddings:
         n -= config.vocab_size * config.n_embd
     return n

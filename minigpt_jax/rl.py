@@ -169,12 +169,14 @@ def _build(cfg, model_cfg, task, proposer, tok, record, ckpts, resume_step) -> R
         mesh,
     )
     # The starting policy is read when it is the start (a fresh run) or the KL's reference.
-    ref_params = None
+    ref_params, init_from = None, cfg.init_from
     if cfg.init_from != "scratch" and (resume_step is None or cfg.kl_coef):
-        from minigpt_jax.init_from import load_init_params
+        from minigpt_jax.init_from import load_init_params, pin_step
 
+        if resume_step is None and cfg.init_adam_scale:  # params and moments of one step
+            init_from = pin_step(init_from)
         ref_params = jax.device_put(
-            load_init_params(cfg.init_from, model_cfg, record), shardings.params
+            load_init_params(init_from, model_cfg, record), shardings.params
         )
     ref_logprobs = jax.jit(make_logprob_fn(model, cfg.temperature)) if cfg.kl_coef else None
     if resume_step is None:
@@ -186,7 +188,7 @@ def _build(cfg, model_cfg, task, proposer, tok, record, ckpts, resume_step) -> R
                 from minigpt_jax.init_from import adam_scale_from
 
                 opt_state = adam_scale_from(
-                    cfg.init_from, opt_state, abstract_state.opt_state, shardings.opt_state
+                    init_from, opt_state, abstract_state.opt_state, shardings.opt_state
                 )
             state = state.replace(params=params, opt_state=opt_state)
     else:

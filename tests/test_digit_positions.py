@@ -297,6 +297,12 @@ def test_config_validates_digit_fields():
         dataclasses.replace(cfg, digit_pos_doc_start="last")
     with pytest.raises(ValueError, match=r"digit_pos_from_left=True .* \(got 'abacus'"):
         GPTConfig.preset("tiny", digit_pos_max=8, digit_ids=(48,), digit_pos_from_left=True)
+    starts = dataclasses.replace(cfg, digit_run_start=True)
+    assert count_params(starts) == count_params(cfg) + 2 * cfg.n_embd  # the wdr table
+    assert count_params(starts, non_embedding=True) == count_params(cfg, non_embedding=True)
+    assert "digit_run_start=True" in starts.gpt2_differences()
+    with pytest.raises(ValueError, match="digit_run_start=True .* digit_pos_max > 0"):
+        GPTConfig.preset("tiny", digit_run_start=True)
 
 
 def test_digit_positions_change_the_output_and_training_draws_offsets(params):
@@ -356,8 +362,14 @@ SEGMENTS = dataclasses.replace(COUPLED, line_segment_max=4)
 FROM_LEFT = dataclasses.replace(SEGMENTS, digit_pos_from_left=True)
 
 
+# And with the marker of a digit that starts its run (the decode continues the run it is in).
+RUN_START = dataclasses.replace(SEGMENTS, digit_run_start=True)
+
+
 @pytest.fixture(
-    scope="module", params=[COUPLED, SEGMENTS, FROM_LEFT], ids=["coupled", "segments", "left"]
+    scope="module",
+    params=[COUPLED, SEGMENTS, FROM_LEFT, RUN_START],
+    ids=["coupled", "segments", "left", "run_start"],
 )
 def coupled_model(request):
     model = GPT(request.param)
@@ -380,11 +392,12 @@ def test_cached_greedy_equals_recompute_with_coupled_ids(coupled_model):
     assert got == [s[len(p):] for s, p in zip(seqs, prompts, strict=True)]
     generated = [t for row in got for t in row]
     assert sum(t % 2 for t in generated) >= 3 and any(t in cfg.newline_ids for t in generated)
-    for table in ("wse", "wdl"):  # a table in use: zeroing it changes the output
+    for table in ("wse", "wdl", "wdr"):  # a table in use: zeroing it changes the output
         if table in params:
             zeroed = {**params, table: {"embedding": jnp.zeros_like(params[table]["embedding"])}}
             assert sample(cfg, zeroed, prompts, 12, temperature=0) != got
     assert ("wdl" in params) == cfg.digit_pos_from_left
+    assert ("wdr" in params) == cfg.digit_run_start
 
 
 def test_document_blocks_let_training_documents_see_each_other():

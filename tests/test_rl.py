@@ -409,6 +409,7 @@ def test_init_adam_scale_takes_the_checkpoints_second_moments_and_zero_first_mom
     import optax
 
     from minigpt_jax.checkpoint import RunCheckpoints
+    from minigpt_jax.init_from import pin_step
     from minigpt_jax.rl import setup, train_rl
 
     source = _toy_config(tmp_path / "a", total_steps=3, eval_every=0)
@@ -420,6 +421,10 @@ def test_init_adam_scale_takes_the_checkpoints_second_moments_and_zero_first_mom
         ckpts.close()
     saved_nu = [np.asarray(x) for x in jax.tree.leaves(saved[1][0]["nu"])]
     assert any(np.abs(x).max() > 0 for x in saved_nu)
+    # Both reads of the source are pinned to the step that is latest when the run starts.
+    assert pin_step(f"checkpoint:{source.run_dir}") == f"checkpoint:{source.run_dir}@3"
+    assert pin_step(f"checkpoint:{source.run_dir}@3") == f"checkpoint:{source.run_dir}@3"
+    assert pin_step("scratch") == "scratch"
 
     def adam_state(keep):
         cfg = _toy_config(tmp_path / f"b{keep}", init_from=f"checkpoint:{source.run_dir}",
