@@ -88,6 +88,20 @@ def digit_indices(
     return jnp.where(is_digit_BT, run_BT + _per_token(offset_B), 0), run_BT[:, -1]
 
 
+def run_marks(
+    tokens_BT: jax.Array, digit_ids: Sequence[int], run_B: jax.Array | None = None
+) -> jax.Array:
+    """(B, T) int32: 1 for a digit that starts its run of digits, 2 for a later digit of a run,
+    0 for every other token; `run_B` continues a decode as in `digit_indices`.
+
+    Length-blind, unlike a digit's index from its number's left end: in `7+5+0=12` the carry `1`
+    is 1 and the units `2` is 2 at every length, which is what tells the two result digits of a
+    step line apart when they share a coupled id and a segment with a neighbour line's.
+    """
+    index_BT, _ = digit_indices(tokens_BT, digit_ids, run_B)
+    return jnp.minimum(index_BT, 2)
+
+
 def coupled_indices(
     tokens_BT: jax.Array,
     digit_ids: Sequence[int],

@@ -160,7 +160,9 @@ def pin_step(spec: str) -> str:
     except (OSError, ValueError) as e:
         raise ConfigError("init_from", f"checkpoint:{parsed.target}: {e}") from e
     try:
-        step = ckpts.resolve_step(parsed.step)  # its errors name the run and its steps
+        step = ckpts.resolve_step(parsed.step)
+    except CheckpointError as e:  # it names the run and its steps; the key is init_from
+        raise ConfigError("init_from", f"checkpoint:{parsed.target}: {e}") from e
     finally:
         ckpts.close()
     return f"checkpoint:{parsed.target}@{step}"

@@ -29,6 +29,7 @@ from minigpt_jax.digit_positions import (
     coupled_indices,
     digit_indices,
     document_block_offsets,
+    run_marks,
     segment_indices,
 )
 from minigpt_jax.layers import MLP, MLPS, NORMS, dense, norm, residual_std, rms_normalize
@@ -546,11 +547,9 @@ class GPT(nn.Module):
                 wse = nn.Embed(2 * S, cfg.n_embd, embedding_init=embed_init, name="wse")
                 x_BTD = x_BTD + wse(jnp.minimum(segment_BT, S - 1) + S * (seg_line_BT > 0))
             if cfg.digit_run_start:  # also before run_B moves on: a decode continues its run
-                in_run_BT, _ = digit_indices(digit_tokens_BT, cfg.digit_ids, run_B)
+                mark_BT = run_marks(digit_tokens_BT, cfg.digit_ids, run_B)
                 wdr = nn.Embed(2, cfg.n_embd, embedding_init=embed_init, name="wdr")
-                x_BTD = x_BTD + jnp.where(
-                    (in_run_BT > 0)[..., None], wdr((in_run_BT > 1).astype(jnp.int32)), 0
-                )
+                x_BTD = x_BTD + jnp.where((mark_BT > 0)[..., None], wdr(mark_BT - 1), 0)
             if not deterministic and cfg.digit_pos_offset_max:
                 offset_B = jax.random.randint(
                     self.make_rng("digits"), (tokens_BT.shape[0],), 0, cfg.digit_pos_offset_max

@@ -17,6 +17,7 @@ from minigpt_jax.digit_positions import (
     digit_token_ids,
     document_block_offsets,
     newline_token_ids,
+    run_marks,
     segment_indices,
 )
 from minigpt_jax.generate import sample
@@ -86,6 +87,18 @@ def test_indices_token_by_token_equal_the_whole_sequence():
         pieces += idx[0].tolist()
     assert pieces == whole[0].tolist()
     assert whole[0].tolist()[5:12] == [1, 0, 1, 2, 3, 4, 5]
+
+
+def test_run_marks_tell_a_runs_first_digit_from_the_rest_at_every_length():
+    def marks(text, run=0):
+        tokens = jnp.asarray([list(text.encode())], jnp.int32)
+        return run_marks(tokens, BYTE_DIGITS, jnp.asarray([run], jnp.int32))[0].tolist()
+
+    assert marks("7+5+0=12") == [1, 0, 1, 0, 1, 0, 1, 2]  # the carry 1, the units 2
+    assert marks("A:0632") == [0, 0, 1, 2, 2, 2]
+    assert marks("98765432109876543210+1") == [1] + [2] * 19 + [0, 1]  # not the length
+    assert marks("45\n", run=3) == [2, 2, 0]  # a decode continues the run it is in
+    assert marks("45", run=0) == [1, 2]
 
 
 def coupled(text: str, offset: int | None = None) -> list[int]:
@@ -392,6 +405,8 @@ def test_cached_greedy_equals_recompute_with_coupled_ids(coupled_model):
     assert got == [s[len(p):] for s, p in zip(seqs, prompts, strict=True)]
     generated = [t for row in got for t in row]
     assert sum(t % 2 for t in generated) >= 3 and any(t in cfg.newline_ids for t in generated)
+    # a generated digit continues a run, so the run carried in the cache is read
+    assert any(a % 2 and b % 2 for row in got for a, b in zip(row[:-1], row[1:], strict=True))
     for table in ("wse", "wdl", "wdr"):  # a table in use: zeroing it changes the output
         if table in params:
             zeroed = {**params, table: {"embedding": jnp.zeros_like(params[table]["embedding"])}}

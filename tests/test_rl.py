@@ -405,9 +405,12 @@ def test_rl_checkpoint_loads_for_inference(tmp_path):
     assert record["model"].n_layer == 2 and "wte" in params
 
 
-def test_init_adam_scale_takes_the_checkpoints_second_moments_and_zero_first_moments(tmp_path):
+def test_init_adam_scale_takes_the_checkpoints_second_moments_and_zero_first_moments(
+    tmp_path, monkeypatch
+):
     import optax
 
+    from minigpt_jax import init_from
     from minigpt_jax.checkpoint import RunCheckpoints
     from minigpt_jax.init_from import pin_step
     from minigpt_jax.rl import setup, train_rl
@@ -429,13 +432,27 @@ def test_init_adam_scale_takes_the_checkpoints_second_moments_and_zero_first_mom
     def adam_state(keep):
         cfg = _toy_config(tmp_path / f"b{keep}", init_from=f"checkpoint:{source.run_dir}",
                           init_adam_scale=keep)
-        run = setup(cfg, FirstDigitTask())
+        with monkeypatch.context() as m:  # record the spec each read is given
+            for name in ("load_init_params", "adam_scale_from"):
+                m.setattr(init_from, name, recording(name, getattr(init_from, name)))
+            run = setup(cfg, FirstDigitTask())
         run.ckpts.close()
         is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)  # noqa: E731
         return next(s for s in jax.tree.leaves(run.state.opt_state, is_leaf=is_adam)
                     if is_adam(s))
 
-    kept, fresh = adam_state(True), adam_state(False)
+    reads = []
+
+    def recording(name, fn):
+        def wrapped(spec, *args, **kwargs):
+            reads.append((name, spec))
+            return fn(spec, *args, **kwargs)
+        return wrapped
+
+    kept = adam_state(True)
+    pinned = f"checkpoint:{source.run_dir}@3"
+    assert reads == [("load_init_params", pinned), ("adam_scale_from", pinned)]
+    fresh = adam_state(False)
     assert int(kept.count) == 3 and int(fresh.count) == 0
     for got, want in zip(jax.tree.leaves(kept.nu), saved_nu, strict=True):
         np.testing.assert_array_equal(np.asarray(got), want)
