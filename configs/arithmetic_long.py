@@ -20,9 +20,10 @@ Budget: about 3 CPU hours on 2 cores (the headline run; not yet measured); see d
 Measured risk (BENCHMARKS.md, session 14): on + and - alone, the small model with these blocks of
 64 ids had not finished learning - at the trained lengths after 3,000 steps (blocks of 32 had), and
 scored 0-4% on 20-digit sums against 80% with blocks of 32; this run's 12,000 steps of a larger
-model are untested. From-left ids, which this config turns on for the benefit of /, made the
-answer line of + worse on the blocks of 32 (10-digit sums 0.62 with 0.98 of the steps right; one
-seed; BENCHMARKS.md).
+model are untested. Blocks of 64 over 256 ids (4 blocks) did better at the trained lengths but
+also scored 0 at 20 digits (session 15): the block width itself is the cost. From-left ids,
+which this config turns on for the benefit of /, made the answer line of + worse on the blocks
+of 32 (10-digit sums 0.62 with 0.98 of the steps right; one seed; BENCHMARKS.md).
 
 Each part was measured on one operation family at a time, the 4-layer width-128 model, about an
 hour on one core (BENCHMARKS.md): + and - (`configs/arithmetic_long_addsub.py` with these
