@@ -143,6 +143,24 @@ def adapt_params(params: Any, source: GPTConfig, target: GPTConfig, where: str) 
     return traverse_util.unflatten_dict(flat)
 
 
+def _source_checkpoints(target: str):
+    """The read-only checkpoints of an init_from source; a missing or foreign run is init_from's
+    error."""
+    from minigpt_jax.checkpoint import RunCheckpoints
+
+    try:
+        return RunCheckpoints(target, read_only=True)
+    except (OSError, ValueError) as e:
+        raise ConfigError("init_from", f"checkpoint:{target}: {e}") from e
+
+
+def _resolve_step(ckpts, parsed: InitSpec) -> int:
+    try:
+        return ckpts.resolve_step(parsed.step)
+    except CheckpointError as e:  # it names the run and its steps; the key is init_from
+        raise ConfigError("init_from", f"checkpoint:{parsed.target}: {e}") from e
+
+
 def pin_step(spec: str) -> str:
     """`checkpoint:<run_dir>` with its step resolved now ("latest" or "best" becomes a number);
     any other spec unchanged.
@@ -150,22 +168,14 @@ def pin_step(spec: str) -> str:
     Why: a run that reads one source twice (rl's `init_adam_scale`: the params, then the Adam
     moments) must read them from one checkpoint, even while the source is still saving new ones.
     """
-    from minigpt_jax.checkpoint import RunCheckpoints
-
     parsed = parse_init_from(spec)
     if parsed.kind != "checkpoint":
         return spec
+    ckpts = _source_checkpoints(parsed.target)
     try:
-        ckpts = RunCheckpoints(parsed.target, read_only=True)
-    except (OSError, ValueError) as e:
-        raise ConfigError("init_from", f"checkpoint:{parsed.target}: {e}") from e
-    try:
-        step = ckpts.resolve_step(parsed.step)
-    except CheckpointError as e:  # it names the run and its steps; the key is init_from
-        raise ConfigError("init_from", f"checkpoint:{parsed.target}: {e}") from e
+        return f"checkpoint:{parsed.target}@{_resolve_step(ckpts, parsed)}"
     finally:
         ckpts.close()
-    return f"checkpoint:{parsed.target}@{step}"
 
 
 def adam_scale_from(
@@ -184,8 +194,6 @@ def adam_scale_from(
     checkpoint must hold the same optimizer (AdamW, same frozen groups) over the same parameter
     shapes (no cropped context or re-padded vocabulary).
     """
-    from minigpt_jax.checkpoint import RunCheckpoints
-
     # `rl.validate_rl_config` has refused a spec that is not a checkpoint and a run without AdamW.
     parsed = parse_init_from(spec)
     is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)  # noqa: E731
@@ -194,12 +202,9 @@ def adam_scale_from(
         f"must hold AdamW with the same freeze over parameters of the same shapes (context and "
         f"vocabulary included), or set init_adam_scale=False"
     )
+    ckpts = _source_checkpoints(parsed.target)
     try:
-        ckpts = RunCheckpoints(parsed.target, read_only=True)
-    except (OSError, ValueError) as e:
-        raise ConfigError("init_from", f"checkpoint:{parsed.target}: {e}") from e
-    try:
-        step = ckpts.resolve_step(parsed.step)  # its errors name the run and its steps
+        step = _resolve_step(ckpts, parsed)
         try:
             saved = ckpts.restore_opt_state(step, abstract_opt_state, opt_shardings)
         except (OSError, ValueError, KeyError, TypeError) as e:  # CheckpointError included
