@@ -143,6 +143,7 @@ def setup(cfg: ml_collections.ConfigDict, task: RLTask | None = None) -> RLRun:
         raise ConfigError("max_new_tokens", f"more than the context ({model_cfg.block_size})")
     ckpts, resume_step = open_checkpoints(cfg)
     try:
+        cfg = _with_start_policy(cfg, ckpts, resume_step)
         run = _build(cfg, model_cfg, task, proposer, tok, record, ckpts, resume_step)
     except BaseException:
         ckpts.close()
@@ -150,6 +151,30 @@ def setup(cfg: ml_collections.ConfigDict, task: RLTask | None = None) -> RLRun:
     if jax.process_index() == 0:
         write_run_files(cfg.run_dir, cfg, record)
     return run
+
+
+def _with_start_policy(
+    cfg: ml_collections.ConfigDict, ckpts: Any, resume_step: int | None
+) -> ml_collections.ConfigDict:
+    """`cfg` (a copy) whose `init_from` names the start policy's step, as config.json and every
+    checkpoint record it.
+
+    Why: the start is read more than once (the params; AdamW's moments with `init_adam_scale`;
+    the KL reference again at every resume), while the source run may still be saving new
+    checkpoints. A fresh run resolves "latest" or "best" once; a resumed run reads the step its
+    own first run recorded, not whatever is latest in the source now.
+    """
+    from minigpt_jax.init_from import pin_step
+
+    if cfg.init_from == "scratch" or (resume_step is not None and not cfg.kl_coef):
+        return cfg
+    if resume_step is None:
+        start = pin_step(cfg.init_from)
+    else:
+        start = (ckpts.record(resume_step)["config"] or {}).get("init_from") or cfg.init_from
+    cfg = cfg.copy_and_resolve_references()
+    cfg.init_from = start
+    return cfg
 
 
 def _build(cfg, model_cfg, task, proposer, tok, record, ckpts, resume_step) -> RLRun:
@@ -169,14 +194,12 @@ def _build(cfg, model_cfg, task, proposer, tok, record, ckpts, resume_step) -> R
         mesh,
     )
     # The starting policy is read when it is the start (a fresh run) or the KL's reference.
-    ref_params, init_from = None, cfg.init_from
+    ref_params = None
     if cfg.init_from != "scratch" and (resume_step is None or cfg.kl_coef):
-        from minigpt_jax.init_from import load_init_params, pin_step
+        from minigpt_jax.init_from import load_init_params
 
-        if resume_step is None and cfg.init_adam_scale:  # params and moments of one step
-            init_from = pin_step(init_from)
         ref_params = jax.device_put(
-            load_init_params(init_from, model_cfg, record), shardings.params
+            load_init_params(cfg.init_from, model_cfg, record), shardings.params
         )
     ref_logprobs = jax.jit(make_logprob_fn(model, cfg.temperature)) if cfg.kl_coef else None
     if resume_step is None:
@@ -188,7 +211,7 @@ def _build(cfg, model_cfg, task, proposer, tok, record, ckpts, resume_step) -> R
                 from minigpt_jax.init_from import adam_scale_from
 
                 opt_state = adam_scale_from(
-                    init_from, opt_state, abstract_state.opt_state, shardings.opt_state
+                    cfg.init_from, opt_state, abstract_state.opt_state, shardings.opt_state
                 )
             state = state.replace(params=params, opt_state=opt_state)
     else:

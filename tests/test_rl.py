@@ -460,6 +460,34 @@ def test_init_adam_scale_takes_the_checkpoints_second_moments_and_zero_first_mom
     assert all(not np.asarray(x).any() for x in jax.tree.leaves(fresh.nu))
 
 
+def test_a_resumed_kl_run_keeps_the_reference_it_started_from(tmp_path, monkeypatch):
+    """The source may save newer checkpoints while an RL run from its "latest" is under way: the
+    run records the step it started from, and a resume reads its KL reference from that step."""
+    import json
+
+    from minigpt_jax import init_from
+    from minigpt_jax.rl import train_rl
+
+    source = _toy_config(tmp_path / "a", total_steps=3, eval_every=0)
+    train_rl(source, task=FirstDigitTask())
+    run = _toy_config(tmp_path / "b", init_from=f"checkpoint:{source.run_dir}", kl_coef=0.1,
+                      total_steps=2, eval_every=0, checkpoint_every=2)
+    train_rl(run, task=FirstDigitTask())
+    pinned = f"checkpoint:{source.run_dir}@3"
+    assert json.loads((Path(run.run_dir) / "config.json").read_text())["init_from"] == pinned
+    source.unlock()
+    source.total_steps = 5
+    train_rl(source, task=FirstDigitTask())  # the source's latest is now step 5
+    reads = []
+    load = init_from.load_init_params
+    monkeypatch.setattr(init_from, "load_init_params",
+                        lambda spec, *a, **k: reads.append(spec) or load(spec, *a, **k))
+    run.unlock()
+    run.total_steps = 3
+    train_rl(run, task=FirstDigitTask())
+    assert reads == [pinned]
+
+
 def test_init_adam_scale_refuses_a_checkpoint_without_adam_moments(tmp_path):
     """An SGD run's optimizer state has the same length of chain but no moments: a partial
     restore would fill them with placeholders, so the refusal must come from the check."""
