@@ -528,6 +528,30 @@ def test_long_preset_shards_respect_the_manifest_ranges(tmp_path):
     assert manifest["task"]["mixture"]["layout"] == "aligned"
 
 
+def test_rl_long_addsub_samples_a_whole_20_digit_solution_with_its_starts_model():
+    """The RL config must let a 20-digit solution finish (a cut one scores 0 whatever its steps)
+    and build the model of the run it starts from (blocks of 32, coupled ids, no positions)."""
+    import importlib.util
+
+    from minigpt_jax.config import model_config
+    from minigpt_jax.tasks.arithmetic.task import parse_max_digits
+
+    spec = importlib.util.spec_from_file_location(
+        "rl_long", Path(__file__).parents[1] / "configs" / "arithmetic_rl_long_addsub.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = module.get_config()
+    longest = max(parse_max_digits(cfg.task_options.max_digits).values())
+    big = 10**longest - 1
+    thirty = Problem("+", big * 10**10, 1)  # the check's 30-digit cells are cut short (docstring)
+    for p in (Problem("+", big, big), Problem("-", big, big // 7)):
+        assert len(solution(p)) + 1 <= cfg.max_new_tokens < len(solution(thirty))
+    model = model_config(cfg)
+    layout = (model.digit_pos_scheme, model.pos_emb, model.digit_pos_doc_block)
+    assert layout == ("coupled", "none", 32)
+
+
 def test_arithmetic_long_context_fits_a_30_digit_worked_solution():
     import importlib.util
 
