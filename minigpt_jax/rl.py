@@ -141,6 +141,7 @@ def setup(cfg: ml_collections.ConfigDict, task: RLTask | None = None) -> RLRun:
     proposer = Proposer(task, cfg.proposer, unlock=cfg.proposer_unlock)
     if cfg.max_new_tokens > model_cfg.block_size:
         raise ConfigError("max_new_tokens", f"more than the context ({model_cfg.block_size})")
+    check_completion_budget(task, tok, cfg.max_new_tokens)
     ckpts, resume_step = open_checkpoints(cfg)
     try:
         cfg = _with_start_policy(cfg, ckpts, resume_step)
@@ -151,6 +152,28 @@ def setup(cfg: ml_collections.ConfigDict, task: RLTask | None = None) -> RLRun:
     if jax.process_index() == 0:
         write_run_files(cfg.run_dir, cfg, record)
     return run
+
+
+def check_completion_budget(task: RLTask, tok: Any, max_new_tokens: int) -> None:
+    """Refuse a `max_new_tokens` that cuts short a reference solution of a cell the curriculum may
+    draw: such a cell's samples end before their answer and score 0 whatever their steps, so RL
+    could never learn it, and nothing else would say why."""
+    reference = getattr(task, "reference_solution", None)
+    if reference is None:
+        return
+    rng = random.Random(0)
+    cells = list(task.cells())
+    needs = [len(tok.encode(reference(task.problem(rng, c)))) + 1 for c in cells]  # with <eot>
+    need = max(needs)
+    if need > max_new_tokens:
+        cell = cells[needs.index(need)]
+        raise ConfigError(
+            "max_new_tokens",
+            f"{max_new_tokens} cuts short the worked solution of cell "
+            f"{task.cell_name(cell)!r} ({need} tokens with <eot>), which would score 0 "
+            f"whatever its steps; set --config.max_new_tokens={need} or more, or let "
+            f"the curriculum reach fewer cells (arithmetic: task_options.max_digits)",
+        )
 
 
 def _with_start_policy(

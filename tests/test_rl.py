@@ -237,6 +237,34 @@ def test_arithmetic_task_cells_rewards_and_heldout(arithmetic_dir):
     assert not set(task.heldout()) & {task.problem(rng, ("+", 4, 4)) for _ in range(300)}
 
 
+def test_rl_refuses_a_budget_that_cuts_a_curriculum_cells_reference_short(
+    arithmetic_dir, tmp_path
+):
+    """A cell whose worked solution does not fit max_new_tokens scores 0 whatever the policy
+    writes: refused before anything is written, naming the key, the cell and the tokens needed."""
+    from minigpt_jax.errors import ConfigError
+    from minigpt_jax.rl import check_completion_budget, train_rl
+    from minigpt_jax.tasks import load_task
+    from minigpt_jax.tasks.arithmetic import Problem, solution
+    from minigpt_jax.tokenizer import ByteTokenizer
+
+    task = load_task("arithmetic", str(arithmetic_dir), {"max_digits": "+:12"})
+    big = 10**12 - 1
+    need = len(solution(Problem("+", big, big))) + 1  # the longest cell, with <eot>
+    check_completion_budget(task, ByteTokenizer(), need)
+    with pytest.raises(ConfigError, match=f"'add 12' \\({need} tokens with <eot>\\)"):
+        check_completion_budget(task, ByteTokenizer(), need - 1)
+
+    class LongReference(FirstDigitTask):
+        def reference_solution(self, problem):
+            return "1+1+0=02\nA:2\n"
+
+    cfg = _toy_config(tmp_path)  # max_new_tokens=1
+    with pytest.raises(ConfigError, match="max_new_tokens.*14 tokens with <eot>"):
+        train_rl(cfg, task=LongReference())
+    assert not (Path(cfg.run_dir) / "checkpoints").exists()
+
+
 def test_arithmetic_task_refuses_bad_options(arithmetic_dir, tmp_path):
     from minigpt_jax.errors import ConfigError, DataError
     from minigpt_jax.tasks import load_task

@@ -82,6 +82,9 @@ class RLTask(Protocol):
         """Problems never trained on, for the loop's greedy accuracy."""
         ...
 
+    # Optional: `reference_solution(problem) -> str`, the task's own worked completion. When a task
+    # has it, `rl` refuses a `max_new_tokens` that would cut a cell's reference short.
+
 
 def load_task(name: str, data_dir: str, options: dict[str, Any] | None = None) -> RLTask:
     """The task called `name`, reading what it needs from `data_dir` (its manifest, test files)."""

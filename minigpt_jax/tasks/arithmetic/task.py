@@ -28,6 +28,7 @@ from minigpt_jax.tasks.arithmetic.problems import (
     Problem,
     make_problem,
     sample_problem,
+    solution,
 )
 
 Cell = tuple[str, int, int]
@@ -154,6 +155,9 @@ class ArithmeticTask:
 
     def prompt(self, problem: Problem) -> str:
         return problem.prompt
+
+    def reference_solution(self, problem: Problem) -> str:
+        return solution(problem, layout=self.mixture.layout)
 
     def solved(self, problem: Problem, completion: str) -> bool:
         return checker.parse_answer(completion) == problem.answer
