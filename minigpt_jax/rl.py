@@ -163,7 +163,9 @@ def check_completion_budget(task: RLTask, tok: Any, max_new_tokens: int) -> None
         return
     rng = random.Random(0)
     cells = list(task.cells())
-    needs = [len(tok.encode(reference(task.problem(rng, c)))) + 1 for c in cells]  # with <eot>
+    needs = [  # with the <eot>; a few draws, since a cell's answers may differ in length
+        max(len(tok.encode(reference(task.problem(rng, c)))) + 1 for _ in range(8)) for c in cells
+    ]
     need = max(needs)
     if need > max_new_tokens:
         cell = cells[needs.index(need)]
