@@ -42,11 +42,9 @@ def get_config():
     c.run_dir = "runs/arithmetic_rl_long_addsub"
     c.task_options.max_digits = "+:20,-:20"
     c.proposer = "frontier"
-    c.proposer_unlock = 0.6
     c.prompts_per_step = 32
     c.group_size = 4
     c.max_new_tokens = 224
-    c.temperature = 1.0
     c.lr = 3e-5
     c.min_lr = 3e-5
     c.warmup_steps = 5

@@ -531,17 +531,10 @@ def test_long_preset_shards_respect_the_manifest_ranges(tmp_path):
 def test_rl_long_addsub_samples_a_whole_20_digit_solution_with_its_starts_model():
     """The RL config must let a 20-digit solution finish (a cut one scores 0 whatever its steps)
     and build the model of the run it starts from (blocks of 32, coupled ids, no positions)."""
-    import importlib.util
-
-    from minigpt_jax.config import model_config
+    from minigpt_jax.config import load_config_file, model_config
     from minigpt_jax.tasks.arithmetic.task import parse_max_digits
 
-    spec = importlib.util.spec_from_file_location(
-        "rl_long", Path(__file__).parents[1] / "configs" / "arithmetic_rl_long_addsub.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    cfg = module.get_config()
+    cfg = load_config_file(Path(__file__).parents[1] / "configs" / "arithmetic_rl_long_addsub.py")
     longest = max(parse_max_digits(cfg.task_options.max_digits).values())
     big = 10**longest - 1
     thirty = Problem("+", big * 10**10, 1)  # the check's 30-digit cells are cut short (docstring)
