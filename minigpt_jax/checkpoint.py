@@ -280,12 +280,28 @@ class RunCheckpoints:
         self.record_checksums()
 
     def close(self) -> None:
-        """Wait for the save in flight, then release Orbax's threads."""
+        """Wait for the save in flight and the start-up clean-up, release Orbax's threads, and
+        remove the directories if nothing was saved, so that a run refused at start-up leaves
+        its run_dir as it found it.
+
+        Why the clean-up wait: Orbax 0.12's `close()` does not await the removal of a killed
+        save's temporary directories that its constructor starts in a thread; a process that
+        exits right after (a bad `init_from`, say) printed that thread's traceback after its
+        one-line message.
+        """
         try:
             with self._disk_errors(None):
+                # private, so looked up: an Orbax that renames it gets the old close()
+                await_cleanup = getattr(self.manager, "_maybe_await_cleanup_tmp_directory", None)
+                if await_cleanup is not None:
+                    await_cleanup()
                 self.manager.close()
         finally:
             self.record_checksums()
+            if not self._read_only and jax.process_index() == 0:
+                for empty in (self.checksum_dir, self.directory):
+                    with contextlib.suppress(OSError):
+                        empty.rmdir()  # only if empty
 
     # --- checksums --------------------------------------------------------------------------
 

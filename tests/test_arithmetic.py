@@ -545,17 +545,29 @@ def test_rl_long_addsub_samples_a_whole_20_digit_solution_with_its_starts_model(
     assert layout == ("coupled", "none", 32)
 
 
+def test_rl_long_all_fits_its_longest_cells_with_the_headline_model():
+    """The four-operation RL config builds the headline run's model (the checkpoint it starts
+    from) and lets the longest solution of every operation's last curriculum cell finish."""
+    from minigpt_jax.config import load_config_file, model_config
+    from minigpt_jax.tasks.arithmetic.task import parse_max_digits
+
+    configs = Path(__file__).parents[1] / "configs"
+    cfg = load_config_file(configs / "arithmetic_rl_long_all.py")
+    assert model_config(cfg) == model_config(load_config_file(configs / "arithmetic_long.py"))
+    longest = parse_max_digits(cfg.task_options.max_digits)
+    assert set(longest) == set(arithmetic.OPS)
+    ranges = arithmetic.PRESETS["long"][0].operand_ranges()
+    for op, digits in longest.items():
+        b_digits = ranges[op][1][1] if op in "*/" else digits  # x and / keep b's trained length
+        problem = Problem(op, 10**digits - 1, 10**b_digits - 1)
+        assert len(solution(problem, layout="aligned")) + 1 <= cfg.max_new_tokens, problem
+
+
 def test_arithmetic_long_context_fits_a_30_digit_worked_solution():
-    import importlib.util
+    from minigpt_jax.config import load_config_file, model_config
 
-    from minigpt_jax.config import model_config
-
-    spec = importlib.util.spec_from_file_location(
-        "arithmetic_long", Path(__file__).parents[1] / "configs" / "arithmetic_long.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    cfg = model_config(module.get_config())
+    configs = Path(__file__).parents[1] / "configs"
+    cfg = model_config(load_config_file(configs / "arithmetic_long.py"))
     assert cfg.digit_ids == tuple(range(48, 58)) and cfg.pos_emb == "none"
     _, heldout, long = arithmetic.PRESETS["long"]
     big = 10**30 - 1

@@ -18,7 +18,7 @@ from conftest import REPO, read_metrics
 
 from minigpt_jax import checkpoint, input_pipeline, sharding, shards, train
 from minigpt_jax.checkpoint import CheckpointError, RunCheckpoints, load_params
-from minigpt_jax.config import config_record
+from minigpt_jax.config import ConfigError, config_record
 from minigpt_jax.loggers import JsonlLogger
 from minigpt_jax.model import GPT, GPTConfig
 from minigpt_jax.train_state import create_train_state, make_lr_schedule, make_optimizer
@@ -263,3 +263,19 @@ def test_sigkill_during_save_keeps_the_previous_checkpoint(tiny_shards, tmp_path
     ckpts = RunCheckpoints(run, read_only=True)
     assert ckpts.latest_step() == 5
     assert not [p for p in ckpts.directory.iterdir() if "tmp" in p.name]  # the partial save is gone
+
+
+def test_a_run_refused_at_start_up_leaves_its_run_dir_as_it_found_it(tiny_shards, tmp_path):
+    """A bad init_from is found after the checkpoints are opened: the run dir it created must
+    not stay behind (empty checkpoints/ and checksum dirs), and a killed save's leftovers are
+    cleaned before close() returns, not by a thread racing the process's exit."""
+    run = tmp_path / "run"
+    with pytest.raises(ConfigError, match="init_from.*no checkpoints here"):
+        train.train_and_evaluate(tiny_config(tiny_shards, run, init_from=f"checkpoint:{tmp_path}"))
+    assert not run.exists()
+
+    stale = checkpoint.checkpoint_dir(run) / "7.orbax-checkpoint-tmp-1234"
+    stale.mkdir(parents=True)
+    RunCheckpoints(run).close()
+    assert not stale.exists() and not checkpoint.checkpoint_dir(run).exists()
+    assert list(run.iterdir()) == []  # what close() did not create stays: here, run/ itself
