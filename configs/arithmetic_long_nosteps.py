@@ -2,7 +2,7 @@
 model (digit positions on), schedule and steps; data from the same preset without steps.
 
     python scripts/make_arithmetic_data.py --preset long --no_steps \
-        --out_dir data/arithmetic_long_nosteps --train_tokens 60000000 --block_size 512
+        --out_dir data/arithmetic_long_nosteps --train_tokens 24000000 --block_size 512
     python -m minigpt_jax.train --config configs/arithmetic_long_nosteps.py
     python -m minigpt_jax.eval_arithmetic --run_dir runs/arithmetic_long_nosteps --sample_sets all
 """

@@ -34,6 +34,8 @@ def _independent_check(p: Problem, text: str, layout: str = "classic") -> None:
     lines = text.rstrip("\n").split("\n")
     assert lines[-1] == f"A:{arithmetic.written_answer(p, layout)}"
     assert parse_answer(lines[-1]) == p.answer
+    if layout == "table" and p.op == "/":  # the divisor's multiples 1..9 first, in order
+        assert [line.split("=")[0] for line in lines[:9]] == [f"{p.b}*{k}" for k in range(1, 10)]
     equations = [eq for line in lines[:-1] for eq in line.split(",")]  # aligned x: 3 per line
     for line in equations:
         if line.startswith("="):
@@ -66,9 +68,10 @@ def test_worked_solutions_are_exact_for_many_seeds(seed):
     )
     for _ in range(60):
         p = arithmetic.sample_problem(rng, wide)
-        text = solution(p)
-        _independent_check(p, text)
-        assert check_steps(p, text) == p.answer  # the verifier accepts every true solution
+        for layout in arithmetic.LAYOUTS:
+            text = solution(p, layout=layout)
+            _independent_check(p, text, layout)
+            assert check_steps(p, text) == p.answer  # the verifier accepts every true solution
 
 
 def test_fixed_width_layout_puts_every_digit_at_a_constant_offset():
@@ -274,6 +277,37 @@ def test_aligned_layout_writes_a_line_per_product_column_and_pads_the_quotient()
     assert solution(Problem("+", 347, 285), layout="aligned") == solution(Problem("+", 347, 285))
 
 
+def test_table_layout_writes_the_divisors_multiples_before_the_division():
+    p = Problem("/", 4347, 56)  # "4347/56"
+    right = solution(p, layout="table")
+    assert right == (
+        "56*1=056\n56*2=112\n56*3=168\n56*4=224\n56*5=280\n56*6=336\n56*7=392\n56*8=448\n"
+        "56*9=504\n"
+        "004/56=0r4\n043/56=0r43\n434/56=7r42\n427/56=7r35\n"  # as in "aligned"
+        "A:0077r35\n"
+    )
+    assert right.endswith(solution(p, layout="aligned"))
+    assert check_steps(p, right) == "77r35" and arithmetic.right_lines(p, right) == 14
+    assert solution(Problem("/", 47, 6), layout="table").startswith("6*1=06\n6*2=12\n")
+    wrong = {  # the line index right_lines reports for each
+        "a false multiple": (right.replace("56*7=392", "56*7=382"), 6),
+        "a multiple missing": (right.replace("56*9=504\n", ""), 8),
+        "the table twice": (right.replace("004/56", "56*1=056\n004/56"), 9),
+        "a false quotient": (right.replace("434/56=7r42", "434/56=8r42"), 11),
+        "a remainder not below b": (right.replace("434/56=7r42", "434/56=6r98"), 11),
+    }
+    for name, (text, line) in wrong.items():
+        assert not arithmetic.steps_are_right(p, text), name
+        assert arithmetic.right_lines(p, text) == line, name
+    # A true multiple out of order is a true equation but not the procedure's step.
+    swapped = right.replace("56*2=112\n56*3=168", "56*3=168\n56*2=112")
+    assert arithmetic.true_step_fraction(swapped) == 1.0 and not verify_solution(p, swapped)
+    assert arithmetic.true_step_fraction(right.replace("56*7=392", "56*7=382")) == 12 / 13
+    # + - x are "aligned"'s.
+    for q in (Problem("+", 347, 285), Problem("-", 532, 285), Problem("*", 34567, 85)):
+        assert solution(q, layout="table") == solution(q, layout="aligned")
+
+
 def test_steps_are_right_separates_wrong_steps_from_a_wrong_answer_line():
     p = arithmetic.Problem("+", 347, 285)
     right = arithmetic.solution(p)
@@ -399,6 +433,37 @@ def test_an_answers_only_model_gets_no_steps_right_figure():
     cell = results["heldout"]["add 3"]
     assert cell["greedy"] == 1.0 and cell["greedy_steps_right"] is None
     assert "| heldout | add 3 | 4 | - | - | 1.000 |" in markdown_table(results, 0)
+
+
+def test_select_cells_keeps_the_named_cells_of_every_set_and_names_the_missing_one():
+    from minigpt_jax.errors import UserError
+    from minigpt_jax.tasks.arithmetic.evaluate import select_cells
+
+    sets = {
+        "heldout": [Problem("+", 12345, 67890), Problem("/", 4321, 7), Problem("*", 123, 45)],
+        "long": [Problem("*", 1234567890, 7), Problem("+", 10**19 + 5, 10**19 + 6)],
+    }
+    kept = select_cells(sets, ["div 4/1", "mul 10x1"])
+    assert kept == {"heldout": [sets["heldout"][1]], "long": [sets["long"][0]]}
+    assert select_cells(sets, ["add 20"]) == {"long": [sets["long"][1]]}  # an emptied set goes
+    with pytest.raises(UserError, match=r"--cells: no cell \['add 7'\].*'add 20', 'add 5'"):
+        select_cells(sets, ["add 5", "add 7"])
+
+
+def test_the_decode_budget_is_the_data_layouts_not_a_longer_one():
+    from minigpt_jax.tasks.arithmetic.evaluate import budget_tokens, layouts_of
+
+    def manifest(mixture):
+        return {"task": {"name": "arithmetic", "mixture": mixture}}
+
+    assert layouts_of(manifest({"layout": "aligned"})) == ("aligned",)
+    assert layouts_of(manifest({"op_weights": [1, 0, 0, 0]})) == ("classic",)  # before layouts
+    assert layouts_of({}) == arithmetic.LAYOUTS == layouts_of(manifest({"layout": "spiral"}))
+    div = [Problem("/", 123456, 78)]
+    aligned = budget_tokens(div, 10, 4096, ("aligned",))
+    table = budget_tokens(div, 10, 4096, ("table",))
+    assert aligned < table == budget_tokens(div, 10, 4096)  # the table's 9 lines, then slack
+    assert len(solution(div[0], layout="table")) <= table
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from minigpt_jax.tasks.arithmetic.problems import (
     Problem,
     column_sum_width,
     digits_lsf,
+    divisor_table_lines,
 )
 
 _ANSWER_RE = re.compile(r"^-?\d+(r\d+)?$")
@@ -57,6 +58,7 @@ _ADD_RE = re.compile(r"^(\d)\+(\d)\+([01])=(\d\d)$")
 _SUB_RE = re.compile(r"^([01])(\d)-(\d)-([01])=(\d)$")
 _MUL_RE = re.compile(r"^(\d)\*(\d)\+(\d)=(\d\d)$")
 _DIV_RE = re.compile(r"^(\d+)/(\d+)=(\d)r(\d+)$")
+_TABLE_RE = re.compile(r"^(\d+)\*(\d)=(\d+)$")
 _TOTAL_RE = re.compile(r"^=(\d+)$")
 _SUM_RE = re.compile(r"^\d(\+\d)+=\d+$")
 
@@ -204,6 +206,22 @@ def _check_mul_columns(a: int, b: int, lines: list[str], wa: int, wb: int) -> in
 
 
 def _check_div(a: int, b: int, lines: list[str], wa: int) -> str:
+    """Long division, any layout; in the "table" one the divisor's multiples come first, each
+    line exactly `problems.divisor_table_lines`'s (a false or missing multiple is a wrong step)."""
+    if lines and _TABLE_RE.match(lines[0]):
+        table = divisor_table_lines(b)
+        for i, (line, want) in enumerate(zip(lines, table, strict=False)):
+            if line != want:
+                raise StepError(f"{line!r}: expected the multiple {want!r}", i)
+        _check_count(lines[: len(table)], len(table), "multiples of the divisor")
+        try:
+            return _check_div_steps(a, b, lines[len(table) :], wa)
+        except StepError as e:
+            raise StepError(str(e), len(table) + e.line) from None
+    return _check_div_steps(a, b, lines, wa)
+
+
+def _check_div_steps(a: int, b: int, lines: list[str], wa: int) -> str:
     digits = f"{a:0{wa}d}"
     rem, q_digits = 0, []
     for i, (line, c) in enumerate(zip(lines, digits, strict=False)):
@@ -227,10 +245,10 @@ def _implied_by(problem: Problem, steps: list[str]) -> str:
         return str(_check_add(a, b, steps, wa))
     if problem.op == "-":
         return str(_check_sub(a, b, steps, wa))
-    if problem.op == "*":  # either layout (problems.LAYOUTS); a padded quotient parses the same
+    if problem.op == "*":  # any layout (problems.LAYOUTS)
         columns = bool(steps) and "," in steps[0]
         return str((_check_mul_columns if columns else _check_mul)(a, b, steps, wa, wb))
-    return _check_div(a, b, steps, wa)
+    return _check_div(a, b, steps, wa)  # any layout; a padded quotient parses the same
 
 
 def steps_are_right(problem: Problem, completion: str) -> bool:
@@ -318,6 +336,9 @@ def _true_equation(line: str) -> bool:
     if m := _MUL_RE.match(line):
         x, y, c, v = (int(g) for g in m.groups())
         return x * y + c == v
+    if m := _TABLE_RE.match(line):  # a multiple of the divisor ("table" layout)
+        b, k, v = (int(g) for g in m.groups())
+        return b * k == v
     if (m := _DIV_RE.match(line)) and int(m.group(2)) > 0:
         cur, b, q, r = (int(g) for g in m.groups())
         return q * b + r == cur and r < b

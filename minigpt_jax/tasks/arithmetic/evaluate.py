@@ -59,18 +59,53 @@ def load_test_set(data_dir: str | Path, name: str) -> list[arithmetic.Problem]:
     return problems
 
 
+def cell_name(problem: arithmetic.Problem) -> str:
+    """The cell a problem is reported under: `add 20`, `mul 10x1`, `div 4/1`."""
+    return f"{arithmetic.OP_NAMES[problem.op]} {problem.level}"
+
+
+def select_cells(
+    sets: dict[str, list[arithmetic.Problem]], names: Sequence[str]
+) -> dict[str, list[arithmetic.Problem]]:
+    """Only the problems of the named cells, in every set that has them (sets left empty are
+    dropped): inference-time compute on the hardest cells without paying for the easy ones."""
+    wanted = set(names)
+    have = {cell_name(p) for problems in sets.values() for p in problems}
+    if not wanted:
+        raise UserError(f"--cells: no cell named; cells: {sorted(have)}")
+    unknown = sorted(wanted - have)
+    if unknown:
+        raise UserError(f"--cells: no cell {unknown} in {sorted(sets)}; cells: {sorted(have)}")
+    kept = {name: [p for p in ps if cell_name(p) in wanted] for name, ps in sets.items()}
+    return {name: ps for name, ps in kept.items() if ps}
+
+
 def budget_tokens(
-    problems: Sequence[arithmetic.Problem], prompt_tokens: int, block_size: int
+    problems: Sequence[arithmetic.Problem], prompt_tokens: int, block_size: int,
+    layouts: Sequence[str] = arithmetic.LAYOUTS,
 ) -> int:
     """New tokens to allow: the longest worked solution plus slack, rounded up so that cells share a
-    compiled decode loop; never more than the context leaves after the prompt."""
-    longest = max(  # whichever layout the model was trained on
+    compiled decode loop; never more than the context leaves after the prompt.
+
+    `layouts`: the ones the model may write (the data's, `layouts_of`); the longest counts."""
+    longest = max(
         len(arithmetic.solution(p, layout=layout).encode())
         for p in problems
-        for layout in arithmetic.LAYOUTS
+        for layout in layouts
     )
     wanted = 32 * math.ceil((longest + longest // 4 + 4) / 32)
     return max(1, min(wanted, block_size - prompt_tokens + 1))
+
+
+def layouts_of(manifest: dict[str, Any]) -> tuple[str, ...]:
+    """The layout a data dir's manifest records (data written before layouts existed is
+    "classic"; a manifest of no arithmetic data: any layout), so that a model is given the budget
+    of what it was trained to write, not of a longer layout it has never seen."""
+    task = manifest.get("task") or manifest.get("arithmetic")
+    if not task:
+        return arithmetic.LAYOUTS
+    layout = (task.get("mixture") or {}).get("layout", "classic")
+    return (layout,) if layout in arithmetic.LAYOUTS else arithmetic.LAYOUTS
 
 
 def _powers_of_two(n: int) -> list[int]:
@@ -89,6 +124,7 @@ def evaluate_cell(
     seed: int,
     batch_size: int,
     max_new: int | None = None,
+    layouts: Sequence[str] = arithmetic.LAYOUTS,
 ) -> dict[str, Any]:
     """Accuracies for one (op, digits) cell, and one example of a greedy solution.
 
@@ -99,7 +135,7 @@ def evaluate_cell(
     """
     prompts = [[eot_id, *encode(p.prompt)] for p in problems]
     if max_new is None:
-        max_new = budget_tokens(problems, max(map(len, prompts)), block_size)
+        max_new = budget_tokens(problems, max(map(len, prompts)), block_size, layouts)
 
     def run(rows: list[list[int]], temp: float, seed_: int) -> list[str]:
         outs = sample_in_batches(sample_fn, rows, max_new, temp, seed_, batch_size)
@@ -234,6 +270,7 @@ def evaluate_sets(
     max_per_cell: int = 0,
     sample_sets: Sequence[str] | None = None,
     log: Callable[[str], None] = lambda s: None,
+    layouts: Sequence[str] = arithmetic.LAYOUTS,
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """{set: {"op level": cell result}} for every (op, digits) cell of every set.
 
@@ -246,8 +283,8 @@ def evaluate_sets(
             cells[(p.op, p.level)].append(p)
         results[name] = {}
         longest_prompt = max(len(encode(p.prompt)) + 1 for p in problems)
-        max_new = budget_tokens(problems, longest_prompt, block_size)  # one for the whole set
-        for (op, level), cell in cells.items():
+        max_new = budget_tokens(problems, longest_prompt, block_size, layouts)  # one per set
+        for cell in cells.values():
             cell = cell[:max_per_cell] if max_per_cell else cell
             t0 = time.perf_counter()
             r = evaluate_cell(
@@ -264,11 +301,8 @@ def evaluate_sets(
                 max_new,
             )
             r["seconds"] = round(time.perf_counter() - t0, 2)
-            results[name][f"{arithmetic.OP_NAMES[op]} {level}"] = r
-            log(
-                f"{name} {arithmetic.OP_NAMES[op]} {level}: greedy {r['greedy']:.3f} "
-                f"({r['seconds']:.0f}s)"
-            )
+            results[name][cell_name(cell[0])] = r
+            log(f"{name} {cell_name(cell[0])}: greedy {r['greedy']:.3f} ({r['seconds']:.0f}s)")
     return results
 
 
@@ -387,7 +421,7 @@ def _run_ttt(args, sets, results, make_sample_fn, params, model_cfg, tok) -> dic
         raise UserError(f"--ttt_cells: no cell {unknown} in {set_name}; cells: {sorted(heldout)}")
     out = {}
     for name in names:
-        cell = [p for p in sets[set_name] if f"{arithmetic.OP_NAMES[p.op]} {p.level}" == name]
+        cell = [p for p in sets[set_name] if cell_name(p) == name]
         cell = cell[: args.max_per_cell] if args.max_per_cell else cell
         t0 = time.perf_counter()
         r = ttt_cell(
@@ -422,6 +456,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--sample_sets", default="heldout", help="sets that get --samples; 'all'")
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--max_per_cell", type=int, default=0, help="problems per cell; 0 = all")
+    ap.add_argument("--cells", default="",
+                    help="only these cells, in whichever set has them ('add 20,mul 10x1,div 4/1'); "
+                         "default: every cell")
     ap.add_argument("--batch_size", type=int, default=128, help="rows per decode call")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="default: <run_dir>/eval_arithmetic.json")
@@ -456,6 +493,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if unknown:
             raise DataError(f"--sets: unknown {unknown}; use {sorted(TEST_FILES)}")
         sets = {name: load_test_set(data_dir, name) for name in names}
+        if args.cells:
+            sets = select_cells(sets, [c.strip() for c in args.cells.split(",") if c.strip()])
     model_cfg = record["model"]
     manifest = read_manifest(data_dir) or {}
 
@@ -483,12 +522,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         batch_size=args.batch_size,
         max_per_cell=args.max_per_cell,
         log=lambda s: print(s, file=sys.stderr, flush=True),
+        layouts=layouts_of(manifest),
     )
     report = {
         "run_dir": str(args.run_dir),
         "step": record["step"],
         "data_dir": str(data_dir),
         "worked_steps": (manifest.get("task") or manifest.get("arithmetic") or {}).get("steps"),
+        "cells": args.cells or "all",
         "samples": args.samples,
         "temperature": args.temperature,
         "seconds": round(time.perf_counter() - t0, 1),

@@ -21,7 +21,9 @@ length (measured: 0% after 600 steps; see BENCHMARKS.md). Widths are at least
 
 That is the "classic" layout. The "aligned" one (`LAYOUTS`) writes x one line per product column,
 three equations to a line (`7*5+0=35,7*8+0=56,5+0+0=05`), and zero-pads the quotient to the
-dividend's width (`A:007r5`), so that each step's lookups are the same at every length.
+dividend's width (`A:007r5`), so that each step's lookups are the same at every length. The
+"table" one is "aligned" with / first writing its divisor's multiples, one per line (`6*1=06` ...
+`6*9=54`), so that a quotient digit is a comparison with numbers in the context.
 
 Solutions are checked with exact integer arithmetic by `checker.verify_solution`, which is both
 the test of the generator and the inference-time verifier that filters sampled solutions.
@@ -211,6 +213,15 @@ def column_sum_width(wb: int) -> int:
     return len(str(9 * wb + carry))
 
 
+def divisor_table_lines(b: int) -> list[str]:
+    """The "table" layout's first lines for /: b's multiples 1..9 (`56*7=392`), each zero-padded
+    to the width of a partial dividend, so that a step's quotient digit is found by comparing the
+    partial dividend with nine numbers in the context, not recalled as a fact about two numbers
+    (measured: two-digit quotient facts were not learned in 3,000 steps; BENCHMARKS.md)."""
+    width = len(str(b)) + 1
+    return [f"{b}*{k}={k * b:0{width}d}" for k in range(1, 10)]
+
+
 def _div_lines(a: int, b: int, wa: int) -> list[str]:
     width = len(str(b)) + 1  # fixed-width lines: every partial dividend is below 10 * b
     lines, rem = [], 0
@@ -226,8 +237,9 @@ def _div_lines(a: int, b: int, wa: int) -> list[str]:
 # lookups are the same at every length, which coupled digit ids turn into one lookup each
 # (docs/arithmetic.md): x one line per product column (`_mul_column_lines`), and the quotient
 # zero-padded to the dividend's width (`A:0141r1`), so the answer's i-th digit is always step
-# line i's, not line i + (the number of leading zeros). + and - are the same in both.
-LAYOUTS = ("classic", "aligned")
+# line i's, not line i + (the number of leading zeros). "table": "aligned", with / writing its
+# divisor's multiples first (`divisor_table_lines`). + and - are the same in all three.
+LAYOUTS = ("classic", "aligned", "table")
 
 
 def _step_lines(problem: Problem, layout: str) -> list[str]:
@@ -237,14 +249,15 @@ def _step_lines(problem: Problem, layout: str) -> list[str]:
     if problem.op == "-":
         return _sub_lines(a, b, wa)
     if problem.op == "*":
-        lines = _mul_column_lines if layout == "aligned" else _mul_lines
+        lines = _mul_lines if layout == "classic" else _mul_column_lines
         return lines(a, b, wa, wb)
-    return _div_lines(a, b, wa)
+    table = divisor_table_lines(b) if layout == "table" else []
+    return table + _div_lines(a, b, wa)
 
 
 def written_answer(problem: Problem, layout: str = "classic") -> str:
     """The answer line's text after `A:` (`Problem.written_answer`, with the aligned quotient)."""
-    if layout == "aligned" and problem.op == "/":
+    if layout != "classic" and problem.op == "/":
         q, r = divmod(problem.a, problem.b)
         return f"{q:0{problem.widths[0]}d}r{r}"
     return problem.written_answer
@@ -396,7 +409,8 @@ def length_specs(
 # "default": all four operations at small sizes; "addsubmul": the mixture of the first 14-minute
 # result (no division); "long": operands up to 10 digits for + and -, 5x2 for x, 6/2 for /, tested
 # at the trained lengths and at 2x and 3x the longest; "long_addsub", "long_mul", "long_div":
-# its + and - alone, its x alone, its / alone (each mechanism at a fraction of the cost).
+# its + and - alone, its x alone, its / alone (each mechanism at a fraction of the cost);
+# "long_div_table": "long_div" in the "table" layout.
 _LONG_MIX = Mixture(
     op_weights=(0.25, 0.25, 0.25, 0.25),
     addsub_digit_weights=tuple(float(i) for i in range(1, 11)),
@@ -413,6 +427,8 @@ _LONG_ADDSUB_MIX = dataclasses.replace(_LONG_MIX, op_weights=(0.5, 0.5, 0.0, 0.0
 # 12/2, 18/2) extend?
 _LONG_MUL_MIX = dataclasses.replace(_LONG_MIX, op_weights=(0.0, 0.0, 1.0, 0.0))
 _LONG_DIV_MIX = dataclasses.replace(_LONG_MIX, op_weights=(0.0, 0.0, 0.0, 1.0))
+# / alone with its divisor's multiples written first: are two-digit quotients learned then?
+_LONG_DIV_TABLE_MIX = dataclasses.replace(_LONG_DIV_MIX, layout="table")
 PRESETS: dict[str, tuple[Mixture, tuple, tuple]] = {
     "default": (Mixture(), HELDOUT_SPEC, LONG_SPEC),
     "addsubmul": (
@@ -431,6 +447,9 @@ PRESETS: dict[str, tuple[Mixture, tuple, tuple]] = {
     ),
     "long_mul": (_LONG_MUL_MIX, *length_specs(_LONG_MUL_MIX, trained={"*": [3]})),
     "long_div": (_LONG_DIV_MIX, *length_specs(_LONG_DIV_MIX, trained={"/": [4]})),
+    "long_div_table": (
+        _LONG_DIV_TABLE_MIX, *length_specs(_LONG_DIV_TABLE_MIX, trained={"/": [4]})
+    ),
 }
 
 
