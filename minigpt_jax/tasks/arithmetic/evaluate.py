@@ -97,11 +97,16 @@ def budget_tokens(
     return max(1, min(wanted, block_size - prompt_tokens + 1))
 
 
+def _task_record(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's task record (written as "arithmetic" by older versions); {} when none."""
+    return manifest.get("task") or manifest.get("arithmetic") or {}
+
+
 def layouts_of(manifest: dict[str, Any]) -> tuple[str, ...]:
     """The layout a data dir's manifest records (data written before layouts existed is
     "classic"; a manifest of no arithmetic data: any layout), so that a model is given the budget
     of what it was trained to write, not of a longer layout it has never seen."""
-    task = manifest.get("task") or manifest.get("arithmetic")
+    task = _task_record(manifest)
     if not task:
         return arithmetic.LAYOUTS
     layout = (task.get("mixture") or {}).get("layout", "classic")
@@ -124,7 +129,6 @@ def evaluate_cell(
     seed: int,
     batch_size: int,
     max_new: int | None = None,
-    layouts: Sequence[str] = arithmetic.LAYOUTS,
 ) -> dict[str, Any]:
     """Accuracies for one (op, digits) cell, and one example of a greedy solution.
 
@@ -135,7 +139,7 @@ def evaluate_cell(
     """
     prompts = [[eot_id, *encode(p.prompt)] for p in problems]
     if max_new is None:
-        max_new = budget_tokens(problems, max(map(len, prompts)), block_size, layouts)
+        max_new = budget_tokens(problems, max(map(len, prompts)), block_size)
 
     def run(rows: list[list[int]], temp: float, seed_: int) -> list[str]:
         outs = sample_in_batches(sample_fn, rows, max_new, temp, seed_, batch_size)
@@ -278,13 +282,13 @@ def evaluate_sets(
     """
     results: dict[str, dict[str, dict[str, Any]]] = {}
     for name, problems in sets.items():
-        cells: dict[tuple[str, str], list[arithmetic.Problem]] = defaultdict(list)
+        cells: dict[str, list[arithmetic.Problem]] = defaultdict(list)
         for p in problems:
-            cells[(p.op, p.level)].append(p)
+            cells[cell_name(p)].append(p)
         results[name] = {}
         longest_prompt = max(len(encode(p.prompt)) + 1 for p in problems)
         max_new = budget_tokens(problems, longest_prompt, block_size, layouts)  # one per set
-        for cell in cells.values():
+        for key, cell in cells.items():
             cell = cell[:max_per_cell] if max_per_cell else cell
             t0 = time.perf_counter()
             r = evaluate_cell(
@@ -301,8 +305,8 @@ def evaluate_sets(
                 max_new,
             )
             r["seconds"] = round(time.perf_counter() - t0, 2)
-            results[name][cell_name(cell[0])] = r
-            log(f"{name} {cell_name(cell[0])}: greedy {r['greedy']:.3f} ({r['seconds']:.0f}s)")
+            results[name][key] = r
+            log(f"{name} {key}: greedy {r['greedy']:.3f} ({r['seconds']:.0f}s)")
     return results
 
 
@@ -528,7 +532,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "run_dir": str(args.run_dir),
         "step": record["step"],
         "data_dir": str(data_dir),
-        "worked_steps": (manifest.get("task") or manifest.get("arithmetic") or {}).get("steps"),
+        "worked_steps": _task_record(manifest).get("steps"),
         "cells": args.cells or "all",
         "samples": args.samples,
         "temperature": args.temperature,

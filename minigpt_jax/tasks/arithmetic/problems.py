@@ -213,17 +213,22 @@ def column_sum_width(wb: int) -> int:
     return len(str(9 * wb + carry))
 
 
+def _partial_dividend_width(b: int) -> int:
+    """Digits of every partial dividend of long division by b (each is below 10 * b)."""
+    return len(str(b)) + 1
+
+
 def divisor_table_lines(b: int) -> list[str]:
     """The "table" layout's first lines for /: b's multiples 1..9 (`56*7=392`), each zero-padded
     to the width of a partial dividend, so that a step's quotient digit is found by comparing the
     partial dividend with nine numbers in the context, not recalled as a fact about two numbers
     (measured: two-digit quotient facts were not learned in 3,000 steps; BENCHMARKS.md)."""
-    width = len(str(b)) + 1
+    width = _partial_dividend_width(b)
     return [f"{b}*{k}={k * b:0{width}d}" for k in range(1, 10)]
 
 
 def _div_lines(a: int, b: int, wa: int) -> list[str]:
-    width = len(str(b)) + 1  # fixed-width lines: every partial dividend is below 10 * b
+    width = _partial_dividend_width(b)  # fixed-width lines
     lines, rem = [], 0
     for c in f"{a:0{wa}d}":
         cur = rem * 10 + int(c)
