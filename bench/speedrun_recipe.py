@@ -44,9 +44,12 @@ VARIANTS: tuple[Variant, ...] = (
     Variant(f"{BEST}+muon", MODERN, optimizer="muon", lrs=(0.01, 0.02, 0.04), seeds=(0, 1)),
     # Beyond attention (issue 16): gated DeltaNet everywhere, and hybrids with one attention layer
     # in four (layer 3 of 4), on GPT-2's stack and on the best one.
-    Variant("gated-deltanet", dict(mixer="gated_deltanet")),
+    Variant("gated-deltanet", dict(mixer="gated_deltanet"), seeds=(0, 1)),
     Variant("hybrid-1in4", dict(mixer="gated_deltanet", attention_every=4), seeds=(0, 1)),
-    Variant(f"{BEST}-hybrid-1in4", {**MODERN, "mixer": "gated_deltanet", "attention_every": 4}),
+    Variant(
+        f"{BEST}-hybrid-1in4", {**MODERN, "mixer": "gated_deltanet", "attention_every": 4},
+        seeds=(0, 1),
+    ),
     # The hybrid against the best transformer row on equal terms: the same stack with Muon.
     Variant(
         f"{BEST}-hybrid-1in4+muon",
