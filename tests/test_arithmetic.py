@@ -628,6 +628,27 @@ def test_rl_long_all_fits_its_longest_cells_with_the_headline_model():
         assert len(solution(problem, layout="aligned")) + 1 <= cfg.max_new_tokens, problem
 
 
+def test_headline_chain_configs_start_where_the_previous_run_writes():
+    """configs/arithmetic_long.py -> arithmetic_long_more.py -> arithmetic_rl_long_more.py: each
+    starts from the checkpoint the one before writes, with the same model, so the chain's
+    commands run in order as the docstrings give them; the RL config is arithmetic_rl_long_all's
+    but for where it starts, where it writes and how long it runs."""
+    from minigpt_jax.config import load_config_file, model_config
+
+    configs = Path(__file__).parents[1] / "configs"
+    head, more, rl, rl_all = (
+        load_config_file(configs / f"{name}.py")
+        for name in ("arithmetic_long", "arithmetic_long_more", "arithmetic_rl_long_more",
+                     "arithmetic_rl_long_all")
+    )
+    assert more.init_from == f"checkpoint:{head.run_dir}"
+    assert rl.init_from == f"checkpoint:{more.run_dir}"
+    assert len({model_config(c) for c in (head, more, rl)}) == 1
+    assert len({head.run_dir, more.run_dir, rl.run_dir, rl_all.run_dir}) == 4
+    changed = {k for k in rl_all.keys() if rl[k] != rl_all[k]}
+    assert changed == {"init_from", "run_dir", "total_steps"}
+
+
 def test_arithmetic_long_context_fits_a_30_digit_worked_solution():
     from minigpt_jax.config import load_config_file, model_config
 
