@@ -27,7 +27,7 @@ from minigpt_jax.config import load_config_file
 
 def get_config():
     c = load_config_file(Path(__file__).with_name("arithmetic_long.py"))
-    c.init_from = "checkpoint:runs/arithmetic_long"
+    c.init_from = f"checkpoint:{c.run_dir}"  # the headline run's final checkpoint
     c.data_dir = "data/arithmetic_long_s1"
     c.run_dir = "runs/arithmetic_long_more"
     c.total_steps = 3_200

@@ -27,7 +27,8 @@ from minigpt_jax.config import load_config_file
 
 def get_config():
     c = load_config_file(Path(__file__).with_name("arithmetic_rl_long_all.py"))
-    c.init_from = "checkpoint:runs/arithmetic_long_more"
+    start = load_config_file(Path(__file__).with_name("arithmetic_long_more.py"))
+    c.init_from = f"checkpoint:{start.run_dir}"
     c.run_dir = "runs/arithmetic_rl_long_more"
     c.total_steps = 180
     return c
