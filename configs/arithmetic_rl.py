@@ -25,7 +25,8 @@ Session 14: supervised training with 16 problems per step falls the same way, an
 samples (`--config.prompts_per_step=64 --config.group_size=4`) held accuracy at 1e-4 without
 raising it. Sessions 15-16, from a start nearer 50% (`runs/sft8_3e-4@900`): 64 x 4 with the
 frontier proposer rose 4-5 points in about 18 CPU minutes at 1e-4 and at 3e-5 (two seeds each;
-3e-4 fell), while supervision from the same start gained 9.4.
+3e-4 fell), while supervision from the same start gained 9.4. Every run above updated on all
+rows; `--config.skip_no_signal=false` repeats them bit for bit (docs/post-training.md).
 """
 
 from pathlib import Path

@@ -154,6 +154,10 @@ def add_rl_keys(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.solved_credit = 0.0  # added to the advantage of each sample task.verify accepts (RFT)
     c.negative_weight = 1.0  # scale of negative advantages: 1 = GRPO; 0 = reinforce the better only
     c.kl_coef = 0.0  # k3 KL penalty to the init_from policy per token; 0 = off (nanochat)
+    # Update only on the samples whose advantage is not all zero (a group all right or all wrong
+    # has none), rescaled so that the step equals the full batch's: the same gradient for less
+    # compute. Off when kl_coef > 0, whose penalty reaches every sample.
+    c.skip_no_signal = True
     # Start AdamW's second moments (and step count) from the init_from checkpoint's, first moments
     # at zero: a step is then the gradient over the supervised run's gradient scale, not about lr
     # per coordinate whatever its signal (init_from.adam_scale_from).

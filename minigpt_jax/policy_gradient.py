@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from minigpt_jax.generate import bucket_size
 from minigpt_jax.model import GPT
 from minigpt_jax.train_state import Batch, Metrics, TrainState
 
@@ -97,6 +98,30 @@ def rollout_batch(
         adv_BT[b, chosen] = adv
     return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "weights": weights,
             "advantages": adv_BT}
+
+
+def rows_with_signal(
+    advantages: Sequence[float | Sequence[float]], new_tokens: Sequence[int], granule: int
+) -> tuple[list[int], int, float]:
+    """(rows to update on, the padded row count, the advantage scale) for a batch whose rows
+    carry `advantages` (one number or one per chosen token) over `new_tokens` chosen tokens each.
+
+    A row whose every advantage is 0 adds nothing to the policy gradient, and in GRPO every group
+    that is all right or all wrong is such a row: late in a run, most of the batch. Dropping them
+    and multiplying the kept advantages by kept tokens / all tokens gives exactly the full
+    batch's token-normalised loss (its denominator counts every chosen token), for less compute.
+    The kept rows are padded to a size in {1, 2, 3, 4, 6, 8, 12, ...} x `granule` (the device
+    count divides it), at most the full batch, so that few shapes are ever compiled; none kept
+    still pads to one granule, so the optimizer steps as it would have on a zero gradient.
+    """
+    keep = [i for i, adv in enumerate(advantages) if np.any(np.asarray(adv) != 0)]
+    total = sum(new_tokens)
+    scale = sum(new_tokens[i] for i in keep) / total if total else 1.0
+    units = -(-len(keep) // granule)
+    m = bucket_size(units)
+    if m >= 4 and units <= m * 3 // 4:
+        m = m * 3 // 4
+    return keep, min(granule * m, len(advantages)), scale
 
 
 def token_logprobs(logits_BTV: jax.Array, targets_BT: jax.Array, temperature: float) -> jax.Array:

@@ -44,6 +44,7 @@ from minigpt_jax.policy_gradient import (
     make_logprob_fn,
     make_pg_step,
     rollout_batch,
+    rows_with_signal,
     token_lines,
 )
 from minigpt_jax.tasks import RLTask, load_task
@@ -311,17 +312,26 @@ def rollouts(run: RLRun, params: Any, step: int) -> tuple[dict[str, np.ndarray],
         adv, metrics["right_lines"] = _with_line_credit(
             run, problems, texts, outs, ended, adv, cfg.line_credit
         )
+    chosen = [len(o) + e for o, e in zip(outs, ended, strict=True)]
+    new_tokens, truncated = sum(chosen), 1.0 - float(np.mean(ended))
+    if cfg.skip_no_signal and not cfg.kl_coef:
+        keep, size, scale = rows_with_signal(adv, chosen, jax.device_count())
+        pad = size - len(keep)  # rows of one given token: nothing chosen, nothing learned
+        rows = [rows[i] for i in keep] + [[tok.eot_id]] * pad
+        outs = [outs[i] for i in keep] + [[]] * pad
+        ended = [ended[i] for i in keep] + [False] * pad
+        adv = [np.asarray(adv[i]) * scale for i in keep] + [0.0] * pad
+        metrics["signal_rows"] = len(keep) / len(chosen)
     longest = max(len(r) + len(o) + 1 for r, o in zip(rows, outs, strict=True))
     length = min(bucket_size(longest - 1, minimum=32), run.model_cfg.block_size)
     batch = rollout_batch(rows, outs, ended, adv, tok.eot_id, length)
-    new_tokens = sum(len(o) + e for o, e in zip(outs, ended, strict=True))
     metrics = {
         **metrics,
         "reward": float(rewards_PG.mean()),
         "pass@1": float(solved_PG.mean()),
         f"pass@{G}": float((solved_PG.max(axis=1) > 0).mean()),
-        "response_tokens": new_tokens / len(outs),
-        "truncated": 1.0 - float(np.mean(ended)),
+        "response_tokens": new_tokens / len(chosen),
+        "truncated": truncated,
         "sampled_tokens_per_s": new_tokens / max(sample_seconds, 1e-9),
     }
     return batch, metrics

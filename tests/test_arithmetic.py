@@ -24,6 +24,7 @@ from minigpt_jax.tasks.arithmetic import (
     verify_solution,
 )
 from minigpt_jax.tasks.arithmetic import data as arithmetic_data
+from minigpt_jax.tasks.arithmetic.problems import quotient_trials
 from minigpt_jax.tokenizer import ByteTokenizer
 
 # --- the generator's worked solutions are right, step by step --------------------------------
@@ -36,6 +37,13 @@ def _independent_check(p: Problem, text: str, layout: str = "classic") -> None:
     assert parse_answer(lines[-1]) == p.answer
     if layout == "table" and p.op == "/":  # the divisor's multiples 1..9 first, in order
         assert [line.split("=")[0] for line in lines[:9]] == [f"{p.b}*{k}" for k in range(1, 10)]
+    if layout == "trial" and p.op == "/" and p.b >= 10:  # trials down to the first that fits
+        for line in lines[:-1]:
+            estimate, *trials, step = line.split(",")
+            cur = int(step.split("/")[0])
+            products = [int(t.split("=")[1]) for t in trials]
+            assert products[-1] <= cur < min(products[:-1], default=cur + 1), line
+            assert [t.split("=")[0] for t in trials][-1] == f"{p.b}*{step.split('=')[1][0]}"
     equations = [eq for line in lines[:-1] for eq in line.split(",")]  # aligned x: 3 per line
     for line in equations:
         if line.startswith("="):
@@ -44,7 +52,8 @@ def _independent_check(p: Problem, text: str, layout: str = "classic") -> None:
         if "/" in lhs:  # "24/6=4r0": 4*6+0 == 24, remainder below the divisor
             cur, div = map(int, lhs.split("/"))
             q, r = map(int, rhs.split("r"))
-            assert q * div + r == cur and 0 <= r < div and 0 <= q <= 9, line
+            estimate = layout == "trial" and div < p.b  # "11/1=11r0" may exceed one digit
+            assert q * div + r == cur and 0 <= r < div and (estimate or 0 <= q <= 9), line
         else:  # every other step is a true integer equation, e.g. "13-8-1=4", "4*8+5=37"
             lhs = re.sub(r"\b0+(\d)", r"\1", lhs)  # "08-6-0": Python rejects leading zeros
             assert eval(lhs) == int(rhs), line  # noqa: S307 - digits and + - * only
@@ -308,6 +317,43 @@ def test_table_layout_writes_the_divisors_multiples_before_the_division():
         assert solution(q, layout="table") == solution(q, layout="aligned")
 
 
+def test_trial_layout_estimates_each_quotient_digit_and_corrects_it_by_products():
+    p = Problem("/", 4347, 56)
+    right = solution(p, layout="trial")
+    assert right == (
+        "00/5=0r0,56*0=000,004/56=0r4\n"  # the estimate from leading digits, 0 fits
+        "04/5=0r4,56*0=000,043/56=0r43\n"
+        "43/5=8r3,56*8=448,56*7=392,434/56=7r42\n"  # 8 is one too many: 448 > 434
+        "42/5=8r2,56*8=448,56*7=392,427/56=7r35\n"
+        "A:0077r35\n"
+    )
+    assert check_steps(p, right) == "77r35" and arithmetic.right_lines(p, right) == 5
+    # A one-digit divisor's estimate is its step: the line is "aligned"'s.
+    assert solution(Problem("/", 4347, 5), layout="trial") == solution(
+        Problem("/", 4347, 5), layout="aligned"
+    )
+    # A leading 1 overestimates by up to five; a two-digit estimate starts the trials at 9.
+    assert solution(Problem("/", 95, 19), layout="trial").splitlines()[2] == (
+        "09/1=9r0,19*9=171,19*8=152,19*7=133,19*6=114,19*5=095,095/19=5r0"
+    )
+    assert quotient_trials(119, 19)[:2] == ["11/1=11r0", "19*9=171"]
+    wrong = {  # the line index right_lines reports for each
+        "a trial skipped": right.replace("56*8=448,56*7=392,434", "56*7=392,434"),
+        "a false product": right.replace("56*8=448,56*7=392,434", "56*8=448,56*7=382,434"),
+        "a wrong estimate": right.replace("43/5=8r3", "43/5=7r8"),
+        "a product that fits not stopping the trials": right.replace(
+            "56*7=392,434", "56*7=392,56*6=336,434"
+        ),
+    }
+    for name, text in wrong.items():
+        assert not arithmetic.steps_are_right(p, text), name
+        assert arithmetic.right_lines(p, text) == 2, name
+    # The checker takes any layout line by line: a step without its trials is "aligned"'s.
+    assert verify_solution(p, right.replace("43/5=8r3,56*8=448,56*7=392,", ""))
+    assert arithmetic.true_step_fraction(right) == 1.0
+    assert arithmetic.true_step_fraction(right.replace("56*7=392", "56*7=382", 1)) == 0.75
+
+
 def test_steps_are_right_separates_wrong_steps_from_a_wrong_answer_line():
     p = arithmetic.Problem("+", 347, 285)
     right = arithmetic.solution(p)
@@ -462,8 +508,11 @@ def test_the_decode_budget_is_the_data_layouts_not_a_longer_one():
     div = [Problem("/", 123456, 78)]
     aligned = budget_tokens(div, 10, 4096, ("aligned",))
     table = budget_tokens(div, 10, 4096, ("table",))
-    assert aligned < table == budget_tokens(div, 10, 4096)  # the table's 9 lines, then slack
+    trial = budget_tokens(div, 10, 4096, ("trial",))
+    assert aligned < table and aligned < trial  # the table's 9 lines, the trials, then slack
+    assert max(table, trial) == budget_tokens(div, 10, 4096)
     assert len(solution(div[0], layout="table")) <= table
+    assert len(solution(div[0], layout="trial")) <= trial
 
 
 @pytest.mark.slow
@@ -655,12 +704,22 @@ def test_arithmetic_long_context_fits_a_30_digit_worked_solution():
     configs = Path(__file__).parents[1] / "configs"
     cfg = model_config(load_config_file(configs / "arithmetic_long.py"))
     assert cfg.digit_ids == tuple(range(48, 58)) and cfg.pos_emb == "none"
-    _, heldout, long = arithmetic.PRESETS["long"]
+    mixture, heldout, long = arithmetic.PRESETS["long"]
     big = 10**30 - 1
-    problems = [Problem("+", big, big), Problem("-", big, big // 7), Problem("*", big, 99),
+    extremes = [Problem("+", big, big), Problem("-", big, big // 7), Problem("*", big, 99),
                 Problem("/", big, 97)]
-    problems += arithmetic.heldout_problems(3, [(*cell[:3], 2) for cell in long])
-    for p, layout in itertools.product(problems, arithmetic.LAYOUTS):  # <eot> ... <eot>
+    test_cells = arithmetic.heldout_problems(3, [(*cell[:3], 2) for cell in long])
+    # The headline's layout at 30 digits and on the test cells (to 18/2 for /), with the others
+    # that write / no longer than it. "trial" does not fit: an 18-digit / by a two-digit divisor
+    # can take 1,222 tokens (this one, the longest), so a trial-layout headline needs more context.
+    fitting = [layout for layout in arithmetic.LAYOUTS if layout != "trial"]
+    written = itertools.chain(
+        itertools.product(extremes, [mixture.layout]),
+        itertools.product(test_cells, fitting),
+    )
+    worst = Problem("/", 865555555555555544, 19)
+    assert len(worst.prompt) + len(solution(worst, layout="trial")) + 2 > cfg.block_size
+    for p, layout in written:  # <eot> ... <eot>
         assert len(p.prompt) + len(solution(p, layout=layout)) + 2 <= cfg.block_size, p
 
 

@@ -22,6 +22,7 @@ from minigpt_jax.policy_gradient import (
     make_pg_step,
     policy_gradient_loss,
     rollout_batch,
+    rows_with_signal,
     token_lines,
     token_logprobs,
 )
@@ -131,6 +132,46 @@ def test_one_step_moves_probability_toward_the_better_sample():
     after = p_next(state.params, 3), p_next(state.params, 4)
     assert after[0] > before[0] and after[1] < before[1]
     assert int(state.step) == 1 and np.isfinite(float(metrics["grad_norm"]))
+
+
+def test_rows_with_signal_keep_the_full_batchs_step_on_fewer_rows():
+    """Dropping the rows whose advantages are all zero, with the kept advantages rescaled, must
+    give the full batch's loss and update: the same step for less compute."""
+    import optax
+
+    from minigpt_jax.model import GPT, GPTConfig
+    from minigpt_jax.train_state import create_train_state
+
+    prompts = [[1, 2], [1, 2], [1, 5], [1, 5], [1, 6], [1, 6]]
+    outs = [[3, 4], [4], [3], [3, 7, 7], [5, 5], [6]]
+    ended = [True, False, True, True, False, True]
+    adv = [0.5, -0.5, 0.0, 0.0, np.array([0.0, 1.0]), np.array([0.0, 0.0])]  # per token too
+    chosen = [len(o) + e for o, e in zip(outs, ended, strict=True)]
+    keep, size, scale = rows_with_signal(adv, chosen, granule=2)
+    assert chosen == [3, 1, 2, 4, 2, 2] and keep == [0, 1, 4] and size == 4
+    assert scale == pytest.approx(6 / 14)  # kept chosen tokens / all chosen tokens
+    assert rows_with_signal([0.0] * 6, chosen, granule=2)[:2] == ([], 2)  # one granule
+    assert [rows_with_signal([1.0] * n + [0.0] * (96 - n), [1] * 96, 8)[1]
+            for n in (1, 9, 17, 25, 33, 49, 65, 90)] == [8, 16, 24, 32, 48, 64, 96, 96]
+
+    cfg = GPTConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=16, block_size=8)
+    model = GPT(cfg)
+    tx = optax.sgd(0.1)
+    state = create_train_state(model, tx, jax.random.key(0))
+    step = jax.jit(make_pg_step(model, tx, temperature=1.0))
+    full = rollout_batch(prompts, outs, ended, adv, 0, 6)
+    pad = size - len(keep)
+    kept = rollout_batch([prompts[i] for i in keep] + [[0]] * pad,
+                         [outs[i] for i in keep] + [[]] * pad,
+                         [ended[i] for i in keep] + [False] * pad,
+                         [np.asarray(adv[i]) * scale for i in keep] + [0.0] * pad, 0, 6)
+    assert kept["inputs"].shape == (4, 6) and kept["weights"][3].sum() == 0
+    a, metrics_a = step(state, {k: jnp.asarray(v) for k, v in full.items()})
+    b, metrics_b = step(state, {k: jnp.asarray(v) for k, v in kept.items()})
+    assert float(metrics_a["loss"]) == pytest.approx(float(metrics_b["loss"]), rel=1e-5)
+    assert float(metrics_a["grad_norm"]) > 0
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-7)
 
 
 # --- the proposer ---------------------------------------------------------------------------
@@ -393,6 +434,31 @@ def test_solved_credit_reinforces_verified_samples_not_merely_right_answers(tmp_
     assert np.mean(rewards[:5]) < 0.1
     # (at this toy lr, Adam later wanders off the saturated optimum: the peak is the test)
     assert max(np.convolve(rewards, np.ones(3) / 3, mode="valid")) > 0.9
+
+
+def test_skipping_rows_without_signal_takes_the_same_steps(tmp_path):
+    """The loop with and without `skip_no_signal` on the same rollouts: the same parameters
+    after a few steps (to float rounding), and fewer rows updated on where groups agree."""
+    from minigpt_jax.checkpoint import RunCheckpoints
+    from minigpt_jax.rl import train_rl
+
+    runs = {}
+    for skip in (False, True):
+        cfg = _toy_config(tmp_path / str(skip), total_steps=4, eval_every=0, checkpoint_every=4,
+                          skip_no_signal=skip, group_size=4, max_new_tokens=2)
+        train_rl(cfg, task=FirstDigitTask())
+        ckpts = RunCheckpoints(cfg.run_dir, read_only=True)
+        try:
+            runs[skip] = ckpts.manager.restore(4)["state"]["params"], read_metrics(
+                Path(cfg.run_dir))
+        finally:
+            ckpts.close()
+    (full, full_log), (skipped, skip_log) = runs[False], runs[True]
+    for x, y in zip(jax.tree.leaves(full), jax.tree.leaves(skipped), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
+    assert [r["reward"] for r in full_log] == [r["reward"] for r in skip_log]
+    assert "signal_rows" not in full_log[0]
+    assert min(r["signal_rows"] for r in skip_log) < 1.0  # the toy's early groups are all wrong
 
 
 def test_rl_resume_is_bit_exact_and_keeps_the_proposer_statistics(tmp_path):

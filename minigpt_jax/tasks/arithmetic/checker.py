@@ -19,6 +19,7 @@ from minigpt_jax.tasks.arithmetic.problems import (
     column_sum_width,
     digits_lsf,
     divisor_table_lines,
+    quotient_trials,
 )
 
 _ANSWER_RE = re.compile(r"^-?\d+(r\d+)?$")
@@ -58,6 +59,7 @@ _ADD_RE = re.compile(r"^(\d)\+(\d)\+([01])=(\d\d)$")
 _SUB_RE = re.compile(r"^([01])(\d)-(\d)-([01])=(\d)$")
 _MUL_RE = re.compile(r"^(\d)\*(\d)\+(\d)=(\d\d)$")
 _DIV_RE = re.compile(r"^(\d+)/(\d+)=(\d)r(\d+)$")
+_ESTIMATE_RE = re.compile(r"^(\d\d)/(\d)=(\d\d?)r(\d)$")  # a "trial" estimate (`11/1=11r0`)
 _TABLE_RE = re.compile(r"^(\d+)\*(\d)=(\d+)$")
 _TOTAL_RE = re.compile(r"^=(\d+)$")
 _SUM_RE = re.compile(r"^\d(\+\d)+=\d+$")
@@ -207,7 +209,9 @@ def _check_mul_columns(a: int, b: int, lines: list[str], wa: int, wb: int) -> in
 
 def _check_div(a: int, b: int, lines: list[str], wa: int) -> str:
     """Long division, any layout; in the "table" one the divisor's multiples come first, each
-    line exactly `problems.divisor_table_lines`'s (a false or missing multiple is a wrong step)."""
+    line exactly `problems.divisor_table_lines`'s (a false or missing multiple is a wrong step);
+    in the "trial" one a step's line that has trials starts with exactly
+    `problems.quotient_trials`'s equations (a bare step line is still a right step)."""
     if lines and _TABLE_RE.match(lines[0]):
         table = divisor_table_lines(b)
         for i, (line, want) in enumerate(zip(lines, table, strict=False)):
@@ -225,6 +229,11 @@ def _check_div_steps(a: int, b: int, lines: list[str], wa: int) -> str:
     digits = f"{a:0{wa}d}"
     rem, q_digits = 0, []
     for i, (line, c) in enumerate(zip(lines, digits, strict=False)):
+        *trials, line = line.split(",")
+        if trials:  # the "trial" layout: exactly the estimate and products the procedure writes
+            cur = rem * 10 + int(c)
+            if b < 10 or trials != quotient_trials(cur, b):
+                raise StepError(f"{','.join(trials)!r}: expected trials for {cur}/{b}", i)
         m = _DIV_RE.match(line)
         if not m:
             raise StepError(f"malformed division step {line!r}", i)
@@ -339,7 +348,7 @@ def _true_equation(line: str) -> bool:
     if m := _TABLE_RE.match(line):  # a multiple of the divisor ("table" layout)
         b, k, v = (int(g) for g in m.groups())
         return b * k == v
-    if (m := _DIV_RE.match(line)) and int(m.group(2)) > 0:
+    if (m := _DIV_RE.match(line) or _ESTIMATE_RE.match(line)) and int(m.group(2)) > 0:
         cur, b, q, r = (int(g) for g in m.groups())
         return q * b + r == cur and r < b
     if _SUM_RE.match(line):  # an aligned x column sum of 3+ terms, e.g. 5+0+7+1=13

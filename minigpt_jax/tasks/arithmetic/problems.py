@@ -23,7 +23,10 @@ That is the "classic" layout. The "aligned" one (`LAYOUTS`) writes x one line pe
 three equations to a line (`7*5+0=35,7*8+0=56,5+0+0=05`), and zero-pads the quotient to the
 dividend's width (`A:007r5`), so that each step's lookups are the same at every length. The
 "table" one is "aligned" with / first writing its divisor's multiples, one per line (`6*1=06` ...
-`6*9=54`), so that a quotient digit is a comparison with numbers in the context.
+`6*9=54`), so that a quotient digit is a comparison with numbers in the context. The "trial" one
+is "aligned" with each step of / by two or more digits preceded, on its line, by the schoolbook
+estimate of its quotient digit and the products that correct it
+(`43/5=8r3,56*8=448,56*7=392,434/56=7r42`).
 
 Solutions are checked with exact integer arithmetic by `checker.verify_solution`, which is both
 the test of the generator and the inference-time verifier that filters sampled solutions.
@@ -227,13 +230,36 @@ def divisor_table_lines(b: int) -> list[str]:
     return [f"{b}*{k}={k * b:0{width}d}" for k in range(1, 10)]
 
 
-def _div_lines(a: int, b: int, wa: int) -> list[str]:
+def quotient_trials(cur: int, b: int) -> list[str]:
+    """The "trial" layout's equations before a step's `cur/b=qrr` when b has two or more digits:
+    the schoolbook estimate of the quotient digit from leading digits (`32/4=8r0`: cur's digits
+    above b's last wb - 1 ones, over b's leading digit), then b times each candidate from that
+    estimate (at most 9) down to the first that fits (`46*8=368,46*7=322`).
+
+    Why: a step such as `328/46=7r6` is a fact about two numbers that 3,000 steps did not teach,
+    and the divisor's table in the context was not used (BENCHMARKS.md). Here the quotient digit
+    comes from a one-digit division the model already does, and each correction from a product
+    it can check against cur, so no step recalls a two-digit fact.
+    """
+    scale = 10 ** (len(str(b)) - 1)
+    top, lead = cur // scale, b // scale
+    width = _partial_dividend_width(b)
+    parts = [f"{top:02d}/{lead}={top // lead}r{top % lead}"]
+    for k in range(min(9, top // lead), -1, -1):
+        parts.append(f"{b}*{k}={k * b:0{width}d}")
+        if k * b <= cur:
+            return parts
+    raise AssertionError("unreachable: b * 0 fits")
+
+
+def _div_lines(a: int, b: int, wa: int, trials: bool = False) -> list[str]:
     width = _partial_dividend_width(b)  # fixed-width lines
     lines, rem = [], 0
     for c in f"{a:0{wa}d}":
         cur = rem * 10 + int(c)
         q, rem = divmod(cur, b)
-        lines.append(f"{cur:0{width}d}/{b}={q}r{rem}")
+        step = f"{cur:0{width}d}/{b}={q}r{rem}"
+        lines.append(",".join([*quotient_trials(cur, b), step]) if trials and b >= 10 else step)
     return lines
 
 
@@ -243,8 +269,10 @@ def _div_lines(a: int, b: int, wa: int) -> list[str]:
 # (docs/arithmetic.md): x one line per product column (`_mul_column_lines`), and the quotient
 # zero-padded to the dividend's width (`A:0141r1`), so the answer's i-th digit is always step
 # line i's, not line i + (the number of leading zeros). "table": "aligned", with / writing its
-# divisor's multiples first (`divisor_table_lines`). + and - are the same in all three.
-LAYOUTS = ("classic", "aligned", "table")
+# divisor's multiples first (`divisor_table_lines`). "trial": "aligned", with each step of / by
+# two or more digits preceded, on its line, by its quotient digit's estimate and trial products
+# (`quotient_trials`). + and - are the same in all four.
+LAYOUTS = ("classic", "aligned", "table", "trial")
 
 
 def _step_lines(problem: Problem, layout: str) -> list[str]:
@@ -257,7 +285,7 @@ def _step_lines(problem: Problem, layout: str) -> list[str]:
         lines = _mul_lines if layout == "classic" else _mul_column_lines
         return lines(a, b, wa, wb)
     table = divisor_table_lines(b) if layout == "table" else []
-    return table + _div_lines(a, b, wa)
+    return table + _div_lines(a, b, wa, trials=layout == "trial")
 
 
 def written_answer(problem: Problem, layout: str = "classic") -> str:
@@ -415,7 +443,7 @@ def length_specs(
 # result (no division); "long": operands up to 10 digits for + and -, 5x2 for x, 6/2 for /, tested
 # at the trained lengths and at 2x and 3x the longest; "long_addsub", "long_mul", "long_div":
 # its + and - alone, its x alone, its / alone (each mechanism at a fraction of the cost);
-# "long_div_table": "long_div" in the "table" layout.
+# "long_div_table" and "long_div_trial": "long_div" in the "table" and "trial" layouts.
 _LONG_MIX = Mixture(
     op_weights=(0.25, 0.25, 0.25, 0.25),
     addsub_digit_weights=tuple(float(i) for i in range(1, 11)),
@@ -434,6 +462,9 @@ _LONG_MUL_MIX = dataclasses.replace(_LONG_MIX, op_weights=(0.0, 0.0, 1.0, 0.0))
 _LONG_DIV_MIX = dataclasses.replace(_LONG_MIX, op_weights=(0.0, 0.0, 0.0, 1.0))
 # / alone with its divisor's multiples written first: are two-digit quotients learned then?
 _LONG_DIV_TABLE_MIX = dataclasses.replace(_LONG_DIV_MIX, layout="table")
+# / alone with each two-digit quotient digit estimated from one-digit facts and checked by trial
+# products (measured: two-digit quotients learned where "aligned" and "table" learned none).
+_LONG_DIV_TRIAL_MIX = dataclasses.replace(_LONG_DIV_MIX, layout="trial")
 PRESETS: dict[str, tuple[Mixture, tuple, tuple]] = {
     "default": (Mixture(), HELDOUT_SPEC, LONG_SPEC),
     "addsubmul": (
@@ -454,6 +485,9 @@ PRESETS: dict[str, tuple[Mixture, tuple, tuple]] = {
     "long_div": (_LONG_DIV_MIX, *length_specs(_LONG_DIV_MIX, trained={"/": [4]})),
     "long_div_table": (
         _LONG_DIV_TABLE_MIX, *length_specs(_LONG_DIV_TABLE_MIX, trained={"/": [4]})
+    ),
+    "long_div_trial": (
+        _LONG_DIV_TRIAL_MIX, *length_specs(_LONG_DIV_TRIAL_MIX, trained={"/": [4]})
     ),
 }
 
