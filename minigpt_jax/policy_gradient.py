@@ -124,6 +124,26 @@ def rows_with_signal(
     return keep, min(granule * m, len(advantages)), scale
 
 
+def drop_rows_without_signal(
+    prompts: Sequence[Sequence[int]],
+    completions: Sequence[Sequence[int]],
+    ended: Sequence[bool],
+    advantages: Sequence[float | Sequence[float]],
+    eot_id: int,
+    granule: int,
+) -> tuple[list, list, list, list, float]:
+    """`rollout_batch`'s inputs with only `rows_with_signal`'s rows, their advantages rescaled,
+    padded with rows of one given token (nothing chosen, nothing learned); and the share kept."""
+    chosen = [len(c) + e for c, e in zip(completions, ended, strict=True)]
+    keep, size, scale = rows_with_signal(advantages, chosen, granule)
+    pad = size - len(keep)
+    return ([prompts[i] for i in keep] + [[eot_id]] * pad,
+            [completions[i] for i in keep] + [[]] * pad,
+            [ended[i] for i in keep] + [False] * pad,
+            [np.asarray(advantages[i]) * scale for i in keep] + [0.0] * pad,
+            len(keep) / len(chosen))
+
+
 def token_logprobs(logits_BTV: jax.Array, targets_BT: jax.Array, temperature: float) -> jax.Array:
     """log pi(target) under the sampling temperature (the policy the samples came from)."""
     logp_BTV = jax.nn.log_softmax(logits_BTV.astype(jnp.float32) / temperature, axis=-1)

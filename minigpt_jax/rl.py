@@ -39,12 +39,12 @@ from minigpt_jax.errors import ConfigError, exit_on_user_error
 from minigpt_jax.generate import bucket_size, max_prompt_tokens, sample, sample_in_batches
 from minigpt_jax.model import GPT, GPTConfig
 from minigpt_jax.policy_gradient import (
+    drop_rows_without_signal,
     group_advantages,
     line_credit,
     make_logprob_fn,
     make_pg_step,
     rollout_batch,
-    rows_with_signal,
     token_lines,
 )
 from minigpt_jax.tasks import RLTask, load_task
@@ -315,13 +315,9 @@ def rollouts(run: RLRun, params: Any, step: int) -> tuple[dict[str, np.ndarray],
     chosen = [len(o) + e for o, e in zip(outs, ended, strict=True)]
     new_tokens, truncated = sum(chosen), 1.0 - float(np.mean(ended))
     if cfg.skip_no_signal and not cfg.kl_coef:
-        keep, size, scale = rows_with_signal(adv, chosen, jax.device_count())
-        pad = size - len(keep)  # rows of one given token: nothing chosen, nothing learned
-        rows = [rows[i] for i in keep] + [[tok.eot_id]] * pad
-        outs = [outs[i] for i in keep] + [[]] * pad
-        ended = [ended[i] for i in keep] + [False] * pad
-        adv = [np.asarray(adv[i]) * scale for i in keep] + [0.0] * pad
-        metrics["signal_rows"] = len(keep) / len(chosen)
+        rows, outs, ended, adv, metrics["signal_rows"] = drop_rows_without_signal(
+            rows, outs, ended, adv, tok.eot_id, jax.device_count()
+        )
     longest = max(len(r) + len(o) + 1 for r, o in zip(rows, outs, strict=True))
     length = min(bucket_size(longest - 1, minimum=32), run.model_cfg.block_size)
     batch = rollout_batch(rows, outs, ended, adv, tok.eot_id, length)

@@ -17,6 +17,7 @@ from conftest import read_metrics, tiny_config, write_random_shards
 from minigpt_jax.config import add_rl_keys
 from minigpt_jax.curriculum import Proposer
 from minigpt_jax.policy_gradient import (
+    drop_rows_without_signal,
     group_advantages,
     line_credit,
     make_pg_step,
@@ -160,11 +161,9 @@ def test_rows_with_signal_keep_the_full_batchs_step_on_fewer_rows():
     state = create_train_state(model, tx, jax.random.key(0))
     step = jax.jit(make_pg_step(model, tx, temperature=1.0))
     full = rollout_batch(prompts, outs, ended, adv, 0, 6)
-    pad = size - len(keep)
-    kept = rollout_batch([prompts[i] for i in keep] + [[0]] * pad,
-                         [outs[i] for i in keep] + [[]] * pad,
-                         [ended[i] for i in keep] + [False] * pad,
-                         [np.asarray(adv[i]) * scale for i in keep] + [0.0] * pad, 0, 6)
+    *dropped, share = drop_rows_without_signal(prompts, outs, ended, adv, 0, granule=2)
+    assert share == 0.5
+    kept = rollout_batch(*dropped, 0, 6)
     assert kept["inputs"].shape == (4, 6) and kept["weights"][3].sum() == 0
     a, metrics_a = step(state, {k: jnp.asarray(v) for k, v in full.items()})
     b, metrics_b = step(state, {k: jnp.asarray(v) for k, v in kept.items()})

@@ -244,12 +244,10 @@ def quotient_trials(cur: int, b: int) -> list[str]:
     scale = 10 ** (len(str(b)) - 1)
     top, lead = cur // scale, b // scale
     width = _partial_dividend_width(b)
-    parts = [f"{top:02d}/{lead}={top // lead}r{top % lead}"]
-    for k in range(min(9, top // lead), -1, -1):
-        parts.append(f"{b}*{k}={k * b:0{width}d}")
-        if k * b <= cur:
-            return parts
-    raise AssertionError("unreachable: b * 0 fits")
+    # The estimate is never below the quotient digit, and the first candidate that fits is it.
+    candidates = range(min(9, top // lead), cur // b - 1, -1)
+    return [f"{top:02d}/{lead}={top // lead}r{top % lead}",
+            *(f"{b}*{k}={k * b:0{width}d}" for k in candidates)]
 
 
 def _div_lines(a: int, b: int, wa: int, trials: bool = False) -> list[str]:
