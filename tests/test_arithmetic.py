@@ -37,13 +37,23 @@ def _independent_check(p: Problem, text: str, layout: str = "classic") -> None:
     assert parse_answer(lines[-1]) == p.answer
     if layout == "table" and p.op == "/":  # the divisor's multiples 1..9 first, in order
         assert [line.split("=")[0] for line in lines[:9]] == [f"{p.b}*{k}" for k in range(1, 10)]
-    if layout == "trial" and p.op == "/" and p.b >= 10:  # trials down to the first that fits
+    trial = layout in ("trial", "trial_sub")
+    if trial and p.op == "/" and p.b >= 10:  # trials down to the first that fits
         for line in lines[:-1]:
             estimate, *trials, step = line.split(",")
             cur = int(step.split("/")[0])
-            products = [int(t.split("=")[1]) for t in trials]
-            assert products[-1] <= cur < min(products[:-1], default=cur + 1), line
-            assert [t.split("=")[0] for t in trials][-1] == f"{p.b}*{step.split('=')[1][0]}"
+            products = [t for t in trials if "*" in t]
+            values = [int(t.split("=")[1]) for t in products]
+            assert values[-1] <= cur < min(values[:-1], default=cur + 1), line
+            assert products[-1].split("=")[0] == f"{p.b}*{step.split('=')[1][0]}"
+            differences = [t for t in trials if "*" not in t]
+            w = len(str(p.b)) + 1  # the partial dividend's columns
+            assert len(differences) == (w * len(products) if layout == "trial_sub" else 0), line
+            for k, value in enumerate(values if differences else []):  # cur - value, lsf
+                columns = differences[w * k : w * (k + 1)]
+                digits = "".join(eq.split("=")[1] for eq in reversed(columns))
+                assert int(columns[-1][0]) == (value > cur), line  # the borrow out: no fit
+                assert int(digits) == (cur - value) % 10**w, line
     equations = [eq for line in lines[:-1] for eq in line.split(",")]  # aligned x: 3 per line
     for line in equations:
         if line.startswith("="):
@@ -52,7 +62,7 @@ def _independent_check(p: Problem, text: str, layout: str = "classic") -> None:
         if "/" in lhs:  # "24/6=4r0": 4*6+0 == 24, remainder below the divisor
             cur, div = map(int, lhs.split("/"))
             q, r = map(int, rhs.split("r"))
-            estimate = layout == "trial" and div < p.b  # "11/1=11r0" may exceed one digit
+            estimate = trial and div < p.b  # "11/1=11r0" may exceed one digit
             assert q * div + r == cur and 0 <= r < div and (estimate or 0 <= q <= 9), line
         else:  # every other step is a true integer equation, e.g. "13-8-1=4", "4*8+5=37"
             lhs = re.sub(r"\b0+(\d)", r"\1", lhs)  # "08-6-0": Python rejects leading zeros
@@ -317,6 +327,13 @@ def test_table_layout_writes_the_divisors_multiples_before_the_division():
         assert solution(q, layout="table") == solution(q, layout="aligned")
 
 
+def _assert_wrong_from_line(p: Problem, wrong: dict[str, str], line: int) -> None:
+    """Each corrupted solution fails the checker, which reports `line` as its first wrong one."""
+    for name, text in wrong.items():
+        assert not arithmetic.steps_are_right(p, text), name
+        assert arithmetic.right_lines(p, text) == line, name
+
+
 def test_trial_layout_estimates_each_quotient_digit_and_corrects_it_by_products():
     p = Problem("/", 4347, 56)
     right = solution(p, layout="trial")
@@ -345,13 +362,51 @@ def test_trial_layout_estimates_each_quotient_digit_and_corrects_it_by_products(
             "56*7=392,434", "56*7=392,56*6=336,434"
         ),
     }
-    for name, text in wrong.items():
-        assert not arithmetic.steps_are_right(p, text), name
-        assert arithmetic.right_lines(p, text) == 2, name
+    _assert_wrong_from_line(p, wrong, 2)
     # The checker takes any layout line by line: a step without its trials is "aligned"'s.
     assert verify_solution(p, right.replace("43/5=8r3,56*8=448,56*7=392,", ""))
     assert arithmetic.true_step_fraction(right) == 1.0
     assert arithmetic.true_step_fraction(right.replace("56*7=392", "56*7=382", 1)) == 0.75
+
+
+def test_trial_sub_layout_writes_each_products_difference_column_by_column():
+    """The layout exists to turn "does it fit" and "what remains" into −'s column equations, so
+    the checker must hold a line to those equations, not only to true ones."""
+    p = Problem("/", 4347, 56)
+    right = solution(p, layout="trial_sub")
+    assert right.splitlines()[2] == (
+        # 434 - 448 borrows out of its last column (1 in "14-4-1=9"): 8 does not fit; 7 does,
+        # and 434 - 392 = 042 is the step's remainder.
+        "43/5=8r3,56*8=448,14-8-0=6,13-4-1=8,14-4-1=9,"
+        "56*7=392,04-2-0=2,13-9-0=4,04-3-1=0,434/56=7r42"
+    )
+    assert check_steps(p, right) == "77r35" and arithmetic.right_lines(p, right) == 5
+    assert solution(Problem("/", 4347, 5), layout="trial_sub") == solution(
+        Problem("/", 4347, 5), layout="aligned"
+    )
+    wrong = {  # each wrong on line 2
+        "a false column": right.replace("04-2-0=2,13-9-0=4", "04-2-0=2,13-9-0=5"),
+        "a remainder done in one go": right.replace(
+            "56*7=392,04-2-0=2,13-9-0=4,04-3-1=0,", "56*7=392,"
+        ),
+        # every equation true, the procedure not: column 1 ignores column 0's borrow
+        "a borrow dropped": right.replace("13-4-1=8,14-4-1=9", "13-4-0=9,04-4-0=0"),
+        "a product that fits not stopping the trials": right.replace(
+            "04-3-1=0,434", "04-3-1=0,56*6=336,04-6-0=8,03-3-0=0,04-3-0=1,434"
+        ),
+    }
+    _assert_wrong_from_line(p, wrong, 2)
+    assert arithmetic.true_step_fraction(right) == 1.0
+    assert arithmetic.true_step_fraction(wrong["a borrow dropped"]) == 1.0
+    # As for "trial", the checker reads each line in whichever layout it is written: a line in
+    # "trial"'s form (no differences) is a right step, so a process reward does not require them.
+    assert verify_solution(p, right.replace(right.splitlines()[2], solution(
+        p, layout="trial").splitlines()[2]))
+    # A three-digit divisor's differences span its partial dividend's four columns.
+    assert quotient_trials(1000, 123, subtract=True) == [
+        "10/1=10r0", "123*9=1107", "10-7-0=3", "10-0-1=9", "10-1-1=8", "11-1-1=9",
+        "123*8=0984", "10-4-0=6", "10-8-1=1", "10-9-1=0", "01-0-1=0",  # 1000 - 984 = 0016
+    ]
 
 
 def test_steps_are_right_separates_wrong_steps_from_a_wrong_answer_line():
@@ -509,10 +564,12 @@ def test_the_decode_budget_is_the_data_layouts_not_a_longer_one():
     aligned = budget_tokens(div, 10, 4096, ("aligned",))
     table = budget_tokens(div, 10, 4096, ("table",))
     trial = budget_tokens(div, 10, 4096, ("trial",))
-    assert aligned < table and aligned < trial  # the table's 9 lines, the trials, then slack
-    assert max(table, trial) == budget_tokens(div, 10, 4096)
-    assert len(solution(div[0], layout="table")) <= table
-    assert len(solution(div[0], layout="trial")) <= trial
+    trial_sub = budget_tokens(div, 10, 4096, ("trial_sub",))
+    # the table's 9 lines, the trials, the trials' differences, then slack
+    assert aligned < table and aligned < trial < trial_sub
+    assert max(table, trial_sub) == budget_tokens(div, 10, 4096)
+    for layout, budget in (("table", table), ("trial", trial), ("trial_sub", trial_sub)):
+        assert len(solution(div[0], layout=layout)) <= budget
 
 
 @pytest.mark.slow
@@ -710,9 +767,10 @@ def test_arithmetic_long_context_fits_a_30_digit_worked_solution():
                 Problem("/", big, 97)]
     test_cells = arithmetic.heldout_problems(3, [(*cell[:3], 2) for cell in long])
     # The headline's layout at 30 digits and on the test cells (to 18/2 for /), with the others
-    # that write / no longer than it. "trial" does not fit: an 18-digit / by a two-digit divisor
-    # can take 1,222 tokens (this one, the longest), so a trial-layout headline needs more context.
-    fitting = [layout for layout in arithmetic.LAYOUTS if layout != "trial"]
+    # that write / no longer than it. The trial layouts do not fit: an 18-digit / by a two-digit
+    # divisor can take 1,222 tokens in "trial" (this one, the longest), so a trial-layout
+    # headline needs more context.
+    fitting = [layout for layout in arithmetic.LAYOUTS if not layout.startswith("trial")]
     written = itertools.chain(
         itertools.product(extremes, [mixture.layout]),
         itertools.product(test_cells, fitting),

@@ -210,7 +210,7 @@ def _check_mul_columns(a: int, b: int, lines: list[str], wa: int, wb: int) -> in
 def _check_div(a: int, b: int, lines: list[str], wa: int) -> str:
     """Long division, any layout; in the "table" one the divisor's multiples come first, each
     line exactly `problems.divisor_table_lines`'s (a false or missing multiple is a wrong step);
-    in the "trial" one a step's line that has trials starts with exactly
+    in the "trial" and "trial_sub" ones a step's line that has trials starts with exactly
     `problems.quotient_trials`'s equations (a bare step line is still a right step)."""
     if lines and _TABLE_RE.match(lines[0]):
         table = divisor_table_lines(b)
@@ -230,9 +230,10 @@ def _check_div_steps(a: int, b: int, lines: list[str], wa: int) -> str:
     rem, q_digits = 0, []
     for i, (line, c) in enumerate(zip(lines, digits, strict=False)):
         *trials, line = line.split(",")
-        if trials:  # the "trial" layout: exactly the estimate and products the procedure writes
+        if trials:  # a trial layout: exactly the estimate and products (and differences)
             cur = rem * 10 + int(c)
-            if b < 10 or trials != quotient_trials(cur, b):
+            subtract = any("-" in t for t in trials)  # "trial_sub" writes the differences
+            if b < 10 or trials != quotient_trials(cur, b, subtract):
                 raise StepError(f"{','.join(trials)!r}: expected trials for {cur}/{b}", i)
         m = _DIV_RE.match(line)
         if not m:

@@ -26,7 +26,9 @@ dividend's width (`A:007r5`), so that each step's lookups are the same at every 
 `6*9=54`), so that a quotient digit is a comparison with numbers in the context. The "trial" one
 is "aligned" with each step of / by two or more digits preceded, on its line, by the schoolbook
 estimate of its quotient digit and the products that correct it
-(`43/5=8r3,56*8=448,56*7=392,434/56=7r42`).
+(`43/5=8r3,56*8=448,56*7=392,434/56=7r42`), and "trial_sub" writes each trial product's
+difference from the partial dividend after it, column by column, as - does
+(`56*7=392,04-2-0=2,13-9-0=4,04-3-1=0`).
 
 Solutions are checked with exact integer arithmetic by `checker.verify_solution`, which is both
 the test of the generator and the inference-time verifier that filters sampled solutions.
@@ -230,7 +232,7 @@ def divisor_table_lines(b: int) -> list[str]:
     return [f"{b}*{k}={k * b:0{width}d}" for k in range(1, 10)]
 
 
-def quotient_trials(cur: int, b: int) -> list[str]:
+def quotient_trials(cur: int, b: int, subtract: bool = False) -> list[str]:
     """The "trial" layout's equations before a step's `cur/b=qrr` when b has two or more digits:
     the schoolbook estimate of the quotient digit from leading digits (`32/4=8r0`: cur's digits
     above b's last wb - 1 ones, over b's leading digit), then b times each candidate from that
@@ -240,24 +242,37 @@ def quotient_trials(cur: int, b: int) -> list[str]:
     and the divisor's table in the context was not used (BENCHMARKS.md). Here the quotient digit
     comes from a one-digit division the model already does, and each correction from a product
     it can check against cur, so no step recalls a two-digit fact.
+
+    `subtract` (the "trial_sub" layout) writes cur minus each product as −'s column equations
+    right after it (`14-8-0=6,13-4-1=8,14-4-1=9`): the last one's leading digit, the borrow out,
+    says whether the product fits, and the fitting product's difference is the step's remainder.
+    Why: in "trial", most wrong 4/2 steps were a right quotient digit with a wrong remainder (a
+    three-digit subtraction done in one go) or trials stopped at the wrong product (comparing
+    two three-digit numbers); both become one-digit column equations.
     """
     scale = 10 ** (len(str(b)) - 1)
     top, lead = cur // scale, b // scale
     width = _partial_dividend_width(b)
     # The estimate is never below the quotient digit, and the first candidate that fits is it.
     candidates = range(min(9, top // lead), cur // b - 1, -1)
-    return [f"{top:02d}/{lead}={top // lead}r{top % lead}",
-            *(f"{b}*{k}={k * b:0{width}d}" for k in candidates)]
+    trials = [f"{top:02d}/{lead}={top // lead}r{top % lead}"]
+    for k in candidates:
+        trials.append(f"{b}*{k}={k * b:0{width}d}")
+        if subtract:
+            trials += _sub_lines(cur, k * b, width)
+    return trials
 
 
-def _div_lines(a: int, b: int, wa: int, trials: bool = False) -> list[str]:
+def _div_lines(a: int, b: int, wa: int, layout: str = "aligned") -> list[str]:
     width = _partial_dividend_width(b)  # fixed-width lines
     lines, rem = [], 0
     for c in f"{a:0{wa}d}":
         cur = rem * 10 + int(c)
         q, rem = divmod(cur, b)
         step = f"{cur:0{width}d}/{b}={q}r{rem}"
-        lines.append(",".join([*quotient_trials(cur, b), step]) if trials and b >= 10 else step)
+        if layout in ("trial", "trial_sub") and b >= 10:
+            step = ",".join([*quotient_trials(cur, b, subtract=layout == "trial_sub"), step])
+        lines.append(step)
     return lines
 
 
@@ -269,8 +284,9 @@ def _div_lines(a: int, b: int, wa: int, trials: bool = False) -> list[str]:
 # line i's, not line i + (the number of leading zeros). "table": "aligned", with / writing its
 # divisor's multiples first (`divisor_table_lines`). "trial": "aligned", with each step of / by
 # two or more digits preceded, on its line, by its quotient digit's estimate and trial products
-# (`quotient_trials`). + and - are the same in all four.
-LAYOUTS = ("classic", "aligned", "table", "trial")
+# (`quotient_trials`). "trial_sub": "trial", with the dividend minus each trial product written
+# as -'s column equations after it. + and - are the same in all five.
+LAYOUTS = ("classic", "aligned", "table", "trial", "trial_sub")
 
 
 def _step_lines(problem: Problem, layout: str) -> list[str]:
@@ -283,7 +299,7 @@ def _step_lines(problem: Problem, layout: str) -> list[str]:
         lines = _mul_lines if layout == "classic" else _mul_column_lines
         return lines(a, b, wa, wb)
     table = divisor_table_lines(b) if layout == "table" else []
-    return table + _div_lines(a, b, wa, trials=layout == "trial")
+    return table + _div_lines(a, b, wa, layout)
 
 
 def written_answer(problem: Problem, layout: str = "classic") -> str:
@@ -441,7 +457,7 @@ def length_specs(
 # result (no division); "long": operands up to 10 digits for + and -, 5x2 for x, 6/2 for /, tested
 # at the trained lengths and at 2x and 3x the longest; "long_addsub", "long_mul", "long_div":
 # its + and - alone, its x alone, its / alone (each mechanism at a fraction of the cost);
-# "long_div_table" and "long_div_trial": "long_div" in the "table" and "trial" layouts.
+# "long_div_table", "long_div_trial", "long_div_trial_sub": "long_div" in those layouts.
 _LONG_MIX = Mixture(
     op_weights=(0.25, 0.25, 0.25, 0.25),
     addsub_digit_weights=tuple(float(i) for i in range(1, 11)),
@@ -463,6 +479,8 @@ _LONG_DIV_TABLE_MIX = dataclasses.replace(_LONG_DIV_MIX, layout="table")
 # / alone with each two-digit quotient digit estimated from one-digit facts and checked by trial
 # products (measured: two-digit quotients learned where "aligned" and "table" learned none).
 _LONG_DIV_TRIAL_MIX = dataclasses.replace(_LONG_DIV_MIX, layout="trial")
+# ... with each trial product's subtraction written out, column by column.
+_LONG_DIV_TRIAL_SUB_MIX = dataclasses.replace(_LONG_DIV_MIX, layout="trial_sub")
 PRESETS: dict[str, tuple[Mixture, tuple, tuple]] = {
     "default": (Mixture(), HELDOUT_SPEC, LONG_SPEC),
     "addsubmul": (
@@ -486,6 +504,9 @@ PRESETS: dict[str, tuple[Mixture, tuple, tuple]] = {
     ),
     "long_div_trial": (
         _LONG_DIV_TRIAL_MIX, *length_specs(_LONG_DIV_TRIAL_MIX, trained={"/": [4]})
+    ),
+    "long_div_trial_sub": (
+        _LONG_DIV_TRIAL_SUB_MIX, *length_specs(_LONG_DIV_TRIAL_SUB_MIX, trained={"/": [4]})
     ),
 }
 
