@@ -24,7 +24,7 @@ from minigpt_jax.tasks.arithmetic import (
     verify_solution,
 )
 from minigpt_jax.tasks.arithmetic import data as arithmetic_data
-from minigpt_jax.tasks.arithmetic.problems import quotient_trials
+from minigpt_jax.tasks.arithmetic.problems import TRIAL_LAYOUTS, quotient_trials
 from minigpt_jax.tokenizer import ByteTokenizer
 
 # --- the generator's worked solutions are right, step by step --------------------------------
@@ -37,7 +37,7 @@ def _independent_check(p: Problem, text: str, layout: str = "classic") -> None:
     assert parse_answer(lines[-1]) == p.answer
     if layout == "table" and p.op == "/":  # the divisor's multiples 1..9 first, in order
         assert [line.split("=")[0] for line in lines[:9]] == [f"{p.b}*{k}" for k in range(1, 10)]
-    trial = layout in ("trial", "trial_sub")
+    trial = layout in TRIAL_LAYOUTS
     if trial and p.op == "/" and p.b >= 10:  # trials down to the first that fits
         for line in lines[:-1]:
             estimate, *trials, step = line.split(",")
@@ -770,7 +770,7 @@ def test_arithmetic_long_context_fits_a_30_digit_worked_solution():
     # that write / no longer than it. The trial layouts do not fit: an 18-digit / by a two-digit
     # divisor can take 1,222 tokens in "trial" (this one, the longest), so a trial-layout
     # headline needs more context.
-    fitting = [layout for layout in arithmetic.LAYOUTS if not layout.startswith("trial")]
+    fitting = [layout for layout in arithmetic.LAYOUTS if layout not in TRIAL_LAYOUTS]
     written = itertools.chain(
         itertools.product(extremes, [mixture.layout]),
         itertools.product(test_cells, fitting),

@@ -468,3 +468,12 @@ def test_lone_surrogate_is_refused_by_every_encoder(bpe):
         for tok in (ByteTokenizer(), bpe):
             assert tok.decode(tok.encode(s)) == s
             np.testing.assert_array_equal(tok.encode_array(s), tok.encode(s))
+
+
+def test_arithmetic_data_refuses_a_token_count_that_is_not_positive(tmp_path, capsys):
+    """--train_tokens -5 used to write a one-chunk shard and exit 0."""
+    base = ["--out_dir", str(tmp_path / "a"), "--train_tokens=2000", "--val_tokens=1000",
+            "--block_size=256"]
+    for flag, value in (("--train_tokens", "-5"), ("--val_tokens", "0"), ("--block_size", "0")):
+        refused(arithmetic_data.main, [*base, f"{flag}={value}"], capsys, flag, value)
+        assert not (tmp_path / "a").exists()

@@ -212,6 +212,9 @@ def main(argv: list[str] | None = None) -> None:
                          "replaced without it)")
     args = ap.parse_args(argv)
     with exit_on_user_error():
+        for flag in ("train_tokens", "val_tokens", "block_size"):  # else a silent 1-chunk shard
+            if getattr(args, flag) <= 0:
+                raise DataError(f"--{flag} {getattr(args, flag)}: must be a positive number")
         manifest = write_dataset(
             args.out_dir,
             steps=not args.no_steps,

@@ -270,7 +270,7 @@ def _div_lines(a: int, b: int, wa: int, layout: str = "aligned") -> list[str]:
         cur = rem * 10 + int(c)
         q, rem = divmod(cur, b)
         step = f"{cur:0{width}d}/{b}={q}r{rem}"
-        if layout in ("trial", "trial_sub") and b >= 10:
+        if layout in TRIAL_LAYOUTS and b >= 10:
             step = ",".join([*quotient_trials(cur, b, subtract=layout == "trial_sub"), step])
         lines.append(step)
     return lines
@@ -287,6 +287,7 @@ def _div_lines(a: int, b: int, wa: int, layout: str = "aligned") -> list[str]:
 # (`quotient_trials`). "trial_sub": "trial", with the dividend minus each trial product written
 # as -'s column equations after it. + and - are the same in all five.
 LAYOUTS = ("classic", "aligned", "table", "trial", "trial_sub")
+TRIAL_LAYOUTS = ("trial", "trial_sub")  # the ones that write `quotient_trials`
 
 
 def _step_lines(problem: Problem, layout: str) -> list[str]:
