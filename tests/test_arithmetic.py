@@ -48,8 +48,16 @@ def _independent_check(p: Problem, text: str, layout: str = "classic") -> None:
             assert products[-1].split("=")[0] == f"{p.b}*{step.split('=')[1][0]}"
             differences = [t for t in trials if "*" not in t]
             w = len(str(p.b)) + 1  # the partial dividend's columns
-            assert len(differences) == (w * len(products) if layout == "trial_sub" else 0), line
-            for k, value in enumerate(values if differences else []):  # cur - value, lsf
+            diffed = {  # the products whose differences are written
+                "trial": [],
+                "trial_sub": values,
+                "trial_rem": [v for v in values[-1:] if v > 0],  # the fitting one, unless 0
+            }[layout]
+            # each written difference right after its product (`diffed` is a suffix of values)
+            first = len(values) - len(diffed)
+            order = [k for i in range(len(values)) for k in "*" + "-" * w * (i >= first)]
+            assert ["*" if "*" in t else "-" for t in trials] == order, line
+            for k, value in enumerate(diffed):  # cur - value, lsf
                 columns = differences[w * k : w * (k + 1)]
                 digits = "".join(eq.split("=")[1] for eq in reversed(columns))
                 assert int(columns[-1][0]) == (value > cur), line  # the borrow out: no fit
@@ -334,6 +342,15 @@ def _assert_wrong_from_line(p: Problem, wrong: dict[str, str], line: int) -> Non
         assert arithmetic.right_lines(p, text) == line, name
 
 
+def _assert_checks_and_one_digit_is_aligned(p: Problem, right: str, layout: str) -> None:
+    """4347/56 in a trial layout checks line by line; a one-digit divisor's estimate is its
+    step, so its lines are "aligned"'s."""
+    assert check_steps(p, right) == "77r35" and arithmetic.right_lines(p, right) == 5
+    assert solution(Problem("/", 4347, 5), layout=layout) == solution(
+        Problem("/", 4347, 5), layout="aligned"
+    )
+
+
 def test_trial_layout_estimates_each_quotient_digit_and_corrects_it_by_products():
     p = Problem("/", 4347, 56)
     right = solution(p, layout="trial")
@@ -344,11 +361,7 @@ def test_trial_layout_estimates_each_quotient_digit_and_corrects_it_by_products(
         "42/5=8r2,56*8=448,56*7=392,427/56=7r35\n"
         "A:0077r35\n"
     )
-    assert check_steps(p, right) == "77r35" and arithmetic.right_lines(p, right) == 5
-    # A one-digit divisor's estimate is its step: the line is "aligned"'s.
-    assert solution(Problem("/", 4347, 5), layout="trial") == solution(
-        Problem("/", 4347, 5), layout="aligned"
-    )
+    _assert_checks_and_one_digit_is_aligned(p, right, "trial")
     # A leading 1 overestimates by up to five; a two-digit estimate starts the trials at 9.
     assert solution(Problem("/", 95, 19), layout="trial").splitlines()[2] == (
         "09/1=9r0,19*9=171,19*8=152,19*7=133,19*6=114,19*5=095,095/19=5r0"
@@ -380,10 +393,7 @@ def test_trial_sub_layout_writes_each_products_difference_column_by_column():
         "43/5=8r3,56*8=448,14-8-0=6,13-4-1=8,14-4-1=9,"
         "56*7=392,04-2-0=2,13-9-0=4,04-3-1=0,434/56=7r42"
     )
-    assert check_steps(p, right) == "77r35" and arithmetic.right_lines(p, right) == 5
-    assert solution(Problem("/", 4347, 5), layout="trial_sub") == solution(
-        Problem("/", 4347, 5), layout="aligned"
-    )
+    _assert_checks_and_one_digit_is_aligned(p, right, "trial_sub")
     wrong = {  # each wrong on line 2
         "a false column": right.replace("04-2-0=2,13-9-0=4", "04-2-0=2,13-9-0=5"),
         "a remainder done in one go": right.replace(
@@ -403,9 +413,46 @@ def test_trial_sub_layout_writes_each_products_difference_column_by_column():
     assert verify_solution(p, right.replace(right.splitlines()[2], solution(
         p, layout="trial").splitlines()[2]))
     # A three-digit divisor's differences span its partial dividend's four columns.
-    assert quotient_trials(1000, 123, subtract=True) == [
+    assert quotient_trials(1000, 123, "all") == [
         "10/1=10r0", "123*9=1107", "10-7-0=3", "10-0-1=9", "10-1-1=8", "11-1-1=9",
         "123*8=0984", "10-4-0=6", "10-8-1=1", "10-9-1=0", "01-0-1=0",  # 1000 - 984 = 0016
+    ]
+
+
+def test_trial_rem_layout_writes_only_the_fitting_products_difference():
+    """The remainder, trial's main 4/2 failure, as -'s column equations, without trial_sub's
+    differences for every product (measured worse at equal tokens)."""
+    p = Problem("/", 4347, 56)
+    right = solution(p, layout="trial_rem")
+    assert right == (
+        "00/5=0r0,56*0=000,004/56=0r4\n"  # a quotient digit 0: the remainder is cur itself
+        "04/5=0r4,56*0=000,043/56=0r43\n"
+        # 448 does not fit; 434 - 392 = 042 is the step's remainder
+        "43/5=8r3,56*8=448,56*7=392,04-2-0=2,13-9-0=4,04-3-1=0,434/56=7r42\n"
+        "42/5=8r2,56*8=448,56*7=392,07-2-0=5,12-9-0=3,04-3-1=0,427/56=7r35\n"
+        "A:0077r35\n"
+    )
+    _assert_checks_and_one_digit_is_aligned(p, right, "trial_rem")
+    wrong = {  # each wrong on line 2
+        "a false column": right.replace("04-2-0=2,13-9-0=4", "04-2-0=2,13-9-0=5"),
+        "a borrow dropped": right.replace("13-9-0=4,04-3-1=0,434", "13-9-0=4,04-3-0=1,434"),
+        "the difference of a product that does not fit": right.replace(
+            "56*8=448,56*7=392,04-2-0=2,13-9-0=4,04-3-1=0,434",
+            "56*8=448,14-8-0=6,13-4-1=8,14-4-1=9,56*7=392,434",
+        ),
+    }
+    _assert_wrong_from_line(p, wrong, 2)
+    # Leniency as for the other trial layouts: a line in "trial"'s or "trial_sub"'s form is a
+    # right step, so a process reward does not require the differences.
+    for other in ("trial", "trial_sub"):
+        line = solution(p, layout=other).splitlines()[2]
+        assert verify_solution(p, right.replace(right.splitlines()[2], line)), other
+    assert quotient_trials(43, 56, "fit") == ["04/5=0r4", "56*0=000"]
+    assert quotient_trials(1000, 123, "fit") == [  # a three-digit divisor: four columns
+        "10/1=10r0", "123*9=1107", "123*8=0984", "10-4-0=6", "10-8-1=1", "10-9-1=0", "01-0-1=0"
+    ]
+    assert quotient_trials(434, 56, "fit") == quotient_trials(434, 56, "all")[:1] + [
+        "56*8=448", "56*7=392", "04-2-0=2", "13-9-0=4", "04-3-1=0"
     ]
 
 
@@ -565,10 +612,12 @@ def test_the_decode_budget_is_the_data_layouts_not_a_longer_one():
     table = budget_tokens(div, 10, 4096, ("table",))
     trial = budget_tokens(div, 10, 4096, ("trial",))
     trial_sub = budget_tokens(div, 10, 4096, ("trial_sub",))
-    # the table's 9 lines, the trials, the trials' differences, then slack
-    assert aligned < table and aligned < trial < trial_sub
+    trial_rem = budget_tokens(div, 10, 4096, ("trial_rem",))
+    # the table's 9 lines, the trials, the fitting trials' differences, all of them, then slack
+    assert aligned < table and aligned < trial < trial_rem < trial_sub
     assert max(table, trial_sub) == budget_tokens(div, 10, 4096)
-    for layout, budget in (("table", table), ("trial", trial), ("trial_sub", trial_sub)):
+    budgets = {"table": table, "trial": trial, "trial_sub": trial_sub, "trial_rem": trial_rem}
+    for layout, budget in budgets.items():
         assert len(solution(div[0], layout=layout)) <= budget
 
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from minigpt_jax.tasks.arithmetic.problems import (
     ANSWER_PREFIX,
+    TRIAL_DIFFERENCES,
     Problem,
     column_sum_width,
     digits_lsf,
@@ -210,8 +211,9 @@ def _check_mul_columns(a: int, b: int, lines: list[str], wa: int, wb: int) -> in
 def _check_div(a: int, b: int, lines: list[str], wa: int) -> str:
     """Long division, any layout; in the "table" one the divisor's multiples come first, each
     line exactly `problems.divisor_table_lines`'s (a false or missing multiple is a wrong step);
-    in the "trial" and "trial_sub" ones a step's line that has trials starts with exactly
-    `problems.quotient_trials`'s equations (a bare step line is still a right step)."""
+    in the trial ones (`problems.TRIAL_DIFFERENCES`) a step's line that has trials starts with
+    exactly `problems.quotient_trials`'s equations, with the differences of none, all or only the
+    fitting trial product (a bare step line is still a right step)."""
     if lines and _TABLE_RE.match(lines[0]):
         table = divisor_table_lines(b)
         for i, (line, want) in enumerate(zip(lines, table, strict=False)):
@@ -232,8 +234,8 @@ def _check_div_steps(a: int, b: int, lines: list[str], wa: int) -> str:
         *trials, line = line.split(",")
         if trials:  # a trial layout: exactly the estimate and products (and differences)
             cur = rem * 10 + int(c)
-            subtract = any("-" in t for t in trials)  # "trial_sub" writes the differences
-            if b < 10 or trials != quotient_trials(cur, b, subtract):
+            written = [quotient_trials(cur, b, d) for d in set(TRIAL_DIFFERENCES.values())]
+            if b < 10 or trials not in written:
                 raise StepError(f"{','.join(trials)!r}: expected trials for {cur}/{b}", i)
         m = _DIV_RE.match(line)
         if not m:

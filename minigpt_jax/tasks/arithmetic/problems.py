@@ -28,7 +28,7 @@ is "aligned" with each step of / by two or more digits preceded, on its line, by
 estimate of its quotient digit and the products that correct it
 (`43/5=8r3,56*8=448,56*7=392,434/56=7r42`), and "trial_sub" writes each trial product's
 difference from the partial dividend after it, column by column, as - does
-(`56*7=392,04-2-0=2,13-9-0=4,04-3-1=0`).
+(`56*7=392,04-2-0=2,13-9-0=4,04-3-1=0`); "trial_rem" writes only the fitting product's.
 
 Solutions are checked with exact integer arithmetic by `checker.verify_solution`, which is both
 the test of the generator and the inference-time verifier that filters sampled solutions.
@@ -232,7 +232,7 @@ def divisor_table_lines(b: int) -> list[str]:
     return [f"{b}*{k}={k * b:0{width}d}" for k in range(1, 10)]
 
 
-def quotient_trials(cur: int, b: int, subtract: bool = False) -> list[str]:
+def quotient_trials(cur: int, b: int, differences: str = "none") -> list[str]:
     """The "trial" layout's equations before a step's `cur/b=qrr` when b has two or more digits:
     the schoolbook estimate of the quotient digit from leading digits (`32/4=8r0`: cur's digits
     above b's last wb - 1 ones, over b's leading digit), then b times each candidate from that
@@ -243,12 +243,15 @@ def quotient_trials(cur: int, b: int, subtract: bool = False) -> list[str]:
     comes from a one-digit division the model already does, and each correction from a product
     it can check against cur, so no step recalls a two-digit fact.
 
-    `subtract` (the "trial_sub" layout) writes cur minus each product as −'s column equations
-    right after it (`14-8-0=6,13-4-1=8,14-4-1=9`): the last one's leading digit, the borrow out,
-    says whether the product fits, and the fitting product's difference is the step's remainder.
-    Why: in "trial", most wrong 4/2 steps were a right quotient digit with a wrong remainder (a
-    three-digit subtraction done in one go) or trials stopped at the wrong product (comparing
-    two three-digit numbers); both become one-digit column equations.
+    `differences` (`TRIAL_DIFFERENCES`): "all" (the "trial_sub" layout) writes cur minus each
+    product as −'s column equations right after it (`14-8-0=6,13-4-1=8,14-4-1=9`): the last
+    one's leading digit, the borrow out, says whether the product fits, and the fitting product's
+    difference is the step's remainder. "fit" (the "trial_rem" layout) writes only the fitting
+    product's. Why: in "trial", most wrong 4/2 steps were a right quotient digit with a wrong
+    remainder (a three-digit subtraction done in one go) or trials stopped at the wrong product
+    (comparing two three-digit numbers); "all" makes both one-digit column equations (measured
+    worse at equal tokens; read as diluting the facts, not tested); "fit" writes only the
+    remainder's columns, at about half of "all"'s extra length.
     """
     scale = 10 ** (len(str(b)) - 1)
     top, lead = cur // scale, b // scale
@@ -258,7 +261,7 @@ def quotient_trials(cur: int, b: int, subtract: bool = False) -> list[str]:
     trials = [f"{top:02d}/{lead}={top // lead}r{top % lead}"]
     for k in candidates:
         trials.append(f"{b}*{k}={k * b:0{width}d}")
-        if subtract:
+        if differences == "all" or (differences == "fit" and k == cur // b > 0):
             trials += _sub_lines(cur, k * b, width)
     return trials
 
@@ -271,7 +274,7 @@ def _div_lines(a: int, b: int, wa: int, layout: str = "aligned") -> list[str]:
         q, rem = divmod(cur, b)
         step = f"{cur:0{width}d}/{b}={q}r{rem}"
         if layout in TRIAL_LAYOUTS and b >= 10:
-            step = ",".join([*quotient_trials(cur, b, subtract=layout == "trial_sub"), step])
+            step = ",".join([*quotient_trials(cur, b, TRIAL_DIFFERENCES[layout]), step])
         lines.append(step)
     return lines
 
@@ -285,9 +288,12 @@ def _div_lines(a: int, b: int, wa: int, layout: str = "aligned") -> list[str]:
 # divisor's multiples first (`divisor_table_lines`). "trial": "aligned", with each step of / by
 # two or more digits preceded, on its line, by its quotient digit's estimate and trial products
 # (`quotient_trials`). "trial_sub": "trial", with the dividend minus each trial product written
-# as -'s column equations after it. + and - are the same in all five.
-LAYOUTS = ("classic", "aligned", "table", "trial", "trial_sub")
-TRIAL_LAYOUTS = ("trial", "trial_sub")  # the ones that write `quotient_trials`
+# as -'s column equations after it; "trial_rem": only the fitting product's, which is the step's
+# remainder. + and - are the same in all six.
+LAYOUTS = ("classic", "aligned", "table", "trial", "trial_sub", "trial_rem")
+# The layouts that write `quotient_trials`, and which trial products' differences each writes.
+TRIAL_DIFFERENCES = {"trial": "none", "trial_sub": "all", "trial_rem": "fit"}
+TRIAL_LAYOUTS = tuple(TRIAL_DIFFERENCES)
 
 
 def _step_lines(problem: Problem, layout: str) -> list[str]:
@@ -458,7 +464,8 @@ def length_specs(
 # result (no division); "long": operands up to 10 digits for + and -, 5x2 for x, 6/2 for /, tested
 # at the trained lengths and at 2x and 3x the longest; "long_addsub", "long_mul", "long_div":
 # its + and - alone, its x alone, its / alone (each mechanism at a fraction of the cost);
-# "long_div_table", "long_div_trial", "long_div_trial_sub": "long_div" in those layouts.
+# "long_div_table", "long_div_trial", "long_div_trial_sub", "long_div_trial_rem": "long_div" in
+# those layouts.
 _LONG_MIX = Mixture(
     op_weights=(0.25, 0.25, 0.25, 0.25),
     addsub_digit_weights=tuple(float(i) for i in range(1, 11)),
@@ -480,8 +487,10 @@ _LONG_DIV_TABLE_MIX = dataclasses.replace(_LONG_DIV_MIX, layout="table")
 # / alone with each two-digit quotient digit estimated from one-digit facts and checked by trial
 # products (measured: two-digit quotients learned where "aligned" and "table" learned none).
 _LONG_DIV_TRIAL_MIX = dataclasses.replace(_LONG_DIV_MIX, layout="trial")
-# ... with each trial product's subtraction written out, column by column.
+# ... with each trial product's subtraction written out, column by column (measured worse), or
+# only the fitting one's: the step's remainder.
 _LONG_DIV_TRIAL_SUB_MIX = dataclasses.replace(_LONG_DIV_MIX, layout="trial_sub")
+_LONG_DIV_TRIAL_REM_MIX = dataclasses.replace(_LONG_DIV_MIX, layout="trial_rem")
 PRESETS: dict[str, tuple[Mixture, tuple, tuple]] = {
     "default": (Mixture(), HELDOUT_SPEC, LONG_SPEC),
     "addsubmul": (
@@ -508,6 +517,9 @@ PRESETS: dict[str, tuple[Mixture, tuple, tuple]] = {
     ),
     "long_div_trial_sub": (
         _LONG_DIV_TRIAL_SUB_MIX, *length_specs(_LONG_DIV_TRIAL_SUB_MIX, trained={"/": [4]})
+    ),
+    "long_div_trial_rem": (
+        _LONG_DIV_TRIAL_REM_MIX, *length_specs(_LONG_DIV_TRIAL_REM_MIX, trained={"/": [4]})
     ),
 }
 
