@@ -482,15 +482,17 @@ _LONG_ADDSUB_MIX = dataclasses.replace(_LONG_MIX, op_weights=(0.5, 0.5, 0.0, 0.0
 # 12/2, 18/2) extend?
 _LONG_MUL_MIX = dataclasses.replace(_LONG_MIX, op_weights=(0.0, 0.0, 1.0, 0.0))
 _LONG_DIV_MIX = dataclasses.replace(_LONG_MIX, op_weights=(0.0, 0.0, 0.0, 1.0))
-# / alone with its divisor's multiples written first: are two-digit quotients learned then?
-_LONG_DIV_TABLE_MIX = dataclasses.replace(_LONG_DIV_MIX, layout="table")
-# / alone with each two-digit quotient digit estimated from one-digit facts and checked by trial
-# products (measured: two-digit quotients learned where "aligned" and "table" learned none).
-_LONG_DIV_TRIAL_MIX = dataclasses.replace(_LONG_DIV_MIX, layout="trial")
-# ... with each trial product's subtraction written out, column by column (measured worse), or
-# only the fitting one's: the step's remainder.
-_LONG_DIV_TRIAL_SUB_MIX = dataclasses.replace(_LONG_DIV_MIX, layout="trial_sub")
-_LONG_DIV_TRIAL_REM_MIX = dataclasses.replace(_LONG_DIV_MIX, layout="trial_rem")
+# / alone in the other layouts (`long_div_<layout>`): "table" (are two-digit quotients learned
+# with the divisor's multiples written first?), "trial" (each two-digit quotient digit estimated
+# from one-digit facts and checked by trial products; measured: learned where "aligned" and
+# "table" learned none), "trial_sub" and "trial_rem" (the trials' subtractions written out, every
+# one's or only the fitting one's; both measured worse at equal tokens).
+
+
+def _preset(mixture: Mixture, trained: dict[str, list[int]]) -> tuple[Mixture, tuple, tuple]:
+    return (mixture, *length_specs(mixture, trained=trained))
+
+
 PRESETS: dict[str, tuple[Mixture, tuple, tuple]] = {
     "default": (Mixture(), HELDOUT_SPEC, LONG_SPEC),
     "addsubmul": (
@@ -499,28 +501,14 @@ PRESETS: dict[str, tuple[Mixture, tuple, tuple]] = {
         HELDOUT_SPEC[:7],
         LONG_SPEC[:4] + (("/", 4, 1, 100),),
     ),
-    "long": (
-        _LONG_MIX,
-        *length_specs(_LONG_MIX, trained={"+": [5], "-": [5], "*": [3], "/": [4]}),
-    ),
-    "long_addsub": (
-        _LONG_ADDSUB_MIX,
-        *length_specs(_LONG_ADDSUB_MIX, trained={"+": [5], "-": [5]}),
-    ),
-    "long_mul": (_LONG_MUL_MIX, *length_specs(_LONG_MUL_MIX, trained={"*": [3]})),
-    "long_div": (_LONG_DIV_MIX, *length_specs(_LONG_DIV_MIX, trained={"/": [4]})),
-    "long_div_table": (
-        _LONG_DIV_TABLE_MIX, *length_specs(_LONG_DIV_TABLE_MIX, trained={"/": [4]})
-    ),
-    "long_div_trial": (
-        _LONG_DIV_TRIAL_MIX, *length_specs(_LONG_DIV_TRIAL_MIX, trained={"/": [4]})
-    ),
-    "long_div_trial_sub": (
-        _LONG_DIV_TRIAL_SUB_MIX, *length_specs(_LONG_DIV_TRIAL_SUB_MIX, trained={"/": [4]})
-    ),
-    "long_div_trial_rem": (
-        _LONG_DIV_TRIAL_REM_MIX, *length_specs(_LONG_DIV_TRIAL_REM_MIX, trained={"/": [4]})
-    ),
+    "long": _preset(_LONG_MIX, {"+": [5], "-": [5], "*": [3], "/": [4]}),
+    "long_addsub": _preset(_LONG_ADDSUB_MIX, {"+": [5], "-": [5]}),
+    "long_mul": _preset(_LONG_MUL_MIX, {"*": [3]}),
+    "long_div": _preset(_LONG_DIV_MIX, {"/": [4]}),
+    **{
+        f"long_div_{layout}": _preset(dataclasses.replace(_LONG_DIV_MIX, layout=layout), {"/": [4]})
+        for layout in ("table", *TRIAL_LAYOUTS)
+    },
 }
 
 
