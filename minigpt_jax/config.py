@@ -21,7 +21,7 @@ from minigpt_jax.errors import ConfigError
 from minigpt_jax.files import write_json_atomic
 from minigpt_jax.init_from import frozen_modules, parse_init_from
 from minigpt_jax.model import GPTConfig
-from minigpt_jax.train_state import OPTIMIZERS
+from minigpt_jax.train_state import LR_SCHEDULES, OPTIMIZERS
 
 _POSITIVE_MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "vocab_size", "block_size")
 # Model fields the run sets elsewhere: compute_dtype is the run's dtype policy (top-level key).
@@ -94,6 +94,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.lr = 6e-4
     c.min_lr = c.get_ref("lr") * 0.1  # follows lr unless set
     c.warmup_steps = 100
+    # "cosine": decay over the whole run; "wsd": hold lr, then decay linearly over the last
+    # cooldown_frac of the steps (warmup-stable-decay; a run extends on resume without changing
+    # the steps it has taken).
+    c.lr_schedule = "cosine"
+    c.cooldown_frac = 0.2
     c.weight_decay = 0.1
     c.grad_clip = 1.0
     c.adam_b1 = 0.9
@@ -247,6 +252,17 @@ def validate_config(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         raise ConfigError("loss_chunks", f"{c.loss_chunks}: use 0 (full logits) or a slice count")
     if not 0 <= c.warmup_steps <= c.total_steps:
         raise ConfigError("warmup_steps", f"{c.warmup_steps} is not within [0, total_steps]")
+    if c.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError("lr_schedule", f"{c.lr_schedule!r}: use one of {LR_SCHEDULES}")
+    if not 0.0 < c.cooldown_frac <= 1.0:
+        raise ConfigError("cooldown_frac", f"{c.cooldown_frac}: use a fraction of a run, in (0, 1]")
+    cooldown_steps = round(c.total_steps * c.cooldown_frac)
+    if c.lr_schedule == "wsd" and c.warmup_steps + cooldown_steps > c.total_steps:
+        raise ConfigError(
+            "cooldown_frac",
+            f"the warmup ({c.warmup_steps} steps) and a cooldown of {c.cooldown_frac} of "
+            f"total_steps={c.total_steps} overlap; lower one of them",
+        )
     if not 0 <= c.lr < float("inf"):
         raise ConfigError("lr", f"{c.lr}: use a finite, non-negative rate (negative ascends)")
     if c.min_lr < 0:

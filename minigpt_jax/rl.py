@@ -206,7 +206,9 @@ def _with_start_policy(
 def _build(cfg, model_cfg, task, proposer, tok, record, ckpts, resume_step) -> RLRun:
     mesh = sharding.make_mesh(cfg.mesh_data, cfg.mesh_fsdp)
     model = GPT(model_cfg)
-    schedule = make_lr_schedule(cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.total_steps)
+    schedule = make_lr_schedule(
+        cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.total_steps, cfg.lr_schedule, cfg.cooldown_frac
+    )
     tx = make_optimizer(
         schedule, cfg.weight_decay, cfg.grad_clip, b1=cfg.adam_b1, b2=cfg.adam_b2,
         freeze=cfg.freeze, optimizer=cfg.optimizer,

@@ -237,7 +237,9 @@ def setup(cfg: ml_collections.ConfigDict) -> Run:
 def _build(cfg, model_cfg, train_paths, val_paths, tokenizer, ckpts, resume_step) -> Run:
     mesh = sharding.make_mesh(cfg.mesh_data, cfg.mesh_fsdp)
     model = GPT(model_cfg)
-    schedule = make_lr_schedule(cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.total_steps)
+    schedule = make_lr_schedule(
+        cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.total_steps, cfg.lr_schedule, cfg.cooldown_frac
+    )
     tx = make_optimizer(
         schedule,
         cfg.weight_decay,

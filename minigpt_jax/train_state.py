@@ -31,21 +31,50 @@ class TrainState(flax.struct.PyTreeNode):
     opt_state: Any
 
 
+LR_SCHEDULES = ("cosine", "wsd")
+
+
 def make_lr_schedule(
-    lr: float, min_lr: float, warmup_steps: int, total_steps: int
+    lr: float,
+    min_lr: float,
+    warmup_steps: int,
+    total_steps: int,
+    shape: str = "cosine",
+    cooldown_frac: float = 0.2,
 ) -> optax.Schedule:
-    """Linear warmup to `lr`, then cosine decay to `min_lr` at the last step.
+    """Linear warmup to `lr`, then a decay that ends at `min_lr` on the last step.
+
+    "cosine" decays over every step after the warmup (nanoGPT, build-nanogpt). "wsd"
+    (warmup-stable-decay, the trapezoid of modded-nanogpt and nanochat) holds `lr` and decays
+    linearly over the last `cooldown_frac` of the run: its stable phase does not depend on
+    `total_steps`, so a run can be extended on resume, or a stable checkpoint branched into
+    cooldowns of any length, without changing the steps already taken (Hägele et al. 2024).
 
     Shifted by one step (as build-nanogpt and llm.c do) so that the first step already learns and
     the last step runs at exactly `min_lr`.
     """
-    base = optax.warmup_cosine_decay_schedule(
-        init_value=0.0,
-        peak_value=lr,
-        warmup_steps=max(warmup_steps, 1),
-        decay_steps=max(total_steps, max(warmup_steps, 1) + 1),
-        end_value=min_lr,
-    )
+    warmup = max(warmup_steps, 1)
+    if shape == "cosine":
+        base = optax.warmup_cosine_decay_schedule(
+            init_value=0.0,
+            peak_value=lr,
+            warmup_steps=warmup,
+            decay_steps=max(total_steps, warmup + 1),
+            end_value=min_lr,
+        )
+    elif shape == "wsd":
+        cooldown = max(round(total_steps * cooldown_frac), 1)
+        stable_end = max(total_steps - cooldown, warmup)
+        base = optax.join_schedules(
+            [
+                optax.linear_schedule(0.0, lr, warmup),
+                optax.constant_schedule(lr),
+                optax.linear_schedule(lr, min_lr, max(total_steps - stable_end, 1)),
+            ],
+            [warmup, stable_end],
+        )
+    else:
+        raise ValueError(f"lr schedule {shape!r}: use one of {LR_SCHEDULES}")
     return lambda count: base(count + 1)
 
 

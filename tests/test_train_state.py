@@ -48,6 +48,23 @@ def test_lr_schedule_warmup_then_cosine_to_min():
     np.testing.assert_allclose(schedule(500), 6e-5, rtol=1e-5)
 
 
+def test_lr_schedule_wsd_holds_lr_then_cools_down_linearly_to_min():
+    schedule = make_lr_schedule(6e-4, 6e-5, 10, 110, shape="wsd", cooldown_frac=0.2)
+    np.testing.assert_allclose(schedule(4), 3e-4, rtol=1e-5)  # the same warmup as cosine
+    np.testing.assert_allclose([schedule(s) for s in (9, 50, 87)], 6e-4, rtol=1e-5)  # stable
+    np.testing.assert_allclose(schedule(98), 6e-5 + 0.5 * (6e-4 - 6e-5), rtol=1e-4)  # linear
+    np.testing.assert_allclose(schedule(109), 6e-5, rtol=1e-5)  # last step at min_lr
+    # The point of WSD: a longer run takes the same steps until its own cooldown begins, so a run
+    # extended on resume (or a stable checkpoint branched into a cooldown) changes no step taken.
+    longer = make_lr_schedule(6e-4, 6e-5, 10, 220, shape="wsd", cooldown_frac=0.2)
+    steps = np.arange(88)
+    np.testing.assert_allclose([longer(s) for s in steps], [schedule(s) for s in steps], rtol=1e-6)
+    cosine, cosine_longer = (make_lr_schedule(6e-4, 6e-5, 10, n) for n in (110, 220))
+    assert abs(float(cosine_longer(50)) - float(cosine(50))) > 1e-5  # cosine changes them
+    with pytest.raises(ValueError, match="linear"):
+        make_lr_schedule(6e-4, 6e-5, 10, 110, shape="linear")
+
+
 def test_weight_decay_only_on_matrices_and_embeddings():
     _, _, state = setup()
     mask = decay_mask(state.params)
