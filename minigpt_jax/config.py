@@ -256,12 +256,11 @@ def validate_config(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         raise ConfigError("lr_schedule", f"{c.lr_schedule!r}: use one of {LR_SCHEDULES}")
     if not 0.0 < c.cooldown_frac <= 1.0:
         raise ConfigError("cooldown_frac", f"{c.cooldown_frac}: use a fraction of a run, in (0, 1]")
-    cooldown_steps = round(c.total_steps * c.cooldown_frac)
-    if c.lr_schedule == "wsd" and c.warmup_steps + cooldown_steps > c.total_steps:
+    if c.lr_schedule == "wsd" and c.warmup_steps >= c.total_steps:
         raise ConfigError(
-            "cooldown_frac",
-            f"the warmup ({c.warmup_steps} steps) and a cooldown of {c.cooldown_frac} of "
-            f"total_steps={c.total_steps} overlap; lower one of them",
+            "warmup_steps",
+            f"{c.warmup_steps} leaves no step for lr_schedule='wsd' to cool down in "
+            f"(total_steps={c.total_steps}); lower it",
         )
     if not 0 <= c.lr < float("inf"):
         raise ConfigError("lr", f"{c.lr}: use a finite, non-negative rate (negative ascends)")

@@ -46,9 +46,10 @@ def make_lr_schedule(
 
     "cosine" decays over every step after the warmup (nanoGPT, build-nanogpt). "wsd"
     (warmup-stable-decay, the trapezoid of modded-nanogpt and nanochat) holds `lr` and decays
-    linearly over the last `cooldown_frac` of the run: its stable phase does not depend on
-    `total_steps`, so a run can be extended on resume, or a stable checkpoint branched into
-    cooldowns of any length, without changing the steps already taken (Hägele et al. 2024).
+    linearly over the last `cooldown_frac` of the run (at least one step, and never before the
+    warmup ends, so `cooldown_frac=1.0` is warmup then cooldown): its stable phase does not
+    depend on `total_steps`, so a run can be extended on resume, or a stable checkpoint branched
+    into cooldowns of any length, without changing the steps already taken (Hägele et al. 2024).
 
     Shifted by one step (as build-nanogpt and llm.c do) so that the first step already learns and
     the last step runs at exactly `min_lr`.

@@ -804,6 +804,36 @@ def test_headline_chain_configs_start_where_the_previous_run_writes():
     assert changed == {"init_from", "run_dir", "total_steps"}
 
 
+def test_div_trial_config_is_the_headline_model_with_room_for_every_trial_line():
+    """configs/arithmetic_long_div_trial.py changes only what the trial layout needs: its longest
+    step line, over every two-digit divisor and partial dividend, has no more segments than
+    the model tells apart (a longer one would share the last segment id), and its ÷ test
+    problems fit the training rows."""
+    from minigpt_jax.config import load_config_file, model_config
+
+    configs = Path(__file__).parents[1] / "configs"
+    cfg = load_config_file(configs / "arithmetic_long_div_trial.py")
+    model = model_config(cfg)
+    headline = model_config(load_config_file(configs / "arithmetic_long.py"))
+    changed = {f for f in model.__dataclass_fields__ if getattr(model, f) != getattr(headline, f)}
+    assert changed == {"line_segment_max", "digit_pos_from_left"}
+    assert cfg.data_dir == "data/arithmetic_long_div_trial"  # --preset long_div_trial
+
+    def segments(line: str) -> int:  # maximal runs of digits or of non-digits
+        return len(re.findall(r"\d+|\D+", line))
+
+    longest = max(
+        segments(",".join([*quotient_trials(cur, b), f"{cur:03d}/{b}={cur // b}r{cur % b}"]))
+        for b in range(10, 100) for cur in range(10 * b)
+    )
+    assert longest == 51 <= model.line_segment_max
+    cells = [cell for cell in arithmetic.PRESETS["long_div_trial"][1] if cell[0] == "/"]
+    for p in arithmetic.heldout_problems(20, [(*cell[:3], 20) for cell in cells]):
+        text = solution(p, layout="trial")
+        assert max(segments(line) for line in text.split("\n")) <= model.line_segment_max
+        assert len(p.prompt) + len(text) + 2 <= cfg.block_size, p
+
+
 def test_arithmetic_long_context_fits_a_30_digit_worked_solution():
     from minigpt_jax.config import load_config_file, model_config
 

@@ -128,7 +128,7 @@ def finite_checkpoints(run: Path) -> dict[int, bool]:
         ({"lr": 1e-3, "min_lr": 1e-2}, "config.min_lr"),
         ({"lr_schedule": "linear"}, "config.lr_schedule"),
         ({"cooldown_frac": 0.0}, "config.cooldown_frac"),
-        ({"lr_schedule": "wsd", "warmup_steps": 5, "cooldown_frac": 0.5}, "config.cooldown_frac"),
+        ({"lr_schedule": "wsd", "warmup_steps": 6}, "config.warmup_steps"),  # = total_steps
         ({"model.dropout": 1.5}, "config.model.dropout"),
         ({"model.dropout": -0.5}, "config.model.dropout"),
         ({"seed": -1}, "config.seed"),

@@ -61,6 +61,14 @@ def test_lr_schedule_wsd_holds_lr_then_cools_down_linearly_to_min():
     np.testing.assert_allclose([longer(s) for s in steps], [schedule(s) for s in steps], rtol=1e-6)
     cosine, cosine_longer = (make_lr_schedule(6e-4, 6e-5, 10, n) for n in (110, 220))
     assert abs(float(cosine_longer(50)) - float(cosine(50))) > 1e-5  # cosine changes them
+    # A pure cooldown (a branch from a stable checkpoint), with or without a warmup before it.
+    pure = make_lr_schedule(1.0, 0.0, 0, 5, shape="wsd", cooldown_frac=1.0)
+    np.testing.assert_allclose([pure(s) for s in range(5)], [1.0, 0.75, 0.5, 0.25, 0.0], atol=1e-6)
+    warm = make_lr_schedule(1.0, 0.0, 2, 6, shape="wsd", cooldown_frac=1.0)
+    np.testing.assert_allclose([warm(s) for s in range(6)], [0.5, 1.0, 0.75, 0.5, 0.25, 0.0],
+                               atol=1e-6)
+    tiny = make_lr_schedule(1.0, 0.1, 0, 3, shape="wsd", cooldown_frac=0.01)  # rounds to 0 steps
+    assert float(tiny(2)) == pytest.approx(0.1) and float(tiny(1)) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="linear"):
         make_lr_schedule(6e-4, 6e-5, 10, 110, shape="linear")
 
