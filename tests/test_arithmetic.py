@@ -809,7 +809,10 @@ def test_div_trial_config_is_the_headline_model_with_room_for_every_trial_line()
     step line, over every two-digit divisor and partial dividend, has no more segments than
     the model tells apart (a longer one would share the last segment id), and its ÷ test
     problems fit the training rows."""
+    import jax.numpy as jnp
+
     from minigpt_jax.config import load_config_file, model_config
+    from minigpt_jax.digit_positions import segment_indices
 
     configs = Path(__file__).parents[1] / "configs"
     cfg = load_config_file(configs / "arithmetic_long_div_trial.py")
@@ -819,18 +822,26 @@ def test_div_trial_config_is_the_headline_model_with_room_for_every_trial_line()
     assert changed == {"line_segment_max", "digit_pos_from_left"}
     assert cfg.data_dir == "data/arithmetic_long_div_trial"  # --preset long_div_trial
 
-    def segments(line: str) -> int:  # maximal runs of digits or of non-digits
-        return len(re.findall(r"\d+|\D+", line))
+    def most_segments(texts: list[str]) -> int:  # the model's own segment ids, -1 padding
+        width = max(map(len, texts))
+        tokens = np.full((len(texts), width), -1, np.int32)
+        for row, text in zip(tokens, texts, strict=True):
+            row[: len(text)] = np.frombuffer(text.encode(), np.uint8)
+        seg_BT, _, _ = segment_indices(
+            jnp.asarray(tokens), model.digit_ids, model.newline_ids, model.doc_sep_id
+        )
+        return int(seg_BT.max())
 
-    longest = max(
-        segments(",".join([*quotient_trials(cur, b), f"{cur:03d}/{b}={cur // b}r{cur % b}"]))
+    lines = [
+        ",".join([*quotient_trials(cur, b), f"{cur:03d}/{b}={cur // b}r{cur % b}"])
         for b in range(10, 100) for cur in range(10 * b)
-    )
-    assert longest == 51 <= model.line_segment_max
+    ]
+    assert most_segments(lines) == 51 <= model.line_segment_max
     cells = [cell for cell in arithmetic.PRESETS["long_div_trial"][1] if cell[0] == "/"]
-    for p in arithmetic.heldout_problems(20, [(*cell[:3], 20) for cell in cells]):
-        text = solution(p, layout="trial")
-        assert max(segments(line) for line in text.split("\n")) <= model.line_segment_max
+    problems = arithmetic.heldout_problems(20, [(*cell[:3], 20) for cell in cells])
+    texts = [solution(p, layout="trial") for p in problems]
+    assert most_segments(texts) <= model.line_segment_max
+    for p, text in zip(problems, texts, strict=True):
         assert len(p.prompt) + len(text) + 2 <= cfg.block_size, p
 
 
