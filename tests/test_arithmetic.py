@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minigpt_jax.shards import open_shard, read_manifest
+from minigpt_jax.errors import DataError, UserError
+from minigpt_jax.shards import open_shard, read_manifest, write_shard
 from minigpt_jax.tasks import arithmetic
 from minigpt_jax.tasks.arithmetic import (
     Problem,
@@ -216,6 +217,101 @@ def test_test_sets_are_distinct_and_deterministic():
     long = arithmetic.heldout_problems(8, arithmetic.LONG_SPEC)
     train_max = arithmetic.Mixture().max_digits()
     assert all(len(str(p.a)) > train_max[p.op] for p in long)  # longer than training ever shows
+
+    used = set(a[:50])  # a cell is drawn around the problems it must not repeat
+    fresh = arithmetic.heldout_problems(9, arithmetic.HELDOUT_SPEC, exclude=used)
+    assert not used & set(fresh) and len(set(fresh)) == len(fresh) == len(a)
+
+
+@pytest.mark.parametrize("cell", [("+", 1, 1), ("-", 1, 1), ("-", 2, 2), ("-", 2, 1),
+                                  ("-", 1, 2), ("*", 2, 1), ("/", 2, 1), ("/", 1, 2)])
+def test_cell_size_is_what_the_draws_reach(cell):
+    """A cell's every problem can be drawn, and not one more: a test set that avoids problems
+    knows beforehand whether enough are left, instead of drawing forever."""
+    size = arithmetic.cell_size(*cell)
+    rng = random.Random(0)
+    drawn = {arithmetic.make_problem(rng, *cell) for _ in range(40 * size + 100)}
+    drawn = {p for p in drawn if len(str(p.a)) == cell[1]}  # as heldout_problems keeps them
+    assert len(drawn) == size
+    if size:
+        assert len(set(arithmetic.heldout_problems(1, [(*cell, size)]))) == size
+    avoid = sorted(drawn)[: size // 2]
+    left = size - len(avoid)
+    assert len(arithmetic.heldout_problems(2, [(*cell, left)], exclude=avoid)) == left
+    with pytest.raises(ValueError, match=rf"{arithmetic.cell_label(*cell)}: {left + 1} problems "
+                                         rf"asked for, {left} left"):
+        arithmetic.heldout_problems(2, [(*cell, left + 1)], exclude=avoid)
+
+
+@pytest.mark.parametrize("steps, layout", [(True, "classic"), (False, "classic"), (True, "trial")])
+def test_problems_in_shards_are_every_problem_written(tmp_path, steps, layout):
+    """Read back from the tokens, the shards' problems are exactly the writer's stream (replayed
+    here from its seeds), with worked steps or without, in any layout."""
+    mix = arithmetic.Mixture(op_weights=(1, 1, 0, 1), addsub_digit_weights=(1, 1),
+                             div_dividend_digit_weights=(1, 1, 1), div_divisor_digit_weights=(1, 1),
+                             layout=layout)
+    heldout, long = (("+", 2, 2, 30), ("/", 2, 1, 30)), (("+", 3, 3, 5),)
+    manifest = arithmetic_data.write_dataset(
+        tmp_path, steps=steps, train_tokens=40_000, val_tokens=2_000, block_size=192,
+        mixture=mix, seed=3, heldout_spec=heldout, long_spec=long,
+    )
+    tests = arithmetic.heldout_problems(1234, heldout) + arithmetic.heldout_problems(1235, long)
+    counts = manifest["task"]["problems"]
+    written = set()
+    for seed, n in ((3, counts["train"]), (4, counts["val"])):
+        written.update(itertools.islice(arithmetic.training_problems(seed, mix, tests), n))
+    in_shards = arithmetic_data.problems_in_shards(tmp_path)
+    assert in_shards == written and len(in_shards) > 300
+
+
+def test_a_fresh_set_avoids_the_shards_and_test_files(tmp_path):
+    from minigpt_jax.tasks.arithmetic import evaluate
+
+    mix = arithmetic.Mixture(op_weights=(1, 1, 0, 1), addsub_digit_weights=(1, 1),
+                             div_dividend_digit_weights=(1, 1))
+    heldout = (("+", 2, 2, 30), ("/", 2, 1, 30))
+    arithmetic_data.write_dataset(tmp_path, train_tokens=40_000, val_tokens=2_000, block_size=64,
+                                  mixture=mix, heldout_spec=heldout, long_spec=(("+", 3, 3, 5),))
+    used = arithmetic_data.problems_in_shards(tmp_path)
+    for name in arithmetic_data.TEST_FILES:
+        used.update(evaluate.load_test_set(tmp_path, name))
+    fresh = evaluate.fresh_problems([tmp_path], ["add 2", "div 2/1"], 30, seed=1)
+    assert [evaluate.cell_name(p) for p in fresh] == ["add 2"] * 30 + ["div 2/1"] * 30
+    assert not set(fresh) & used
+    # each cell from its own seed: the same problems whichever cells are named with it
+    assert fresh[30:] == evaluate.fresh_problems([tmp_path], ["div 2/1"], 30, seed=1)
+    assert fresh[30:] != evaluate.fresh_problems([tmp_path], ["div 2/1"], 30, seed=2)
+    # "div 2/1" has 90 * 9 problems: a fresh set takes every one left, and cannot take one more
+    in_cell = {p for p in used if evaluate.cell_name(p) == "div 2/1"}
+    left = 810 - len(in_cell)
+    assert len(in_cell) > 30 and left > 30
+    every = evaluate.fresh_problems([tmp_path], ["div 2/1"], left, seed=2)
+    assert len(set(every) | in_cell) == 810
+    with pytest.raises(UserError, match=f"--fresh {left + 1}: div 2/1: {left + 1} problems asked "
+                                        f"for, {left} left outside the data; .* --cells"):
+        evaluate.fresh_problems([tmp_path], ["div 2/1"], left + 1, seed=2)
+
+
+def test_fresh_also_avoids_the_runs_own_data_when_data_dir_points_elsewhere(tmp_path, capsys):
+    from minigpt_jax.tasks.arithmetic.evaluate import _trained_on
+
+    evaluated, own = tmp_path / "evaluated", tmp_path / "own"
+    evaluated.mkdir(), own.mkdir()
+    assert _trained_on(evaluated, {"config": {"data_dir": str(evaluated)}}) == [evaluated]
+    assert _trained_on(evaluated, {"config": {"data_dir": str(own)}}) == [evaluated, str(own)]
+    assert _trained_on(evaluated, {"config": {"data_dir": str(tmp_path / "gone")}}) == [evaluated]
+    assert "--fresh avoids only" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tokens, message", [
+    ([300] * 64, "not byte-tokenized arithmetic"),  # not the byte tokenizer's ids
+    ([256, *b"hello\n"], "holds no arithmetic problem"),
+    ([256, *b"1-2\n", 256], "subtraction needs a >= b"),
+])
+def test_problems_in_shards_refuses_shards_that_are_not_arithmetic(tmp_path, tokens, message):
+    write_shard(tmp_path / "train_000000.bin", np.array(tokens, np.uint16))
+    with pytest.raises(DataError, match=f"train_000000.bin: .*{message}"):
+        arithmetic_data.problems_in_shards(tmp_path)
 
 
 # --- parser, votes, verifier -------------------------------------------------------------------
@@ -653,12 +749,16 @@ def test_tiny_model_trains_and_evaluator_runs(tmp_path):
     assert last["step"] == 6 and last["train_loss"] < 5.6
 
     report = eval_main(
-        ["--run_dir", c.run_dir, "--samples", "2", "--max_per_cell", "4", "--batch_size", "4"]
+        ["--run_dir", c.run_dir, "--samples", "2", "--max_per_cell", "4", "--batch_size", "4",
+         "--fresh", "3"]
     )
     saved = json.loads((tmp_path / "run" / "eval_arithmetic.json").read_text())
     assert saved["step"] == 6 and saved["worked_steps"] is True
-    assert set(saved["results"]) == {"heldout", "long"}
+    assert set(saved["results"]) == {"heldout", "long", "fresh"}
     assert set(saved["results"]["heldout"]) == {"add 2", "sub 2", "div 2/1"}
+    fresh = saved["results"]["fresh"]  # every cell of both sets, greedy only (--sample_sets)
+    assert set(fresh) == {"add 2", "sub 2", "div 2/1", "add 3"}
+    assert all(r["n"] == 3 and "verified" not in r for r in fresh.values())
     # Greedy accuracy again, by hand: each cell's first 4 problems decoded with `sample` in one
     # batch of 4 (as --batch_size 4 makes the evaluator do) and scored with Python integers.
     from minigpt_jax.checkpoint import load_params
@@ -879,7 +979,11 @@ def test_length_curves_and_plot(tmp_path):
         "long": {"add 30": {"greedy": 0.25, "verified": {8: 0.5}}, "add 20": {"greedy": 0.75},
                  "mul 10x2": {"greedy": 0.5}, "div 12/1": {"greedy": 0.0}},
     }
-    curves = evaluate.length_curves(results, samples=8)
+    # --fresh's set re-measures cells the curves already have: no second point at one length
+    curves = evaluate.length_curves({**results, "fresh": {"add 10": {"greedy": 0.5}}}, samples=8)
+    assert curves == evaluate.length_curves(results, samples=8)
+    for cell in [("+", 20, 20), ("-", 3, 3), ("*", 10, 2), ("/", 12, 1)]:
+        assert arithmetic.cell_digits(arithmetic.cell_label(*cell)) == cell
     assert curves["add"]["greedy"] == [(10, 1.0), (20, 0.75), (30, 0.25)]
     assert curves["add"]["verified@8"] == [(10, 1.0), (30, 0.5)]
     assert curves["mul"]["greedy (b: 2 digits)"] == [(5, 0.9), (10, 0.5)]

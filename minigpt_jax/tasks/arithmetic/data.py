@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,9 @@ from minigpt_jax.errors import DataError, exit_on_user_error
 from minigpt_jax.files import atomic_write
 from minigpt_jax.shards import (
     claim_out_dir,
+    find_shards,
     mask_path,
+    open_shard,
     start_writing,
     write_manifest,
     write_shard,
@@ -97,6 +100,35 @@ def pack_documents(
     else:
         raise ValueError("the problem stream ended early")
     return np.asarray(tokens, np.uint16), np.asarray(mask, np.uint16), n_problems
+
+
+# A document's start: <eot> (written as byte 0 below) and the problem line.
+_DOC_START_RE = re.compile(rb"\0(\d+)([-+*/])(\d+)\n")
+
+
+def problems_in_shards(data_dir: str | Path) -> set[arithmetic.Problem]:
+    """Every problem the data dir's train and val shards hold, read back from their tokens (each
+    document's first line), not replayed from the manifest's seed: a new test set can then avoid
+    them whichever version or flags wrote the shards."""
+    eot = ByteTokenizer().eot_id
+    found: set[arithmetic.Problem] = set()
+    for split in ("train", "val"):
+        for shard in find_shards(data_dir, split):
+            tokens = np.asarray(open_shard(shard))
+            if tokens.size and (int(tokens.max()) > eot or not (tokens == eot).any()):
+                raise DataError(f"{shard}: not byte-tokenized arithmetic documents; "
+                                f"write the data with scripts/make_arithmetic_data.py")
+            text = np.where(tokens == eot, 0, tokens).astype(np.uint8).tobytes()
+            starts = [m.groups() for m in _DOC_START_RE.finditer(text)]
+            try:
+                found.update(arithmetic.Problem(op.decode(), int(a), int(b)) for a, op, b in starts)
+            except ValueError as e:
+                raise DataError(f"{shard}: {e}; rewrite the data with "
+                                f"scripts/make_arithmetic_data.py") from e
+            if tokens.size and not starts:
+                raise DataError(f"{shard}: holds no arithmetic problem; write the data with "
+                                f"scripts/make_arithmetic_data.py")
+    return found
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:

@@ -12,6 +12,10 @@ the last `A:` line is its answer. Reported per set, operation and digit count:
 - verified@N: the majority among the sampled solutions whose every written step checks out with
   exact arithmetic (`checker.verify_solution`); plain majority when none does.
 
+`--fresh N` adds a set "fresh": N new problems in each of those cells, none that the data dir's
+training or validation shards or test files hold, for a tighter estimate than a test file's 100
+problems per cell.
+
 A markdown table goes to stdout and then everything to `<run_dir>/eval_arithmetic.json` (an
 unwritable `--out` loses only that file, never the printed results).
 """
@@ -31,9 +35,10 @@ from typing import Any
 from minigpt_jax.errors import DataError, UserError, exit_on_user_error
 from minigpt_jax.files import read_jsonl
 from minigpt_jax.generate import sample_in_batches
+from minigpt_jax.shards import find_shards
 from minigpt_jax.tasks.arithmetic import checker
 from minigpt_jax.tasks.arithmetic import problems as arithmetic
-from minigpt_jax.tasks.arithmetic.data import TEST_FILES
+from minigpt_jax.tasks.arithmetic.data import TEST_FILES, problems_in_shards
 
 SampleFn = Callable[[list[list[int]], int, float, int], list[list[int]]]
 
@@ -62,6 +67,53 @@ def load_test_set(data_dir: str | Path, name: str) -> list[arithmetic.Problem]:
 def cell_name(problem: arithmetic.Problem) -> str:
     """The cell a problem is reported under: `add 20`, `mul 10x1`, `div 4/1`."""
     return f"{arithmetic.OP_NAMES[problem.op]} {problem.level}"
+
+
+FRESH_SET = "fresh"  # --fresh's set: drawn at evaluation time, not read from the data dir
+
+
+def fresh_problems(
+    data_dirs: Sequence[str | Path], cells: Sequence[str], per_cell: int, seed: int
+) -> list[arithmetic.Problem]:
+    """`per_cell` new problems in each cell, none that the data dirs' shards or test files hold:
+    a second held-out sample, as large as wanted, where a test file's 100 problems per cell cannot
+    tell two models apart (a standard error of 3 points at 90%). Each cell is drawn from its own
+    seed, so `--cells` picks the same problems of a cell whatever else it names."""
+    used: set[arithmetic.Problem] = set()
+    for data_dir in data_dirs:
+        if not find_shards(data_dir, "train"):
+            raise DataError(
+                f"--fresh: {data_dir} holds no training shards, so the problems trained on cannot "
+                f"be avoided; pass the run's own data dir (--data_dir)"
+            )
+        used |= problems_in_shards(data_dir)
+        for name, file in TEST_FILES.items():
+            if (Path(data_dir) / file).is_file():
+                used.update(load_test_set(data_dir, name))
+    out: list[arithmetic.Problem] = []
+    for cell in cells:
+        try:
+            out += arithmetic.heldout_problems(
+                f"{seed}:{cell}", [(*arithmetic.cell_digits(cell), per_cell)], exclude=used
+            )
+        except ValueError as e:  # a small cell that training nearly covers
+            raise UserError(f"--fresh {per_cell}: {e} outside the data; ask for fewer, or leave "
+                            f"the cell out with --cells") from e
+    return out
+
+
+def _trained_on(data_dir: str | Path, record: dict[str, Any]) -> list[str | Path]:
+    """The data dir evaluated, and the run's own if --data_dir points elsewhere: --fresh avoids
+    both. Problems drawn live (RL's rollouts) are in no shard: after RL, "fresh" is only fresh
+    to the supervised data."""
+    trained = record["config"].get("data_dir")
+    if not trained or Path(trained).resolve() == Path(data_dir).resolve():
+        return [data_dir]
+    if Path(trained).is_dir():
+        return [data_dir, trained]
+    print(f"note: --fresh avoids only {data_dir}'s problems: the run's data dir {trained} is not "
+          f"here", file=sys.stderr)
+    return [data_dir]
 
 
 def select_cells(
@@ -349,6 +401,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--temperature {args.temperature}: must be a finite number >= 0")
     if args.max_per_cell < 0:
         raise UserError(f"--max_per_cell {args.max_per_cell}: must be >= 0 (0 = all)")
+    if args.fresh < 0:
+        raise UserError(f"--fresh {args.fresh}: must be >= 0 (0 = no fresh set)")
     if args.ttt_cells and args.samples < 1:
         raise UserError("--ttt_cells needs sampled solutions to learn from: pass --samples N >= 1")
     if args.ttt_cells and (args.ttt_steps < 1 or args.ttt_batch < 1 or not args.ttt_lr > 0):
@@ -362,16 +416,16 @@ def length_curves(
     count of the long operand (a; x's first factor; the dividend), one series per metric (greedy,
     verified@N) and, for x and /, per digit count of the second operand."""
     curves: dict[str, dict[str, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
-    for cells in results.values():
+    for name, cells in results.items():
+        if name == FRESH_SET:  # a second sample of cells the curves already have
+            continue
         for key, r in cells.items():
-            op, level = key.split(" ")
-            digits, _, second = level.replace("x", " ").replace("/", " ").partition(" ")
-            suffix = f" (b: {second} digits)" if second else ""
-            curves[op][f"greedy{suffix}"].append((int(digits), r["greedy"]))
+            sign, digits, second = arithmetic.cell_digits(key)
+            op = arithmetic.OP_NAMES[sign]
+            suffix = f" (b: {second} digits)" if sign in "*/" else ""
+            curves[op][f"greedy{suffix}"].append((digits, r["greedy"]))
             if "verified" in r and samples:
-                curves[op][f"verified@{samples}{suffix}"].append(
-                    (int(digits), r["verified"][samples])
-                )
+                curves[op][f"verified@{samples}{suffix}"].append((digits, r["verified"][samples]))
     return {op: {k: sorted(pts) for k, pts in series.items()} for op, series in curves.items()}
 
 
@@ -463,6 +517,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--cells", default="",
                     help="only these cells, in whichever set has them ('add 20,mul 10x1,div 4/1'); "
                          "default: every cell")
+    ap.add_argument("--fresh", type=int, default=0,
+                    help="also score a set 'fresh' of this many new problems in each cell of the "
+                         "chosen sets, none that the data dir's shards or test files hold (read "
+                         "from the shards); --max_per_cell caps it too")
+    ap.add_argument("--fresh_seed", type=int, default=1, help="draws --fresh's problems")
     ap.add_argument("--batch_size", type=int, default=128, help="rows per decode call")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="default: <run_dir>/eval_arithmetic.json")
@@ -499,6 +558,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sets = {name: load_test_set(data_dir, name) for name in names}
         if args.cells:
             sets = select_cells(sets, [c.strip() for c in args.cells.split(",") if c.strip()])
+        if args.fresh:
+            cells = dict.fromkeys(cell_name(p) for problems in sets.values() for p in problems)
+            sets[FRESH_SET] = fresh_problems(
+                _trained_on(data_dir, record), list(cells), args.fresh, args.fresh_seed
+            )
     model_cfg = record["model"]
     manifest = read_manifest(data_dir) or {}
 
@@ -535,6 +599,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "worked_steps": _task_record(manifest).get("steps"),
         "cells": args.cells or "all",
         "samples": args.samples,
+        "fresh": {"per_cell": args.fresh, "seed": args.fresh_seed} if args.fresh else None,
         "temperature": args.temperature,
         "seconds": round(time.perf_counter() - t0, 1),
         "results": results,

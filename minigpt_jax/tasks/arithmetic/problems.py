@@ -512,12 +512,53 @@ PRESETS: dict[str, tuple[Mixture, tuple, tuple]] = {
 }
 
 
-def heldout_problems(seed: int, spec: Sequence[tuple[str, int, int, int]]) -> list[Problem]:
-    """Distinct problems per (op, digits) cell of `spec`, in a fixed order."""
+def cell_label(op: str, da: int, db: int) -> str:
+    """`add 3`, `mul 2x2`, `div 4/1`: how the evaluator, `--cells` and the RL task name a cell."""
+    level = str(da) if op in "+-" else f"{da}x{db}" if op == "*" else f"{da}/{db}"
+    return f"{OP_NAMES[op]} {level}"
+
+
+def cell_digits(label: str) -> tuple[str, int, int]:
+    """`cell_label`'s inverse, as a test-set spec writes a cell: `add 3` is two 3-digit operands,
+    `div 4/2` a 4-digit dividend and a 2-digit divisor."""
+    name, level = label.split(" ")
+    op = {v: k for k, v in OP_NAMES.items()}[name]
+    if op in "+-":
+        return op, int(level), int(level)
+    da, db = level.replace("x", "/").split("/")
+    return op, int(da), int(db)
+
+
+def cell_size(op: str, da: int, db: int) -> int:
+    """How many distinct problems `make_problem(rng, op, da, db)` draws from, so that a draw that
+    must avoid some of them knows beforehand whether enough are left."""
+
+    def numbers(d: int) -> int:
+        return 10 if d == 1 else 9 * 10 ** (d - 1)
+
+    if op == "-":  # larger operand first; a pair whose larger one has the wrong length: redrawn
+        if da == db:
+            return numbers(da) * (numbers(da) + 1) // 2
+        return numbers(da) * numbers(db) if da > db else 0
+    if op == "/" and db == 1:  # a divisor drawn as 0 becomes 1-9
+        return numbers(da) * 9
+    return numbers(da) * numbers(db)
+
+
+def heldout_problems(
+    seed: int | str, spec: Sequence[tuple[str, int, int, int]], exclude: Iterable[Problem] = ()
+) -> list[Problem]:
+    """Distinct problems per (op, digits) cell of `spec`, in a fixed order, none in `exclude`.
+
+    A cell with fewer than `count` problems left raises ValueError instead of drawing forever."""
     rng = random.Random(seed)
     out: list[Problem] = []
-    seen: set[Problem] = set()
+    seen: set[Problem] = set(exclude)
     for op, da, db, count in spec:
+        taken = sum(p.op == op and (len(str(p.a)), len(str(p.b))) == (da, db) for p in seen)
+        left = cell_size(op, da, db) - taken
+        if count > left:
+            raise ValueError(f"{cell_label(op, da, db)}: {count} problems asked for, {left} left")
         n = 0
         while n < count:
             p = make_problem(rng, op, da, db)

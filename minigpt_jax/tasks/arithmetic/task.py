@@ -22,10 +22,10 @@ from minigpt_jax.errors import ConfigError, DataError
 from minigpt_jax.shards import read_manifest
 from minigpt_jax.tasks.arithmetic import checker
 from minigpt_jax.tasks.arithmetic.problems import (
-    OP_NAMES,
     OPS,
     Mixture,
     Problem,
+    cell_label,
     make_problem,
     sample_problem,
     solution,
@@ -185,6 +185,4 @@ class ArithmeticTask:
 
     def cell_name(self, cell: Cell) -> str:
         """`add 3`, `mul 2x2`, `div 4/1`: the evaluator's names for the same cells."""
-        op, da, db = cell
-        level = str(da) if op in "+-" else f"{da}x{db}" if op == "*" else f"{da}/{db}"
-        return f"{OP_NAMES[op]} {level}"
+        return cell_label(*cell)
