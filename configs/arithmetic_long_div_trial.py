@@ -20,8 +20,9 @@ again (each start resets the optimizer's moments, hence the 10 warmup steps):
         --config.warmup_steps=10 --config.total_steps=3000 --config.seed=1 \
         --config.run_dir=runs/div_trial_2x_more
     python -m minigpt_jax.train --config configs/arithmetic_long_div_trial.py \
-        --config.init_from=checkpoint:runs/div_trial_2x_more --config.lr=1e-4 --config.min_lr=0 \
-        --config.lr_schedule=wsd --config.cooldown_frac=0.4 --config.warmup_steps=10 \
+        --config.init_from=checkpoint:runs/div_trial_2x_more@3000 --config.lr=1e-4 \
+        --config.min_lr=0 --config.lr_schedule=wsd --config.cooldown_frac=0.4 \
+        --config.warmup_steps=10 \
         --config.total_steps=5000 --config.seed=4 --config.run_dir=runs/div_trial_wsd_1e-4
     python -m minigpt_jax.train --config configs/arithmetic_long_div_trial.py \
         --config.init_from=checkpoint:runs/div_trial_wsd_1e-4@3000 --config.lr=1e-4 \
