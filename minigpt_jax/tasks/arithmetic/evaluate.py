@@ -13,8 +13,8 @@ the last `A:` line is its answer. Reported per set, operation and digit count:
   exact arithmetic (`checker.verify_solution`); plain majority when none does.
 
 `--fresh N` adds a set "fresh": N new problems in each of those cells, none that the data dir's
-training or validation shards or test files hold, for a tighter estimate than a test file's 100
-problems per cell.
+training or validation shards or test files hold, for a tighter estimate than a test file's
+100-300 problems per cell.
 
 A markdown table goes to stdout and then everything to `<run_dir>/eval_arithmetic.json` (an
 unwritable `--out` loses only that file, never the printed results).
@@ -90,11 +90,15 @@ def fresh_problems(
         for name, file in TEST_FILES.items():
             if (Path(data_dir) / file).is_file():
                 used.update(load_test_set(data_dir, name))
+    used_by_cell: dict[str, list[arithmetic.Problem]] = defaultdict(list)
+    for p in used:  # once, so that each cell's draw copies and counts only its own
+        used_by_cell[cell_name(p)].append(p)
     out: list[arithmetic.Problem] = []
     for cell in cells:
         try:
             out += arithmetic.heldout_problems(
-                f"{seed}:{cell}", [(*arithmetic.cell_digits(cell), per_cell)], exclude=used
+                f"{seed}:{cell}", [(*arithmetic.cell_digits(cell), per_cell)],
+                exclude=used_by_cell[cell],
             )
         except ValueError as e:  # a small cell that training nearly covers
             raise UserError(f"--fresh {per_cell}: {e} outside the data; ask for fewer, or leave "
