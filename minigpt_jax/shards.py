@@ -82,6 +82,20 @@ def write_shard(path: str | os.PathLike, tokens: np.ndarray) -> None:
     atomic_write(path, write)
 
 
+def remake_command(data_dir: str | os.PathLike) -> str:
+    """What to rerun to re-create a data directory's shards, from its manifest or progress record:
+    a damaged arithmetic shard is not fixed by the web-text downloader. Only ever part of an
+    error message, so a record it cannot read falls back to the generic hint."""
+    for name in (MANIFEST, PROGRESS):
+        try:
+            record = _read_record(Path(data_dir) / name)
+        except (DataError, OSError, ValueError, RecursionError):
+            continue
+        if record is not None:
+            return WRITER_COMMANDS.get(manifest_writer(record), "the command that made it")
+    return "the command that made it (ours: scripts/download_data.py)"
+
+
 def open_shard(path: str | os.PathLike) -> np.ndarray:
     """A read-only memory map of a shard's tokens, after checking its header against its size."""
     path = Path(path)
@@ -95,7 +109,8 @@ def open_shard(path: str | os.PathLike) -> np.ndarray:
         if tokens.ndim != 1 or tokens.dtype not in (np.uint16, np.uint32):
             raise DataError(
                 f"{path}: .npy shards must be 1-D uint16 or uint32 tokens, got {tokens.dtype} "
-                f"of shape {tokens.shape}; re-create it with scripts/download_data.py"
+                f"of shape {tokens.shape}; re-create the data: rerun {remake_command(path.parent)} "
+                f"with its arguments and --overwrite"
             )
         return tokens
     size = path.stat().st_size
@@ -106,14 +121,16 @@ def open_shard(path: str | os.PathLike) -> np.ndarray:
     if layout not in _LAYOUTS:
         raise DataError(
             f"{path}: not a token shard (magic {layout[0]}, version {layout[1]}; expected llm.c's "
-            f"20240520/1 or 20240801/7); re-create it with scripts/download_data.py"
+            f"20240520/1 or 20240801/7); re-create the data: rerun {remake_command(path.parent)} "
+            f"with its arguments and --overwrite"
         )
     dtype, count = _LAYOUTS[layout], int(header[2])
     expected = HEADER_BYTES + count * dtype.itemsize
     if size != expected:
         raise DataError(
             f"{path}: truncated or corrupt: the header promises {count} tokens ({expected} "
-            f"bytes) but the file has {size} bytes; delete it and re-run scripts/download_data.py"
+            f"bytes) but the file has {size} bytes; re-create the data: rerun "
+            f"{remake_command(path.parent)} with its arguments and --overwrite"
         )
     return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(count,))
 
@@ -167,6 +184,8 @@ def manifest_writer(record: dict[str, Any]) -> str:
         return "sft"
     if isinstance(record.get("task"), dict):
         return str(record["task"].get("name"))
+    if isinstance(record.get("arithmetic"), dict):  # before the task record had its name
+        return "arithmetic"
     return "data_prep"
 
 
@@ -322,7 +341,8 @@ def check_manifest(
     if manifest.get("version") != MANIFEST_VERSION:
         raise DataError(
             f"{data_dir / MANIFEST}: manifest version {manifest.get('version')!r}, this code reads "
-            f"version {MANIFEST_VERSION}; re-create the data with scripts/download_data.py"
+            f"version {MANIFEST_VERSION}; re-create the data: rerun {remake_command(data_dir)} "
+            f"with its arguments and --overwrite"
         )
     theirs = manifest.get("tokenizer", {})
     if tokenizer_identity is not None and not same_tokenizer(theirs, tokenizer_identity):
@@ -341,16 +361,16 @@ def check_manifest(
         if not path.is_file() or path.stat().st_size != expected:
             raise DataError(
                 f"{path}: listed in {MANIFEST} with {shard['tokens']} tokens but "
-                f"{'missing' if not path.is_file() else 'of another size'}; re-create the data "
-                f"(rerun its command with --overwrite)"
+                f"{'missing' if not path.is_file() else 'of another size'}; re-create the data: "
+                f"rerun {remake_command(data_dir)} with its arguments and --overwrite"
             )
         if verify_checksums:
             for name, key in ((shard["file"], "sha256"), (shard.get("mask"), "mask_sha256")):
                 if name and shard.get(key) and sha256_file(data_dir / name) != shard[key]:
                     raise DataError(
                         f"{data_dir / name}: changed since it was written (its sha256 differs "
-                        f"from {MANIFEST}'s); re-create the data (rerun its command with "
-                        f"--overwrite)"
+                        f"from {MANIFEST}'s); re-create the data: rerun "
+                        f"{remake_command(data_dir)} with its arguments and --overwrite"
                     )
     return manifest
 

@@ -51,6 +51,7 @@ def _independent_check(p: Problem, text: str, layout: str = "classic") -> None:
             w = len(str(p.b)) + 1  # the partial dividend's columns
             diffed = {  # the products whose differences are written
                 "trial": [],
+                "trial_pad": [],
                 "trial_sub": values,
                 "trial_rem": [v for v in values[-1:] if v > 0],  # the fitting one, unless 0
             }[layout]
@@ -73,6 +74,8 @@ def _independent_check(p: Problem, text: str, layout: str = "classic") -> None:
             q, r = map(int, rhs.split("r"))
             estimate = trial and div < p.b  # "11/1=11r0" may exceed one digit
             assert q * div + r == cur and 0 <= r < div and (estimate or 0 <= q <= 9), line
+            if layout == "trial_pad" and not estimate:  # the remainder at the divisor's width
+                assert len(rhs.split("r")[1]) == len(str(p.b)), line
         else:  # every other step is a true integer equation, e.g. "13-8-1=4", "4*8+5=37"
             lhs = re.sub(r"\b0+(\d)", r"\1", lhs)  # "08-6-0": Python rejects leading zeros
             assert eval(lhs) == int(rhs), line  # noqa: S307 - digits and + - * only
@@ -515,6 +518,33 @@ def test_trial_sub_layout_writes_each_products_difference_column_by_column():
     ]
 
 
+def test_trial_pad_layout_writes_each_remainder_at_the_divisors_width():
+    """The step's remainder, trial's main 4/2 failure, with one digit per column of the divisor,
+    so the next line's partial dividend copies it digit for digit; the answer line keeps the
+    issue's `<q>r<r>`."""
+    p = Problem("/", 1790, 19)
+    right = solution(p, layout="trial_pad")
+    assert right == (
+        "00/1=0r0,19*0=000,001/19=0r01\n"
+        "01/1=1r0,19*1=019,19*0=000,017/19=0r17\n"
+        "17/1=17r0,19*9=171,179/19=9r08\n"  # 179 - 171 = 08, the next line's `080`
+        "08/1=8r0,19*8=152,19*7=133,19*6=114,19*5=095,19*4=076,080/19=4r04\n"
+        "A:0094r4\n"
+    )
+    # Only the steps' remainders differ from "trial".
+    unpadded = right.replace("r01", "r1").replace("r08", "r8").replace("r04", "r4")
+    assert unpadded == solution(p, layout="trial")
+    assert check_steps(p, right) == "94r4" and arithmetic.right_lines(p, right) == 5
+    _assert_wrong_from_line(p, {"a wrong remainder": right.replace("9r08", "9r18")}, 2)
+    _assert_wrong_from_line(p, {"a shifted partial dividend": right.replace("080/", "800/")}, 3)
+    # The checker reads values, not widths: the same steps unpadded (or a bare step line) are
+    # right, as a trial line in another trial layout's form is.
+    assert arithmetic.right_lines(p, unpadded) == 5 and verify_solution(p, unpadded)
+    _assert_checks_and_one_digit_is_aligned(
+        Problem("/", 4347, 56), solution(Problem("/", 4347, 56), layout="trial_pad"), "trial_pad"
+    )
+
+
 def test_trial_rem_layout_writes_only_the_fitting_products_difference():
     """The remainder, trial's main 4/2 failure, as -'s column equations, without trial_sub's
     differences for every product (measured worse at equal tokens)."""
@@ -709,10 +739,13 @@ def test_the_decode_budget_is_the_data_layouts_not_a_longer_one():
     trial = budget_tokens(div, 10, 4096, ("trial",))
     trial_sub = budget_tokens(div, 10, 4096, ("trial_sub",))
     trial_rem = budget_tokens(div, 10, 4096, ("trial_rem",))
+    trial_pad = budget_tokens(div, 10, 4096, ("trial_pad",))
     # the table's 9 lines, the trials, the fitting trials' differences, all of them, then slack
     assert aligned < table and aligned < trial < trial_rem < trial_sub
+    assert trial <= trial_pad < trial_rem
     assert max(table, trial_sub) == budget_tokens(div, 10, 4096)
-    budgets = {"table": table, "trial": trial, "trial_sub": trial_sub, "trial_rem": trial_rem}
+    budgets = {"table": table, "trial": trial, "trial_sub": trial_sub, "trial_rem": trial_rem,
+               "trial_pad": trial_pad}
     for layout, budget in budgets.items():
         assert len(solution(div[0], layout=layout)) <= budget
 

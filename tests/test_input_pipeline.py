@@ -1,6 +1,9 @@
+import re
+
 import numpy as np
 import pytest
 
+from minigpt_jax import shards
 from minigpt_jax.errors import DataError
 from minigpt_jax.input_pipeline import WindowSource, eval_batches, train_dataset
 from minigpt_jax.shards import HEADER_BYTES, find_shards, open_shard, token_dtype, write_shard
@@ -46,8 +49,36 @@ def test_truncated_shard_is_named(tmp_path):
     write_shard(path, np.arange(1000, dtype=np.uint16))
     with open(path, "r+b") as f:
         f.truncate(HEADER_BYTES + 500)
-    with pytest.raises(DataError, match=r"train_000003\.bin: truncated"):
+    with pytest.raises(DataError, match=r"train_000003\.bin: truncated") as e:
         open_shard(path)
+    assert "(ours: scripts/download_data.py)" in str(e.value)  # no record of what made it
+
+
+@pytest.mark.parametrize("writer", sorted(shards.WRITER_COMMANDS))
+def test_a_damaged_shards_hint_names_the_command_that_wrote_its_directory(tmp_path, writer):
+    """A damaged arithmetic shard is not re-made by the web-text downloader."""
+    path = tmp_path / "train_000000.bin"
+    write_shard(path, np.arange(1000, dtype=np.uint16))
+    listed = [{"file": path.name, "split": "train", "tokens": 1000}]
+    shards.write_manifest(tmp_path, {"name": "byte"}, "uint16", listed, writer=writer)
+    with open(path, "r+b") as f:
+        f.truncate(HEADER_BYTES + 500)
+    command = re.escape(shards.WRITER_COMMANDS[writer])
+    with pytest.raises(DataError, match=f"truncated or corrupt: .*rerun {command} with its arg"):
+        open_shard(path)
+    with pytest.raises(DataError, match=f"of another size; .*rerun {command} with its arg"):
+        shards.check_manifest(tmp_path, None)
+    # An unreadable record leaves the generic hint, never a second error.
+    (tmp_path / shards.MANIFEST).write_text("[1, 2]")
+    with pytest.raises(DataError, match=r"truncated or .*\(ours: scripts/download_data\.py\)"):
+        open_shard(path)
+
+
+def test_manifests_before_the_writer_field_name_their_writer():
+    assert shards.manifest_writer({"version": 1, "arithmetic": {"preset": "long"}}) == "arithmetic"
+    assert shards.manifest_writer({"task": {"name": "arithmetic"}}) == "arithmetic"
+    assert shards.manifest_writer({"format": "sft"}) == "sft"
+    assert shards.manifest_writer({"version": 1}) == "data_prep"
 
 
 def test_wrong_magic_is_named(tmp_path):

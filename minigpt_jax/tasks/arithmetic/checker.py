@@ -213,7 +213,10 @@ def _check_div(a: int, b: int, lines: list[str], wa: int) -> str:
     line exactly `problems.divisor_table_lines`'s (a false or missing multiple is a wrong step);
     in the trial ones (`problems.TRIAL_DIFFERENCES`) a step's line that has trials starts with
     exactly `problems.quotient_trials`'s equations, with the differences of none, all or only the
-    fitting trial product (a bare step line is still a right step)."""
+    fitting trial product (a bare step line is still a right step). Numbers are read as values,
+    so a step's remainder written at the divisor's width ("trial_pad": `9r08`) or not (`9r8`)
+    checks in every layout, as a bare step line does: the layouts differ in what they teach,
+    not in what is true."""
     if lines and _TABLE_RE.match(lines[0]):
         table = divisor_table_lines(b)
         for i, (line, want) in enumerate(zip(lines, table, strict=False)):
@@ -234,7 +237,7 @@ def _check_div_steps(a: int, b: int, lines: list[str], wa: int) -> str:
         *trials, line = line.split(",")
         if trials:  # a trial layout: exactly the estimate and products (and differences)
             cur = rem * 10 + int(c)
-            forms = TRIAL_DIFFERENCES.values()
+            forms = dict.fromkeys(TRIAL_DIFFERENCES.values())
             if b < 10 or not any(trials == quotient_trials(cur, b, d) for d in forms):
                 raise StepError(f"{','.join(trials)!r}: expected trials for {cur}/{b}", i)
         m = _DIV_RE.match(line)
@@ -260,7 +263,7 @@ def _implied_by(problem: Problem, steps: list[str]) -> str:
     if problem.op == "*":  # any layout (problems.LAYOUTS)
         columns = bool(steps) and "," in steps[0]
         return str((_check_mul_columns if columns else _check_mul)(a, b, steps, wa, wb))
-    return _check_div(a, b, steps, wa)  # any layout; a padded quotient parses the same
+    return _check_div(a, b, steps, wa)  # any layout; a padded quotient or remainder parses the same
 
 
 def steps_are_right(problem: Problem, completion: str) -> bool:

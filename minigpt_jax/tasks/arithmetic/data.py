@@ -8,9 +8,9 @@
 operations), "addsubmul" (the first 14-minute result's data, no division), "long" (operands up to
 10 digits for + and -, tested at 2x and 3x the longest trained length; the aligned layout), and
 its operations alone, "long_addsub", "long_mul", "long_div" (and "long_div_table",
-"long_div_trial", "long_div_trial_sub" and "long_div_trial_rem", in those layouts). The manifest
-records the digit range of each operand the mixture can draw (`task.operand_ranges`) and the
-mixture's layout.
+"long_div_trial", "long_div_trial_sub", "long_div_trial_rem" and "long_div_trial_pad", in those
+layouts). The manifest records the digit range of each operand the mixture can draw
+(`task.operand_ranges`) and the mixture's layout.
 
 Each problem is one document, `<eot>` + problem + worked steps + answer line, in the built-in byte
 tokenizer (every digit and operator is one token). Documents are packed whole and densely into

@@ -28,7 +28,8 @@ is "aligned" with each step of / by two or more digits preceded, on its line, by
 estimate of its quotient digit and the products that correct it
 (`43/5=8r3,56*8=448,56*7=392,434/56=7r42`), and "trial_sub" writes each trial product's
 difference from the partial dividend after it, column by column, as - does
-(`56*7=392,04-2-0=2,13-9-0=4,04-3-1=0`); "trial_rem" writes only the fitting product's.
+(`56*7=392,04-2-0=2,13-9-0=4,04-3-1=0`); "trial_rem" writes only the fitting product's;
+"trial_pad" is "trial" with every step's remainder as wide as the divisor (`179/19=9r08`).
 
 Solutions are checked with exact integer arithmetic by `checker.verify_solution`, which is both
 the test of the generator and the inference-time verifier that filters sampled solutions.
@@ -268,11 +269,17 @@ def quotient_trials(cur: int, b: int, differences: str = "none") -> list[str]:
 
 def _div_lines(a: int, b: int, wa: int, layout: str = "aligned") -> list[str]:
     width = _partial_dividend_width(b)  # fixed-width lines
+    # "trial_pad": every remainder has the divisor's width (`434/56=7r42`, `179/19=9r08`), so its
+    # digit i always sits over column i of the partial dividend and the next line's partial
+    # dividend (`08X`) copies it digit for digit. Why: at 4/2 the trial layout's remaining errors
+    # are mostly the remainder, whose length varies with its value (the hypothesis: `9r8` and
+    # `9r18` are then the same lookup at different places).
+    rem_width = len(str(b)) if layout == "trial_pad" else 1
     lines, rem = [], 0
     for c in f"{a:0{wa}d}":
         cur = rem * 10 + int(c)
         q, rem = divmod(cur, b)
-        step = f"{cur:0{width}d}/{b}={q}r{rem}"
+        step = f"{cur:0{width}d}/{b}={q}r{rem:0{rem_width}d}"
         if layout in TRIAL_LAYOUTS and b >= 10:
             step = ",".join([*quotient_trials(cur, b, TRIAL_DIFFERENCES[layout]), step])
         lines.append(step)
@@ -289,10 +296,11 @@ def _div_lines(a: int, b: int, wa: int, layout: str = "aligned") -> list[str]:
 # two or more digits preceded, on its line, by its quotient digit's estimate and trial products
 # (`quotient_trials`). "trial_sub": "trial", with the dividend minus each trial product written
 # as -'s column equations after it; "trial_rem": only the fitting product's, which is the step's
-# remainder. + and - are the same in all six.
-LAYOUTS = ("classic", "aligned", "table", "trial", "trial_sub", "trial_rem")
+# remainder; "trial_pad": "trial" with every step's remainder zero-padded to the divisor's width
+# (`_div_lines`). + and - are the same in all seven.
+LAYOUTS = ("classic", "aligned", "table", "trial", "trial_sub", "trial_rem", "trial_pad")
 # The layouts that write `quotient_trials`, and which trial products' differences each writes.
-TRIAL_DIFFERENCES = {"trial": "none", "trial_sub": "all", "trial_rem": "fit"}
+TRIAL_DIFFERENCES = {"trial": "none", "trial_sub": "all", "trial_rem": "fit", "trial_pad": "none"}
 TRIAL_LAYOUTS = tuple(TRIAL_DIFFERENCES)
 
 
@@ -464,8 +472,8 @@ def length_specs(
 # result (no division); "long": operands up to 10 digits for + and -, 5x2 for x, 6/2 for /, tested
 # at the trained lengths and at 2x and 3x the longest; "long_addsub", "long_mul", "long_div":
 # its + and - alone, its x alone, its / alone (each mechanism at a fraction of the cost);
-# "long_div_table", "long_div_trial", "long_div_trial_sub", "long_div_trial_rem": "long_div" in
-# those layouts.
+# "long_div_table", "long_div_trial", "long_div_trial_sub", "long_div_trial_rem",
+# "long_div_trial_pad": "long_div" in those layouts.
 _LONG_MIX = Mixture(
     op_weights=(0.25, 0.25, 0.25, 0.25),
     addsub_digit_weights=tuple(float(i) for i in range(1, 11)),
@@ -486,7 +494,8 @@ _LONG_DIV_MIX = dataclasses.replace(_LONG_MIX, op_weights=(0.0, 0.0, 0.0, 1.0))
 # with the divisor's multiples written first?), "trial" (each two-digit quotient digit estimated
 # from one-digit facts and checked by trial products; measured: learned where "aligned" and
 # "table" learned none), "trial_sub" and "trial_rem" (the trials' subtractions written out, every
-# one's or only the fitting one's; both measured worse at equal tokens).
+# one's or only the fitting one's; both measured worse at equal tokens), "trial_pad" (the step's
+# remainder at a fixed width).
 
 
 def _preset(mixture: Mixture, trained: dict[str, list[int]]) -> tuple[Mixture, tuple, tuple]:
