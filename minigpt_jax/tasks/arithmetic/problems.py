@@ -110,9 +110,7 @@ class Problem:
     def level(self) -> str:
         """Difficulty by digit count: `3` for 3-digit add/sub, `2x2` for mul, `3/1` for div."""
         da, db = len(str(self.a)), len(str(self.b))
-        if self.op in "+-":
-            return str(max(da, db))
-        return f"{da}x{db}" if self.op == "*" else f"{da}/{db}"
+        return _level(self.op, max(da, db) if self.op in "+-" else da, db)
 
     def to_json(self) -> dict:
         return {
@@ -521,10 +519,13 @@ PRESETS: dict[str, tuple[Mixture, tuple, tuple]] = {
 }
 
 
+def _level(op: str, da: int, db: int) -> str:
+    return str(da) if op in "+-" else f"{da}x{db}" if op == "*" else f"{da}/{db}"
+
+
 def cell_label(op: str, da: int, db: int) -> str:
     """`add 3`, `mul 2x2`, `div 4/1`: how the evaluator, `--cells` and the RL task name a cell."""
-    level = str(da) if op in "+-" else f"{da}x{db}" if op == "*" else f"{da}/{db}"
-    return f"{OP_NAMES[op]} {level}"
+    return f"{OP_NAMES[op]} {_level(op, da, db)}"
 
 
 def cell_digits(label: str) -> tuple[str, int, int]:
