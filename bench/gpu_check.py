@@ -134,8 +134,7 @@ def train_step_bench(batch: int = 16, rounds: int = 3, steps: int = 5) -> dict[s
         "tokens_per_s": tokens_per_s,
         "mfu": tokens_per_s * flops_per_token(cfg, block) / peak,
         "peak_tflops": peak / 1e12,
-        "command": f"python bench/train_step.py --n_layer 12 --n_embd 768 --n_head 12 "
-        f"--block {block} --batch {batch} --dtype bfloat16 --no-torch",
+        "command": "python bench/gpu_check.py train_step",
     }
 
 

@@ -2,6 +2,7 @@
 
     python bench/train_step.py --json bench/train_step.json --md bench/train_step.md
     python bench/train_step.py --rows jax_step jax_step/flat_adam --rounds 5   # a lever, A/B
+    python bench/train_step.py --rows trainer trainer/hugepages torch_eager torch_eager/hugepages
 
 Every row runs in its own process, one at a time, in rounds whose order alternates (so drifting
 load hits every row alike), pinned to the same cores (so XLA and PyTorch get the same thread count)
@@ -12,7 +13,10 @@ and fed the same GPT-2-tokenized text:
 - jax_step: the same jitted, donated step, batches already on the device;
 - torch_eager / torch_compile: nanoGPT's model and step (forward, cross-entropy, backward, clip,
   AdamW), vocabulary 50304; torch.compile's compile time is reported apart.
-Rows named `jax_step/<lever>` are the bare step with one change (see LEVERS), for A/B runs.
+Rows named `jax_step/<lever>` are the bare step with one change (see LEVERS), for A/B runs; a lever
+that only sets the environment (`trainer/hugepages`, `torch_eager/hugepages`) fits any row. Every
+row also reports its process CPU seconds per step, which a loaded machine disturbs less than wall
+time.
 
 MFU is achieved FLOP/s (nanoGPT's 6N + 12·L·d·T per token, the same for every row) over the one
 peak in minigpt_jax/peak.py, which the trainer's logged `mfu` also divides by; `--refresh_peak`
@@ -50,6 +54,10 @@ LEVERS: dict[str, dict[str, Any]] = {
     "onednn": {"env": {"XLA_FLAGS": "--xla_cpu_use_onednn=true"}},
     "vector_512": {"env": {"XLA_FLAGS": "--xla_cpu_prefer_vector_width=512"}},
     "dot_attention": {"attention": "manual"},
+    # glibc's malloc hands large buffers back to the kernel on free and page-faults them in again
+    # on the next step (4 KiB at a time); transparent huge pages for its memory cut those faults
+    # ~50x. Environment only, so it also applies to `trainer` and the torch rows.
+    "hugepages": {"env": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}},
 }
 # configs/small.py on GPT-2 shards; `vocab_size` 50257 pads to nanoGPT's 50304.
 CONFIG = {
@@ -67,6 +75,18 @@ TORCH_VOCAB = 50304
 
 
 # --- aggregation (pure: tested without running anything) ---------------------------------------
+
+
+def parse_row(row: str) -> tuple[str, str | None]:
+    """`row` or `row/lever`: any main row takes an environment-only lever, only `jax_step` the
+    levers that change the step itself."""
+    base, slash, lever = row.partition("/")
+    if base not in MAIN_ROWS or (slash and lever not in LEVERS):
+        levers = "|".join(LEVERS)
+        raise ValueError(f"unknown row {row!r}; use {MAIN_ROWS}, each optionally /<{levers}>")
+    if lever and base != "jax_step" and set(LEVERS[lever]) != {"env"}:
+        raise ValueError(f"{row!r}: {lever!r} changes the step; only jax_step/{lever} takes it")
+    return base, lever or None
 
 
 def parse_result(stdout: str) -> dict[str, Any]:
@@ -93,6 +113,15 @@ def trainer_tokens_per_s(records: list[dict[str, Any]], tokens_per_step: int) ->
     return tokens / seconds
 
 
+def trainer_cpu_s_per_step(records: list[dict[str, Any]]) -> float:
+    """Process CPU seconds (every thread, user and kernel) per step after the first record: under
+    load, wall time measures the neighbours too, CPU time mostly the run itself."""
+    if len(records) < 2:
+        raise ValueError("need at least two metrics records (the first is warm-up)")
+    first, last = records[0], records[-1]
+    return (last["cpu_minutes"] - first["cpu_minutes"]) * 60 / (last["step"] - first["step"])
+
+
 def summarize(
     samples: dict[str, list[dict[str, Any]]],
     flops_per_token: float,
@@ -112,6 +141,9 @@ def summarize(
             "gflops": median * flops_per_token / 1e9,
             "mfu": median * flops_per_token / peak_flops,
         }
+        cpu = [r["cpu_s_per_step"] for r in runs if r.get("cpu_s_per_step") is not None]
+        if cpu:
+            row["cpu_s_per_step"] = statistics.median(cpu)
         compiles = [r["compile_s"] for r in runs if r.get("compile_s") is not None]
         if compiles:
             row["compile_s"] = compiles
@@ -123,15 +155,21 @@ def summarize(
 
 
 def markdown_table(rows: dict[str, dict[str, Any]], baseline: str = "torch_eager") -> str:
-    head = f"| row | tokens/s median (min–max) | GFLOP/s | MFU | × {baseline} | compile s |"
-    lines = [head, "|---|---|---|---|---|---|"]
+    head = (
+        f"| row | tokens/s median (min–max) | GFLOP/s | MFU | × {baseline} | CPU s/step "
+        "| compile s |"
+    )
+    lines = [head, "|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         ratio = r.get(f"over_{baseline}")
         compile_s = r.get("compile_s")
+        cpu = r.get("cpu_s_per_step")
         lines.append(
             f"| {name} | {r['tokens_per_s']:,.0f} ({r['tokens_per_s_min']:,.0f}–"
             f"{r['tokens_per_s_max']:,.0f}) | {r['gflops']:.1f} | {r['mfu']:.1%} | "
             + (f"{ratio:.2f}×" if ratio is not None else "–")
+            + " | "
+            + (f"{cpu:.3f}" if cpu is not None else "–")
             + " | "
             + (", ".join(f"{c:.0f}" for c in compile_s) if compile_s else "–")
             + " |"
@@ -182,12 +220,12 @@ def _manual_attention(q_BTHK, k_BTHK, v_BTHK, *_args, mask=None, is_causal=False
     return jnp.einsum("bhts,bshk->bthk", p_BHTS, v_BTHK)
 
 
-def worker_jax_step(args) -> dict[str, Any]:
+def compiled_step(model_cfg, cfg, loss_chunks: int, flatten: bool = False, devices=None):
+    """The trainer's jitted, donated step and a fresh state over one mesh: (state, step, mesh)."""
     import jax
     import optax
 
     from minigpt_jax import sharding
-    from minigpt_jax.config import model_config
     from minigpt_jax.model import GPT
     from minigpt_jax.train_state import (
         create_train_state,
@@ -196,16 +234,12 @@ def worker_jax_step(args) -> dict[str, Any]:
         make_train_step,
     )
 
-    if args.attention == "manual":
-        jax.nn.dot_product_attention = _manual_attention  # this process only
-    cfg = _train_config(Path(args.data_dir), Path(args.run_dir), 1000, 10)
-    loss_chunks = cfg.loss_chunks if args.loss_chunks is None else args.loss_chunks
-    model = GPT(model_config(cfg))
+    model = GPT(model_cfg)
     schedule = make_lr_schedule(cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.total_steps)
     tx = make_optimizer(schedule, cfg.weight_decay, cfg.grad_clip, cfg.adam_b1, cfg.adam_b2)
-    if args.flatten:
+    if flatten:
         tx = optax.flatten(tx)
-    mesh = sharding.make_mesh(cfg.mesh_data, cfg.mesh_fsdp)
+    mesh = sharding.make_mesh(cfg.mesh_data, cfg.mesh_fsdp, devices)
     rng = jax.random.key(cfg.seed)
     _, _, init, step = sharding.jit_sharded(
         lambda r: create_train_state(model, tx, r),
@@ -213,7 +247,49 @@ def worker_jax_step(args) -> dict[str, Any]:
         rng,
         mesh,
     )
-    state = init(rng)
+    return init(rng), step, mesh
+
+
+def jax_runner(model_cfg, batch: int, block: int, loss_chunks: int = 0):
+    """`run(n)`: seconds per step over n steps of the trainer's step on random tokens already on
+    the first device (bench/gpu_check.py's train_step part, at GPT-2 124M's shape: one device, so
+    its MFU divides by one device's peak)."""
+    import jax
+
+    from minigpt_jax import sharding
+
+    cfg = _train_config(Path("/tmp/unused"), Path("/tmp/unused"), 1000, 10)
+    state, step, mesh = compiled_step(model_cfg, cfg, loss_chunks, devices=jax.devices()[:1])
+    tokens = np.random.default_rng(0).integers(0, model_cfg.vocab_size, (batch, block + 1))
+    data = sharding.global_batch(
+        {"inputs": tokens[:, :-1].astype(np.int32), "targets": tokens[:, 1:].astype(np.int32)},
+        mesh,
+    )
+    holder = {"state": state}
+
+    def run(n: int) -> float:
+        if n < 1:
+            raise ValueError(f"run(n) needs n >= 1 steps, got {n}")
+        t0 = time.perf_counter()
+        for _ in range(n):
+            holder["state"], metrics = step(holder["state"], data)
+        jax.block_until_ready(metrics)
+        return (time.perf_counter() - t0) / n
+
+    return run
+
+
+def worker_jax_step(args) -> dict[str, Any]:
+    import jax
+
+    from minigpt_jax import sharding
+    from minigpt_jax.config import model_config
+
+    if args.attention == "manual":
+        jax.nn.dot_product_attention = _manual_attention  # this process only
+    cfg = _train_config(Path(args.data_dir), Path(args.run_dir), 1000, 10)
+    loss_chunks = cfg.loss_chunks if args.loss_chunks is None else args.loss_chunks
+    state, step, mesh = compiled_step(model_config(cfg), cfg, loss_chunks, args.flatten)
     batches = [
         sharding.global_batch(b, mesh)
         for b in _batches(Path(args.data_dir), cfg.batch_size, cfg.block_size, args.steps + 1)
@@ -222,7 +298,7 @@ def worker_jax_step(args) -> dict[str, Any]:
     state, metrics = step(state, batches[0])
     jax.block_until_ready(metrics)
     compile_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for b in batches[1:]:
         state, metrics = step(state, b)
     jax.block_until_ready(metrics)
@@ -230,6 +306,7 @@ def worker_jax_step(args) -> dict[str, Any]:
     tokens = args.steps * cfg.batch_size * cfg.block_size
     return {
         "tokens_per_s": tokens / seconds,
+        "cpu_s_per_step": (time.process_time() - cpu0) / args.steps,
         "compile_s": compile_s,
         "loss": float(metrics["loss"]),
     }
@@ -302,12 +379,13 @@ def worker_torch(args, compiled: bool) -> dict[str, Any]:
     t0 = time.perf_counter()
     step(*batches[0])
     compile_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for x, y in batches[1:]:
         loss = step(x, y)
     seconds = time.perf_counter() - t0
     return {
         "tokens_per_s": args.steps * B * T / seconds,
+        "cpu_s_per_step": (time.process_time() - cpu0) / args.steps,
         "compile_s": compile_s if compiled else None,
         "loss": float(loss),
     }
@@ -316,7 +394,7 @@ def worker_torch(args, compiled: bool) -> dict[str, Any]:
 # --- the driver --------------------------------------------------------------------------------
 
 
-def run_trainer(args, tokens_per_step: int) -> dict[str, Any]:
+def run_trainer(args, tokens_per_step: int, env: dict[str, str]) -> dict[str, Any]:
     """The user's command on the real shards; tokens/s from its metrics.jsonl."""
     with tempfile.TemporaryDirectory(prefix="bench_trainer_") as run_dir:
         log_every = args.steps
@@ -337,7 +415,7 @@ def run_trainer(args, tokens_per_step: int) -> dict[str, Any]:
             cwd=ROOT,
             capture_output=True,
             text=True,
-            env=_env({}),
+            env=_env(env),
         )
         if proc.returncode:
             raise RuntimeError(f"trainer failed:\n{proc.stderr[-3000:]}")
@@ -345,6 +423,7 @@ def run_trainer(args, tokens_per_step: int) -> dict[str, Any]:
         records = [json.loads(line) for line in lines]
     return {
         "tokens_per_s": trainer_tokens_per_s(records, tokens_per_step),
+        "cpu_s_per_step": trainer_cpu_s_per_step(records),
         "logged_mfu": [r["mfu"] for r in records[1:]],
         "compile_s": None,
     }
@@ -352,13 +431,17 @@ def run_trainer(args, tokens_per_step: int) -> dict[str, Any]:
 
 def _env(extra: dict[str, str]) -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    # a row without the hugepages lever runs without it, whatever the calling shell exported
+    inherited = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t]
+    kept = [t for t in inherited if not t.startswith("glibc.malloc.hugetlb")]
+    env["GLIBC_TUNABLES"] = ":".join(kept)
     env.setdefault("USE_TORCH", "0")  # `datasets` in the trainer's import chain need not load it
     return {**env, **extra}
 
 
 def run_worker(args, row: str, spec: str) -> dict[str, Any]:
-    lever = LEVERS[row.split("/", 1)[1]] if "/" in row else {}
-    worker = "jax_step" if row.startswith("jax_step") else row
+    worker, lever_name = parse_row(row)
+    lever = LEVERS[lever_name] if lever_name else {}
     cmd = [sys.executable, __file__, "--worker", worker, "--steps", str(args.steps)]
     cmd += ["--data_dir", args.data_dir, "--spec", spec]
     if "loss_chunks" in lever:
@@ -432,8 +515,10 @@ def main() -> None:
         return
 
     for row in args.rows:
-        if row not in MAIN_ROWS and row.removeprefix("jax_step/") not in LEVERS:
-            p.error(f"--rows: unknown {row!r}; use {MAIN_ROWS} or jax_step/<{'|'.join(LEVERS)}>")
+        try:
+            parse_row(row)
+        except ValueError as e:
+            p.error(f"--rows: {e}")
     cpus = {int(c) for c in args.cpus.split(",")} if args.cpus else os.sched_getaffinity(0)
     # Before anything starts a thread: every row inherits these cores, and the peak is measured
     # on them too, so XLA and PyTorch size their thread pools alike.
@@ -462,8 +547,9 @@ def main() -> None:
     for r in range(args.rounds):
         order = args.rows if r % 2 == 0 else args.rows[::-1]
         for row in order:
-            if row == "trainer":
-                result = run_trainer(args, tokens_per_step)
+            base, lever = parse_row(row)
+            if base == "trainer":
+                result = run_trainer(args, tokens_per_step, LEVERS[lever]["env"] if lever else {})
             else:
                 result = run_worker(args, row, spec)
             samples[row].append(result)

@@ -37,6 +37,7 @@ from minigpt_jax.config import config_record, model_config, validate_config, wri
 from minigpt_jax.curriculum import PROPOSERS, Proposer
 from minigpt_jax.errors import ConfigError, exit_on_user_error
 from minigpt_jax.generate import bucket_size, max_prompt_tokens, sample, sample_in_batches
+from minigpt_jax.host_memory import hugepage_hint
 from minigpt_jax.model import GPT, GPTConfig
 from minigpt_jax.policy_gradient import (
     drop_rows_without_signal,
@@ -401,6 +402,8 @@ def rl_loop(run: RLRun) -> dict[str, Any]:
     log = make_loggers(cfg, start_step, is_main)
     progress = tqdm(total=cfg.total_steps, initial=start_step, disable=not is_main,
                     dynamic_ncols=True)
+    if is_main and (hint := hugepage_hint(jax.default_backend())):
+        tqdm.write(hint)
     config_json, last_record = config_record(cfg), {}
     t_start = time.perf_counter()
     with StopOnSignal() as stop:

@@ -54,6 +54,7 @@ from minigpt_jax.errors import (
     exit_on_user_error,
 )
 from minigpt_jax.evaluate import check_eval_data, evaluate
+from minigpt_jax.host_memory import hugepage_hint
 from minigpt_jax.init_from import check_same_tokenizer
 from minigpt_jax.loggers import make_loggers
 from minigpt_jax.model import GPT, GPTConfig
@@ -328,6 +329,8 @@ def train_loop(run: Run) -> dict[str, Any]:
     progress = tqdm(
         total=cfg.total_steps, initial=start_step, disable=not is_main, dynamic_ncols=True
     )
+    if is_main and (hint := hugepage_hint(jax.default_backend())):
+        tqdm.write(hint)
     config_json, last_record = config_record(cfg), {}
     t_last, steps_since = None, 0
     with StopOnSignal() as stop:

@@ -49,12 +49,63 @@ def test_summarize_medians_spread_mfu_and_ratio():
     assert rows["torch_eager"]["over_torch_eager"] == pytest.approx(1.0)
     assert rows["torch_compile"]["compile_s"] == [30.0, 5.0, 5.0]
     table = bench.markdown_table(rows)
-    assert "| trainer | 1,000 (900–1,100) | 1.0 | 50.0% | 2.00× | – |" in table
-    assert "| torch_compile | 800 (800–800) | 0.8 | 40.0% | 1.60× | 30, 5, 5 |" in table
+    assert "| trainer | 1,000 (900–1,100) | 1.0 | 50.0% | 2.00× | – | – |" in table
+    assert "| torch_compile | 800 (800–800) | 0.8 | 40.0% | 1.60× | – | 30, 5, 5 |" in table
     json.dumps(rows)  # the --json output is plain JSON
 
 
 def test_summarize_without_baseline_has_no_ratio():
     rows = bench.summarize({"jax_step": [{"tokens_per_s": 10.0}]}, 1.0, 10.0)
     assert not any(k.startswith("over_") for k in rows["jax_step"])
-    assert "| jax_step | 10 (10–10) | 0.0 | 100.0% | – | – |" in bench.markdown_table(rows)
+    assert "| jax_step | 10 (10–10) | 0.0 | 100.0% | – | – | – |" in bench.markdown_table(rows)
+
+
+def test_cpu_seconds_per_step_leave_out_the_warm_up_and_take_the_median():
+    records = [
+        {"step": 5, "cpu_minutes": 1.0},  # start-up and compile: left out
+        {"step": 10, "cpu_minutes": 1.5},
+        {"step": 25, "cpu_minutes": 2.0},  # 60 CPU s over 20 steps
+    ]
+    assert bench.trainer_cpu_s_per_step(records) == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="at least two"):
+        bench.trainer_cpu_s_per_step(records[:1])
+    runs = [{"tokens_per_s": 1.0, "cpu_s_per_step": c} for c in (0.5, 0.2, 0.3)]
+    rows = bench.summarize({"trainer/hugepages": runs}, 1.0, 10.0)
+    assert rows["trainer/hugepages"]["cpu_s_per_step"] == pytest.approx(0.3)
+    assert "| trainer/hugepages | 1 (1–1) | 0.0 | 10.0% | – | 0.300 | – |" in bench.markdown_table(
+        rows
+    )
+
+
+def test_rows_take_environment_levers_anywhere_and_step_levers_on_the_bare_step_only():
+    assert bench.parse_row("trainer") == ("trainer", None)
+    assert bench.parse_row("trainer/hugepages") == ("trainer", "hugepages")
+    assert bench.parse_row("torch_eager/hugepages") == ("torch_eager", "hugepages")
+    assert bench.parse_row("jax_step/flat_adam") == ("jax_step", "flat_adam")
+    assert bench.LEVERS["hugepages"]["env"] == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+    with pytest.raises(ValueError, match="only jax_step/flat_adam"):
+        bench.parse_row("trainer/flat_adam")
+    with pytest.raises(ValueError, match="unknown row 'jax_step/nope'"):
+        bench.parse_row("jax_step/nope")
+    with pytest.raises(ValueError, match="unknown row 'gpu'"):
+        bench.parse_row("gpu")
+    with pytest.raises(ValueError, match="unknown row 'trainer/'"):
+        bench.parse_row("trainer/")
+
+
+def test_rows_without_the_lever_run_without_huge_pages_whatever_the_shell_exported(monkeypatch):
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1")
+    assert bench._env({})["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2"
+    lever = bench.LEVERS["hugepages"]["env"]
+    assert bench._env(lever)["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+
+
+def test_gpu_checks_train_step_runner_imports_and_times_the_trainers_step(monkeypatch):
+    """bench/gpu_check.py's train_step part imports `jax_runner` as below; it runs on any device."""
+    from minigpt_jax.model import GPTConfig
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "bench"))
+    from train_step import jax_runner
+
+    run = jax_runner(GPTConfig.preset("tiny", block_size=16), batch=2, block=16, loss_chunks=0)
+    assert 0 < run(1) and 0 < run(2)

@@ -32,8 +32,12 @@ def test_training_logs_learns_and_repeats_exactly(tiny_shards, tmp_path):
     ]
 
 
-def test_gradient_accumulation_run_matches_plain_run(tiny_shards, tmp_path):
+def test_gradient_accumulation_run_matches_plain_run(tiny_shards, tmp_path, monkeypatch, capsys):
+    # the host-memory hint is asked with the run's backend and shown once (host_memory.py)
+    backends = []
+    monkeypatch.setattr("minigpt_jax.train.hugepage_hint", lambda b: backends.append(b) or "HINT")
     train_and_evaluate(tiny_config(tiny_shards, tmp_path / "plain", total_steps=3))
+    assert backends == ["cpu"] and capsys.readouterr().out.count("HINT") == 1
     train_and_evaluate(
         tiny_config(tiny_shards, tmp_path / "accum", total_steps=3, micro_batch_size=1)
     )
