@@ -265,14 +265,13 @@ def jax_runner(model_cfg, batch: int, block: int, loss_chunks: int = 0):
         {"inputs": tokens[:, :-1].astype(np.int32), "targets": tokens[:, 1:].astype(np.int32)},
         mesh,
     )
-    holder = {"state": state}
-
     def run(n: int) -> float:
+        nonlocal state
         if n < 1:
             raise ValueError(f"run(n) needs n >= 1 steps, got {n}")
         t0 = time.perf_counter()
         for _ in range(n):
-            holder["state"], metrics = step(holder["state"], data)
+            state, metrics = step(state, data)
         jax.block_until_ready(metrics)
         return (time.perf_counter() - t0) / n
 
@@ -434,7 +433,10 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
     # a row without the hugepages lever runs without it, whatever the calling shell exported
     inherited = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t]
     kept = [t for t in inherited if not t.startswith("glibc.malloc.hugetlb")]
-    env["GLIBC_TUNABLES"] = ":".join(kept)
+    if kept:
+        env["GLIBC_TUNABLES"] = ":".join(kept)
+    else:
+        env.pop("GLIBC_TUNABLES", None)
     env.setdefault("USE_TORCH", "0")  # `datasets` in the trainer's import chain need not load it
     return {**env, **extra}
 
@@ -514,9 +516,10 @@ def main() -> None:
         print(RESULT_TAG + json.dumps(result), flush=True)
         return
 
+    parsed = {}
     for row in args.rows:
         try:
-            parse_row(row)
+            parsed[row] = parse_row(row)
         except ValueError as e:
             p.error(f"--rows: {e}")
     cpus = {int(c) for c in args.cpus.split(",")} if args.cpus else os.sched_getaffinity(0)
@@ -547,7 +550,7 @@ def main() -> None:
     for r in range(args.rounds):
         order = args.rows if r % 2 == 0 else args.rows[::-1]
         for row in order:
-            base, lever = parse_row(row)
+            base, lever = parsed[row]
             if base == "trainer":
                 result = run_trainer(args, tokens_per_step, LEVERS[lever]["env"] if lever else {})
             else:

@@ -37,7 +37,6 @@ from minigpt_jax.config import config_record, model_config, validate_config, wri
 from minigpt_jax.curriculum import PROPOSERS, Proposer
 from minigpt_jax.errors import ConfigError, exit_on_user_error
 from minigpt_jax.generate import bucket_size, max_prompt_tokens, sample, sample_in_batches
-from minigpt_jax.host_memory import hugepage_hint
 from minigpt_jax.model import GPT, GPTConfig
 from minigpt_jax.policy_gradient import (
     drop_rows_without_signal,
@@ -56,6 +55,7 @@ from minigpt_jax.train import (
     open_checkpoints,
     parse_flags,
     resolve_tokenizer,
+    start_progress,
 )
 from minigpt_jax.train_state import (
     TrainState,
@@ -393,17 +393,11 @@ def _save(run: RLRun, state: Any, step: int, config_json: dict[str, Any], loss: 
 
 def rl_loop(run: RLRun) -> dict[str, Any]:
     """Steps from the state's step to `total_steps`: rollouts, update, log, evaluate, save."""
-    from minigpt_jax.loggers import make_loggers
-
     cfg = run.cfg
     is_main = jax.process_index() == 0
     state = run.state
     start_step = int(state.step)
-    log = make_loggers(cfg, start_step, is_main)
-    progress = tqdm(total=cfg.total_steps, initial=start_step, disable=not is_main,
-                    dynamic_ncols=True)
-    if is_main and (hint := hugepage_hint(jax.default_backend())):
-        tqdm.write(hint)
+    log, progress = start_progress(cfg, start_step, is_main)
     config_json, last_record = config_record(cfg), {}
     t_start = time.perf_counter()
     with StopOnSignal() as stop:

@@ -56,7 +56,7 @@ from minigpt_jax.errors import (
 from minigpt_jax.evaluate import check_eval_data, evaluate
 from minigpt_jax.host_memory import hugepage_hint
 from minigpt_jax.init_from import check_same_tokenizer
-from minigpt_jax.loggers import make_loggers
+from minigpt_jax.loggers import Loggers, make_loggers
 from minigpt_jax.model import GPT, GPTConfig
 from minigpt_jax.peak import device_peak_flops
 from minigpt_jax.train_state import (
@@ -314,6 +314,20 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, command: bool = False) ->
             run.ckpts.close()  # waits for the save in flight
 
 
+def start_progress(
+    cfg: ml_collections.ConfigDict, start_step: int, is_main: bool
+) -> tuple[Loggers, tqdm]:
+    """What a loop (train's, rl's) shows from its first step: loggers, the bar, and once, on a
+    CPU run that would gain from it, the huge-page malloc tip (host_memory.py)."""
+    log = make_loggers(cfg, start_step, is_main)
+    progress = tqdm(
+        total=cfg.total_steps, initial=start_step, disable=not is_main, dynamic_ncols=True
+    )
+    if is_main and (hint := hugepage_hint(jax.default_backend())):
+        tqdm.write(hint)
+    return log, progress
+
+
 def train_loop(run: Run) -> dict[str, Any]:
     """Steps from the state's step to `total_steps`: log, evaluate, checkpoint, stop on a signal."""
     cfg, mesh, ckpts = run.cfg, run.mesh, run.ckpts
@@ -325,12 +339,7 @@ def train_loop(run: Run) -> dict[str, Any]:
 
     state, data_iter = run.state, run.data_iter
     start_step = int(state.step)
-    log = make_loggers(cfg, start_step, is_main)
-    progress = tqdm(
-        total=cfg.total_steps, initial=start_step, disable=not is_main, dynamic_ncols=True
-    )
-    if is_main and (hint := hugepage_hint(jax.default_backend())):
-        tqdm.write(hint)
+    log, progress = start_progress(cfg, start_step, is_main)
     config_json, last_record = config_record(cfg), {}
     t_last, steps_since = None, 0
     with StopOnSignal() as stop:

@@ -383,11 +383,15 @@ def _toy_config(tmp_path: Path, **overrides):
     return c
 
 
-def test_rl_reaches_a_known_optimum_on_a_toy_task(tmp_path):
+def test_rl_reaches_a_known_optimum_on_a_toy_task(tmp_path, monkeypatch, capsys):
     from minigpt_jax.rl import train_rl
 
+    # the host-memory hint is asked with the run's backend and shown once, as in train
+    backends = []
+    monkeypatch.setattr("minigpt_jax.train.hugepage_hint", lambda b: backends.append(b) or "HINT")
     cfg = _toy_config(tmp_path)
     last = train_rl(cfg, task=FirstDigitTask())
+    assert backends == ["cpu"] and capsys.readouterr().out.count("HINT") == 1
     records = read_metrics(Path(cfg.run_dir))
     assert records[0]["step"] == 0 and records[0]["heldout_greedy"] == 0.0
     first_rewards = np.mean([r["reward"] for r in records[1:6]])
