@@ -34,10 +34,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from minigpt_jax.model import GPTConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULT_TAG = "BENCH_RESULT "
@@ -250,7 +254,9 @@ def compiled_step(model_cfg, cfg, loss_chunks: int, flatten: bool = False, devic
     return init(rng), step, mesh
 
 
-def jax_runner(model_cfg, batch: int, block: int, loss_chunks: int = 0):
+def jax_runner(
+    model_cfg: GPTConfig, batch: int, block: int, loss_chunks: int = 0
+) -> Callable[[int], float]:
     """`run(n)`: seconds per step over n steps of the trainer's step on random tokens already on
     the first device (bench/gpu_check.py's train_step part, at GPT-2 124M's shape: one device, so
     its MFU divides by one device's peak)."""
@@ -265,6 +271,7 @@ def jax_runner(model_cfg, batch: int, block: int, loss_chunks: int = 0):
         {"inputs": tokens[:, :-1].astype(np.int32), "targets": tokens[:, 1:].astype(np.int32)},
         mesh,
     )
+
     def run(n: int) -> float:
         nonlocal state
         if n < 1:
@@ -430,15 +437,18 @@ def run_trainer(args, tokens_per_step: int, env: dict[str, str]) -> dict[str, An
 
 def _env(extra: dict[str, str]) -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    # a row without the hugepages lever runs without it, whatever the calling shell exported
+    # A row without the hugepages lever runs without it, whatever the calling shell exported; a
+    # row with it keeps the shell's other tunables, so the two rows differ by the lever alone.
     inherited = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t]
-    kept = [t for t in inherited if not t.startswith("glibc.malloc.hugetlb")]
-    if kept:
-        env["GLIBC_TUNABLES"] = ":".join(kept)
+    tunables = [t for t in inherited if not t.startswith("glibc.malloc.hugetlb")]
+    tunables += [t for t in extra.get("GLIBC_TUNABLES", "").split(":") if t]
+    env = {**env, **extra}
+    if tunables:
+        env["GLIBC_TUNABLES"] = ":".join(tunables)
     else:
         env.pop("GLIBC_TUNABLES", None)
     env.setdefault("USE_TORCH", "0")  # `datasets` in the trainer's import chain need not load it
-    return {**env, **extra}
+    return env
 
 
 def run_worker(args, row: str, spec: str) -> dict[str, Any]:
@@ -516,7 +526,7 @@ def main() -> None:
         print(RESULT_TAG + json.dumps(result), flush=True)
         return
 
-    parsed = {}
+    parsed: dict[str, tuple[str, str | None]] = {}
     for row in args.rows:
         try:
             parsed[row] = parse_row(row)

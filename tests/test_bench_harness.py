@@ -97,9 +97,11 @@ def test_rows_without_the_lever_run_without_huge_pages_whatever_the_shell_export
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1")
     assert bench._env({})["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2"
     lever = bench.LEVERS["hugepages"]["env"]
-    assert bench._env(lever)["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+    # the lever row keeps the shell's other tunables: the rows differ by the lever alone
+    assert bench._env(lever)["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
     assert "GLIBC_TUNABLES" not in bench._env({})
+    assert bench._env(lever)["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
 
 
 def test_gpu_checks_train_step_runner_imports_and_times_the_trainers_step(monkeypatch):

@@ -391,7 +391,7 @@ def test_rl_reaches_a_known_optimum_on_a_toy_task(tmp_path, monkeypatch, capsys)
     monkeypatch.setattr("minigpt_jax.train.hugepage_hint", lambda b: backends.append(b) or "HINT")
     cfg = _toy_config(tmp_path)
     last = train_rl(cfg, task=FirstDigitTask())
-    assert backends == ["cpu"] and capsys.readouterr().out.count("HINT") == 1
+    assert backends == [jax.default_backend()] and capsys.readouterr().out.count("HINT") == 1
     records = read_metrics(Path(cfg.run_dir))
     assert records[0]["step"] == 0 and records[0]["heldout_greedy"] == 0.0
     first_rewards = np.mean([r["reward"] for r in records[1:6]])

@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import pytest
 from conftest import read_metrics, tiny_config
 
@@ -37,7 +38,7 @@ def test_gradient_accumulation_run_matches_plain_run(tiny_shards, tmp_path, monk
     backends = []
     monkeypatch.setattr("minigpt_jax.train.hugepage_hint", lambda b: backends.append(b) or "HINT")
     train_and_evaluate(tiny_config(tiny_shards, tmp_path / "plain", total_steps=3))
-    assert backends == ["cpu"] and capsys.readouterr().out.count("HINT") == 1
+    assert backends == [jax.default_backend()] and capsys.readouterr().out.count("HINT") == 1
     train_and_evaluate(
         tiny_config(tiny_shards, tmp_path / "accum", total_steps=3, micro_batch_size=1)
     )
