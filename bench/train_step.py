@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from minigpt_jax.host_memory import HUGEPAGES_KEY, HUGEPAGES_TUNABLE
+
 if TYPE_CHECKING:
     from minigpt_jax.model import GPTConfig
 
@@ -61,7 +63,7 @@ LEVERS: dict[str, dict[str, Any]] = {
     # glibc's malloc hands large buffers back to the kernel on free and page-faults them in again
     # on the next step (4 KiB at a time); transparent huge pages for its memory cut those faults
     # ~50x. Environment only, so it also applies to `trainer` and the torch rows.
-    "hugepages": {"env": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}},
+    "hugepages": {"env": {"GLIBC_TUNABLES": HUGEPAGES_TUNABLE}},
 }
 # configs/small.py on GPT-2 shards; `vocab_size` 50257 pads to nanoGPT's 50304.
 CONFIG = {
@@ -440,7 +442,7 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
     # A row without the hugepages lever runs without it, whatever the calling shell exported; a
     # row with it keeps the shell's other tunables, so the two rows differ by the lever alone.
     inherited = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t]
-    tunables = [t for t in inherited if not t.startswith("glibc.malloc.hugetlb")]
+    tunables = [t for t in inherited if not t.startswith(HUGEPAGES_KEY)]
     tunables += [t for t in extra.get("GLIBC_TUNABLES", "").split(":") if t]
     env = {**env, **extra}
     if tunables:
@@ -451,8 +453,8 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def run_worker(args, row: str, spec: str) -> dict[str, Any]:
-    worker, lever_name = parse_row(row)
+def run_worker(args, row: str, worker: str, lever_name: str | None, spec: str) -> dict[str, Any]:
+    """One bare-step or torch row (`row`, already parsed into `worker` and `lever_name`)."""
     lever = LEVERS[lever_name] if lever_name else {}
     cmd = [sys.executable, __file__, "--worker", worker, "--steps", str(args.steps)]
     cmd += ["--data_dir", args.data_dir, "--spec", spec]
@@ -564,7 +566,7 @@ def main() -> None:
             if base == "trainer":
                 result = run_trainer(args, tokens_per_step, LEVERS[lever]["env"] if lever else {})
             else:
-                result = run_worker(args, row, spec)
+                result = run_worker(args, row, base, lever, spec)
             samples[row].append(result)
             print(f"round {r + 1} {row}: {result['tokens_per_s']:,.0f} tokens/s", flush=True)
     rows = summarize(samples, fpt, peak)

@@ -21,7 +21,8 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-HUGEPAGES_TUNABLE = "glibc.malloc.hugetlb=1"
+HUGEPAGES_KEY = "glibc.malloc.hugetlb"
+HUGEPAGES_TUNABLE = f"{HUGEPAGES_KEY}=1"
 THP_MODE_FILE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
@@ -44,7 +45,7 @@ def hugepage_hint(
     already on for every mapping (`always`), or the tunable already set."""
     if backend != "cpu" or not sys.platform.startswith("linux"):
         return None
-    if "glibc.malloc.hugetlb" in environ.get("GLIBC_TUNABLES", ""):
+    if HUGEPAGES_KEY in environ.get("GLIBC_TUNABLES", ""):
         return None
     name, version = libc if libc is not None else platform.libc_ver()
     if name != "glibc" or not _glibc_at_least(version, (2, 35)):
