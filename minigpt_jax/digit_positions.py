@@ -28,6 +28,10 @@ reads, and the answer line, most significant first, counting down to the step li
 "same id" or a fixed shift of it, for every length. The prompt is given whole, so its right-end
 indices are exact; generated lines use only what precedes them, so decoding carries the line
 count and the digit run (a prompt number split across prefill chunks is indexed per chunk).
+Long division reads its dividend from the left, so its documents can be "left-read"
+(`coupled_indices`' `left_op_ids`); decoding then also carries whether the document is one and
+whether the last token is in its answer's quotient (a prompt line split across prefill chunks
+before its `/` is read from the right up to the split).
 """
 
 from __future__ import annotations
@@ -53,6 +57,18 @@ def digit_token_ids(tokenizer) -> tuple[int, ...]:
 def newline_token_ids(tokenizer) -> tuple[int, ...]:
     """The ids whose decoded text is exactly one newline: the line breaks "coupled" ids count."""
     return _ids_decoding_to(tokenizer, {"\n"})
+
+
+def division_token_ids(tokenizer) -> tuple[int, ...]:
+    """The ids that decode to exactly `/`: the operator of the documents coupled ids read from the
+    left (`coupled_indices`' `left_op_ids`)."""
+    return _ids_decoding_to(tokenizer, {"/"})
+
+
+def answer_mark_token_ids(tokenizer) -> tuple[int, ...]:
+    """The ids that decode to exactly `:`, which opens the answer (`A:<answer>`): the quotient
+    after it is what a left-read document indexes from its left end."""
+    return _ids_decoding_to(tokenizer, {":"})
 
 
 def _ids_decoding_to(tokenizer, texts) -> tuple[int, ...]:
@@ -111,24 +127,70 @@ def coupled_indices(
     run_B: jax.Array | None = None,
     offset_B: jax.Array | None = None,
     line_BT: jax.Array | None = None,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(index_BT, line_B, run_B): each token's coupled id (module docstring) plus the row's
-    `offset_B` where it is > 0; the line count and the digit run at the last column.
+    left_op_ids: Sequence[int] = (),
+    answer_ids: Sequence[int] = (),
+    read_B: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """(index_BT, line_B, run_B, read_B): each token's coupled id (module docstring) plus the
+    row's `offset_B` where it is > 0; the line count, the digit run and the reading state at the
+    last column.
 
-    `line_B` and `run_B` continue a decode (the line number and digit run that end just before
-    column 0; default 0). A `doc_sep_id` token starts a new document at line 0; tokens < 0 (left
-    padding) are nothing. `line_BT`: the tokens' `line_numbers` when the caller has them already.
+    `line_B`, `run_B` and `read_B` continue a decode (the line number, digit run and reading
+    state that end just before column 0; default 0). A `doc_sep_id` token starts a new document
+    at line 0; tokens < 0 (left padding) are nothing. `line_BT`: the tokens' `line_numbers` when
+    the caller has them already.
+
+    Left-read documents (`left_op_ids`, long division's `/`): a document whose prompt line holds
+    one of these operators reads its prompt from the left, so its prompt digits are indexed from
+    their number's left end, and the digit run right after an `answer_ids` token (the quotient
+    after `A:`) from its own left end too. Why: long division's step line i brings down the
+    dividend's digit i from the left, and the answer's digit i is step line i's quotient digit
+    (id i + 1); indexed from the right, both lookups depend on the dividend's length, the
+    suspected reason 12-digit division by one digit stayed at 0 while the trained lengths
+    reached 0.88-0.92 (BENCHMARKS.md). With these ids both are "same id" or a fixed shift at
+    every length; nothing else changes, and no other document is touched. `read_B` packs what a
+    decode carries: bit 0, the document is left-read; bit 1, the last token is an answer mark or
+    a digit of the run after one.
     """
+    B, T = tokens_BT.shape
     is_digit_BT = jnp.isin(tokens_BT, jnp.asarray(digit_ids, tokens_BT.dtype))
-    from_left_BT, run_B = digit_indices(tokens_BT, digit_ids, run_B)
+    from_left_BT, run_out_B = digit_indices(tokens_BT, digit_ids, run_B)
     from_right_BT = digit_indices(tokens_BT[:, ::-1], digit_ids)[0][:, ::-1]
     if line_BT is None:
         line_BT = line_numbers(tokens_BT, newline_ids, doc_sep_id, line_B)
     in_line_BT = jnp.where(is_digit_BT, jnp.maximum(line_BT + 2 - from_left_BT, 1), line_BT)
-    index_BT = jnp.where(line_BT == 0, jnp.where(is_digit_BT, from_right_BT, 0), in_line_BT)
+    prompt_BT = from_right_BT
+    read_out_B = jnp.zeros((B,), jnp.int32)
+    if left_op_ids:
+        read0_B = jnp.zeros((B,), jnp.int32) if read_B is None else read_B.astype(jnp.int32)
+        t_T = jnp.arange(T, dtype=jnp.int32)
+        # left-read documents: any left operator on the document's line 0, the prompt included
+        # before the operator (the prompt is given whole, as for its right-end indices)
+        doc_BT = jnp.cumsum((tokens_BT == doc_sep_id) & (doc_sep_id >= 0), axis=1, dtype=jnp.int32)
+        is_op_BT = jnp.isin(tokens_BT, jnp.asarray(left_op_ids, tokens_BT.dtype)) & (line_BT == 0)
+        rows_BT = jnp.broadcast_to(jnp.arange(B)[:, None], (B, T))
+        op_BD = jnp.zeros((B, T + 1), bool).at[rows_BT, doc_BT].max(is_op_BT)
+        op_BD = op_BD.at[:, 0].max((read0_B & 1) > 0)  # the document a decode is inside
+        left_read_BT = jnp.take_along_axis(op_BD, doc_BT, axis=1)
+        # the digit run right after an answer mark: its run starts after the mark's column
+        is_mark_BT = jnp.isin(tokens_BT, jnp.asarray(answer_ids, tokens_BT.dtype))
+        mark0_B = (read0_B & 2) > 0
+        run_start_BT = t_T[None] - from_left_BT + 1  # a digit's run starts here (< 0: before)
+        before_BT = run_start_BT - 1
+        marked_BT = jnp.where(
+            before_BT >= 0,
+            jnp.take_along_axis(is_mark_BT, jnp.clip(before_BT, 0, T - 1), axis=1),
+            mark0_B[:, None],
+        )
+        answer_BT = is_digit_BT & marked_BT & (line_BT > 0) & left_read_BT
+        in_line_BT = jnp.where(answer_BT, from_left_BT, in_line_BT)
+        prompt_BT = jnp.where(left_read_BT, from_left_BT, from_right_BT)
+        mark_out_B = is_mark_BT[:, -1] | (is_digit_BT[:, -1] & marked_BT[:, -1])
+        read_out_B = left_read_BT[:, -1].astype(jnp.int32) + 2 * mark_out_B.astype(jnp.int32)
+    index_BT = jnp.where(line_BT == 0, jnp.where(is_digit_BT, prompt_BT, 0), in_line_BT)
     if offset_B is not None:
         index_BT = jnp.where(index_BT > 0, index_BT + _per_token(offset_B), 0)
-    return index_BT, line_BT[:, -1], run_B
+    return index_BT, line_BT[:, -1], run_out_B, read_out_B
 
 
 def _per_token(offset: jax.Array | None) -> jax.Array | int:

@@ -138,6 +138,15 @@ class GPTConfig:
     # digit i from the left" and the answer's digit i "step line i": one lookup each only with
     # this index (docs/arithmetic.md).
     digit_pos_from_left: bool = False
+    # With "coupled" ids: the operator token ids (long division's `/`, `division_token_ids`)
+    # whose documents read their prompt from the left: prompt digits indexed from their number's
+    # left end, and the digit run right after an `answer_mark_ids` token (`A:`'s colon,
+    # `answer_mark_token_ids`) from its own left end. Long division's step line i reads the
+    # dividend's digit i from the left, and its answer's digit i step line i: right-end ids make
+    # both lookups depend on the length (digit_positions.coupled_indices). Other documents are
+    # untouched. Both set, or neither.
+    left_op_ids: tuple[int, ...] = ()
+    answer_mark_ids: tuple[int, ...] = ()
     # With digit positions, True adds a learned embedding of whether a digit starts its run of
     # digits (two rows: a run's first digit, any later one). It is length-blind where
     # digit_pos_from_left is not: in `a+b+c=XY` the carry X of line m - 1 and the units Y of
@@ -153,7 +162,7 @@ class GPTConfig:
     rope_gap_max: int = 0
 
     def __post_init__(self):
-        for field in ("digit_ids", "newline_ids"):  # lists when read back from JSON
+        for field in ("digit_ids", "newline_ids", "left_op_ids", "answer_mark_ids"):  # JSON lists
             object.__setattr__(self, field, tuple(int(i) for i in getattr(self, field)))
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
@@ -257,6 +266,25 @@ class GPTConfig:
                 "digit_run_start=True marks digits within their runs: set digit_pos_max > 0 "
                 "and digit_ids (digit_positions.digit_token_ids)"
             )
+        marks = self.left_op_ids + self.answer_mark_ids
+        if marks and not (
+            self.left_op_ids and self.answer_mark_ids and self.digit_pos_scheme == "coupled"
+            and self.doc_sep_id >= 0
+        ):
+            raise ValueError(
+                f"left_op_ids={list(self.left_op_ids)}, answer_mark_ids="
+                f"{list(self.answer_mark_ids)}: set both (digit_positions.division_token_ids "
+                f"and answer_mark_token_ids) with digit_pos_scheme='coupled' (got "
+                f"{self.digit_pos_scheme!r}) and doc_sep_id >= 0 (got {self.doc_sep_id}: a "
+                f"left-read document must end at a separator), or neither"
+            )
+        taken = set(self.digit_ids) | set(self.newline_ids) | {self.doc_sep_id}
+        if marks and not all(0 <= i < self.vocab_size and i not in taken for i in marks):
+            raise ValueError(
+                f"left_op_ids={list(self.left_op_ids)}, answer_mark_ids="
+                f"{list(self.answer_mark_ids)}: each must be a token id below vocab_size="
+                f"{self.vocab_size} that is not a digit, a newline or doc_sep_id"
+            )
         if self.digit_pos_from_left and self.digit_pos_scheme != "coupled":
             raise ValueError(
                 f"digit_pos_from_left=True adds to coupled ids: set digit_pos_scheme='coupled' "
@@ -304,7 +332,8 @@ class GPTConfig:
 ARCHITECTURE_FIELDS = (
     "pos_emb", "norm", "bias", "qk_norm", "mlp", "tie_embeddings", "zero_init_proj",
     "logit_softcap", "mixer", "attention_every", "digit_pos_max", "digit_pos_scheme",
-    "line_segment_max", "digit_pos_from_left", "digit_run_start",
+    "line_segment_max", "digit_pos_from_left", "digit_run_start", "left_op_ids",
+    "answer_mark_ids",
 )
 
 
@@ -335,6 +364,7 @@ class KVCache(flax.struct.PyTreeNode):
     digit_run_B: jax.Array  # int32, the digit run the last written column ends (digit positions)
     digit_line_B: jax.Array  # int32, the line the last written column is in ("coupled" ids)
     digit_segment_B: jax.Array  # int32, the segment of its line the last written column is in
+    digit_read_B: jax.Array  # int32, left-read state: bit 0 the document, bit 1 an answer run
 
     @classmethod
     def zeros(cls, config: GPTConfig, batch: int, length: int, start_B: jax.Array) -> KVCache:
@@ -351,6 +381,7 @@ class KVCache(flax.struct.PyTreeNode):
             digit_run_B=jnp.zeros((batch,), jnp.int32),
             digit_line_B=jnp.zeros((batch,), jnp.int32),
             digit_segment_B=jnp.zeros((batch,), jnp.int32),
+            digit_read_B=jnp.zeros((batch,), jnp.int32),
         )
 
 
@@ -533,11 +564,11 @@ class GPT(nn.Module):
                                      name="wpe")(pos_BT)
         if cfg.digit_pos_max:
             digit_tokens_BT, run_B, line_B, offset_B = tokens_BT, None, None, None
-            segment_B, seg_line_BT = None, None
+            segment_B, seg_line_BT, read_B = None, None, None
             if cache is not None:  # left padding is never part of a number
                 digit_tokens_BT = jnp.where(col_BT >= cache.start_B[:, None], tokens_BT, -1)
                 run_B, line_B = cache.digit_run_B, cache.digit_line_B
-                segment_B = cache.digit_segment_B
+                segment_B, read_B = cache.digit_segment_B, cache.digit_read_B
             if cfg.line_segment_max:  # before run_B and line_B move on to the last column
                 S = cfg.line_segment_max
                 segment_BT, seg_line_BT, segment_B = segment_indices(
@@ -558,9 +589,10 @@ class GPT(nn.Module):
             if cfg.digit_pos_from_left:
                 left_BT, _ = digit_indices(digit_tokens_BT, cfg.digit_ids, run_B, offset_B)
             if cfg.digit_pos_scheme == "coupled":
-                index_BT, line_B, run_B = coupled_indices(
+                index_BT, line_B, run_B, read_B = coupled_indices(
                     digit_tokens_BT, cfg.digit_ids, cfg.newline_ids, cfg.doc_sep_id, line_B,
-                    run_B, offset_B, line_BT=seg_line_BT,
+                    run_B, offset_B, line_BT=seg_line_BT, left_op_ids=cfg.left_op_ids,
+                    answer_ids=cfg.answer_mark_ids, read_B=read_B,
                 )
             else:
                 index_BT, run_B = digit_indices(digit_tokens_BT, cfg.digit_ids, run_B, offset_B)
@@ -584,7 +616,7 @@ class GPT(nn.Module):
             if cache is not None:
                 cache = cache.replace(
                     digit_run_B=run_B, digit_line_B=line_B,
-                    digit_segment_B=segment_B,
+                    digit_segment_B=segment_B, digit_read_B=read_B,
                 )
         x_BTD = nn.Dropout(cfg.dropout)(x_BTD, deterministic=deterministic)
 

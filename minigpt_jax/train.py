@@ -201,13 +201,22 @@ def check_data(cfg: ml_collections.ConfigDict) -> tuple[GPTConfig, list[Path], l
             f"{tokenizer['vocab_size']}",
         )
     if model_cfg.digit_pos_max and tokenizer:
-        from minigpt_jax.digit_positions import digit_token_ids, newline_token_ids
+        from minigpt_jax.digit_positions import (
+            answer_mark_token_ids,
+            digit_token_ids,
+            division_token_ids,
+            newline_token_ids,
+        )
         from minigpt_jax.tokenizer import load_run_tokenizer
 
         run_tokenizer = load_run_tokenizer(tokenizer, cfg.data_dir)
         wanted = [("digit_ids", digit_token_ids)]
         if model_cfg.digit_pos_scheme == "coupled":
             wanted.append(("newline_ids", newline_token_ids))
+        if model_cfg.left_op_ids:
+            wanted += [
+                ("left_op_ids", division_token_ids), ("answer_mark_ids", answer_mark_token_ids)
+            ]
         for field, ids_of in wanted:
             ids, have = ids_of(run_tokenizer), getattr(model_cfg, field)
             if ids != have:

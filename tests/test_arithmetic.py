@@ -1045,3 +1045,11 @@ def test_training_refuses_digit_and_newline_ids_that_are_not_the_shards(tmp_path
         with pytest.raises(ConfigError, match=f"model.{key}.*{key[:-4]}_token_ids"):
             check_data(c)
         c.model[key] = (10,) if key == "newline_ids" else tuple(range(48, 58))
+    c.model.left_op_ids, c.model.answer_mark_ids = (47,), (58,)  # "/" and ":"
+    assert check_data(c)[0].left_op_ids == (47,)
+    for key, wrong, helper in (("left_op_ids", (42,), "division_token_ids"),
+                               ("answer_mark_ids", (61,), "answer_mark_token_ids")):
+        right, c.model[key] = c.model[key], wrong
+        with pytest.raises(ConfigError, match=f"model.{key}.*{helper}"):
+            check_data(c)
+        c.model[key] = right

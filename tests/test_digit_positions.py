@@ -12,16 +12,18 @@ import numpy as np
 import pytest
 
 from minigpt_jax.digit_positions import (
+    answer_mark_token_ids,
     coupled_indices,
     digit_indices,
     digit_token_ids,
+    division_token_ids,
     document_block_offsets,
     newline_token_ids,
     run_marks,
     segment_indices,
 )
 from minigpt_jax.generate import sample
-from minigpt_jax.model import GPT, GPTConfig, count_params
+from minigpt_jax.model import GPT, GPTConfig, KVCache, count_params
 from minigpt_jax.tokenizer import ByteTokenizer
 
 BYTE_DIGITS = digit_token_ids(ByteTokenizer())
@@ -105,7 +107,7 @@ def coupled(text: str, offset: int | None = None) -> list[int]:
     """Coupled ids of `text`, where "@" stands for the <eot> that starts a document."""
     tokens = [EOT if c == "@" else ord(c) for c in text]
     offset_B = None if offset is None else jnp.asarray([offset], jnp.int32)
-    index, _, _ = coupled_indices(
+    index, *_ = coupled_indices(
         jnp.asarray([tokens], jnp.int32), BYTE_DIGITS, BYTE_NEWLINES, EOT, offset_B=offset_B
     )
     return index[0].tolist()
@@ -158,13 +160,84 @@ def test_coupled_ids_token_by_token_equal_the_whole_sequence():
     line, run = None, None
     pieces = []
     for chunk in [tokens[:prompt], *([t] for t in tokens[prompt:])]:
-        idx, line, run = coupled_indices(
+        idx, line, run, _ = coupled_indices(
             jnp.asarray([chunk], jnp.int32), BYTE_DIGITS, BYTE_NEWLINES, EOT, line, run
         )
         pieces += idx[0].tolist()
     # the second document's prompt is decoded token by token: its numbers are indexed from the
     # right only when the prompt line is given whole (module docstring), so compare up to it
     assert pieces[: text.index("@12")] == whole[: text.index("@12")]
+
+
+DIVISION = division_token_ids(ByteTokenizer())
+ANSWER_MARK = answer_mark_token_ids(ByteTokenizer())
+
+
+def left_read(text: str, prefill: int | None = None) -> list[int]:
+    """Coupled ids with long division's documents read from the left ("@" is <eot>): the whole
+    text at once, or its first `prefill` tokens and then one token at a time, as decoding does."""
+    tokens = [EOT if c == "@" else ord(c) for c in text]
+    chunks = [tokens] if prefill is None else [tokens[:prefill], *([t] for t in tokens[prefill:])]
+    line = run = read = None
+    ids = []
+    for chunk in chunks:
+        index, line, run, read = coupled_indices(
+            jnp.asarray([chunk], jnp.int32), BYTE_DIGITS, BYTE_NEWLINES, EOT, line, run,
+            left_op_ids=DIVISION, answer_ids=ANSWER_MARK, read_B=read,
+        )
+        ids += index[0].tolist()
+    return ids
+
+
+def test_division_and_answer_mark_ids():
+    assert DIVISION == (ord("/"),) and ANSWER_MARK == (ord(":"),)
+
+
+def test_left_read_division_lines_share_ids_with_the_digits_they_read():
+    """Step line i brings down the dividend's digit i from the left with the same id at every
+    length; the answer's quotient digit i is one id below step line i's quotient digit; other
+    documents keep their ids."""
+    text = "@047/6\n00/6=0r0\n04/6=0r4\n47/6=7r5\nA:007r5\n@12+34\n4+2+0=06\nA:46\n"
+    ids = left_read(text)
+    lines, at = [], 1
+    for line in text[1:].split("\n")[:5]:
+        lines.append(ids[at : at + len(line)])
+        at += len(line) + 1
+    assert lines[0] == [1, 2, 3, 0, 1]  # the dividend (and divisor) from the left
+    for i in (1, 2, 3):  # "rd/6=qrR": the brought-down digit d has id i, the quotient q id i + 1
+        assert lines[i][1] == lines[0][i - 1] == i and lines[i][5] == i + 1
+    assert lines[4] == [4, 4, 1, 2, 3, 4, 5]  # A:007r5: the quotient from its left end
+    addition = "@12+34\n4+2+0=06\nA:46\n"
+    assert ids[-len(addition):] == coupled(addition)
+    assert coupled(text)[:6] == [0, 3, 2, 1, 0, 1]  # without left_op_ids: from the right
+    for n in (3, 12):  # the lookups do not depend on the dividend's length
+        a = "7" * n
+        lines = [f"{a}/7"] + ["07/7=1r0"] * n + ["A:" + "1" * n + "r0"]
+        ids = left_read("@" + "\n".join(lines) + "\n")
+        prompt, step = ids[1 : 1 + n], ids[2 + len(lines[0]) :]
+        assert prompt == list(range(1, n + 1))
+        assert [step[9 * (i - 1) + 1] for i in range(1, n + 1)] == prompt
+        answer = ids[-(n + 5) : -1]
+        assert answer[2 : 2 + n] == list(range(1, n + 1))
+
+
+def test_only_an_operator_on_line_0_makes_a_document_left_read():
+    addition = "@12+34\n4/2+0=06\nA:46\n"  # a "/" on a later line: still read from the right
+    assert left_read(addition) == coupled(addition)
+    marked = "@12:34/5\n"  # a mark on line 0 is no answer: the prompt is read from the left
+    assert left_read(marked) == [0, 1, 2, 0, 1, 2, 0, 1, 1]
+
+
+def test_left_read_ids_token_by_token_equal_the_whole_sequence():
+    text = "@8047/6\n08/6=1r2\n20/6=3r2\n24/6=4r0\n07/6=1r1\nA:1341r1\n@5/5\n"
+    prompt = text.index("\n") + 1  # the prompt line given whole, as a decode's prefill
+    first = text.index("@5")  # the second document's prompt is decoded token by token
+    assert left_read(text, prefill=prompt)[:first] == left_read(text)[:first]
+    split = text.index("A:") + 3  # a prefill that ends inside the answer's quotient
+    assert left_read(text, prefill=split) == left_read(text)
+    after = "@8047/6\n08/6=1r2\nA:13r2\n@12+34\n4+2+0=06\nA:46\n"  # then an addition
+    second = after.index("@12") + len("@12+34\n")  # its lines after the prompt
+    assert left_read(after, prefill=after.index("A:") + 2)[second:] == coupled(after)[second:]
 
 
 def segments(text: str) -> tuple[list[int], list[int]]:
@@ -214,7 +287,7 @@ def test_segments_token_by_token_equal_the_whole_sequence():
         got, got_line, seg = segment_indices(
             chunk_BT, BYTE_DIGITS, BYTE_NEWLINES, EOT, line, seg, after_digit
         )
-        _, line, _ = coupled_indices(chunk_BT, BYTE_DIGITS, BYTE_NEWLINES, EOT, line)
+        _, line, *_ = coupled_indices(chunk_BT, BYTE_DIGITS, BYTE_NEWLINES, EOT, line)
         after_digit = jnp.isin(chunk_BT[:, -1], jnp.asarray(BYTE_DIGITS))
         pieces += got[0].tolist()
         line_pieces += got_line[0].tolist()
@@ -316,6 +389,19 @@ def test_config_validates_digit_fields():
     assert "digit_run_start=True" in starts.gpt2_differences()
     with pytest.raises(ValueError, match="digit_run_start=True .* digit_pos_max > 0"):
         GPTConfig.preset("tiny", digit_run_start=True)
+    read = dataclasses.replace(cfg, left_op_ids=[47], answer_mark_ids=[58], doc_sep_id=0)
+    assert read.left_op_ids == (47,) and count_params(read) == count_params(cfg)  # no new table
+    assert "left_op_ids=(47,)" in read.gpt2_differences()
+    for bad in ({"answer_mark_ids": ()}, {"left_op_ids": ()}, {"doc_sep_id": -1}):
+        with pytest.raises(ValueError, match="set both .* or neither"):
+            dataclasses.replace(read, **bad)
+    with pytest.raises(ValueError, match=r"\(got 'abacus'\) and doc_sep_id"):
+        GPTConfig.preset("tiny", digit_pos_max=8, digit_ids=(48,), left_op_ids=(47,),
+                         answer_mark_ids=(58,), doc_sep_id=0)
+    for bad in ({"answer_mark_ids": (10**6,)}, {"answer_mark_ids": (48,)},  # a digit
+                {"left_op_ids": (10,)}, {"left_op_ids": (0,)}):  # a newline, the separator
+        with pytest.raises(ValueError, match="not a digit, a newline or doc_sep_id"):
+            dataclasses.replace(read, **bad)
 
 
 def test_digit_positions_change_the_output_and_training_draws_offsets(params):
@@ -379,6 +465,15 @@ FROM_LEFT = dataclasses.replace(SEGMENTS, digit_pos_from_left=True)
 RUN_START = dataclasses.replace(SEGMENTS, digit_run_start=True)
 
 
+# And with the documents whose line 0 holds an id of 4, 12, ... read from the left, their answer
+# being the digit run after an id of 6, 14, ...; 256 separates documents (teacher-forced below:
+# greedy decoding of random weights soon writes the separator).
+LEFT_READ = dataclasses.replace(
+    SEGMENTS, left_op_ids=tuple(range(4, 256, 8)), answer_mark_ids=tuple(range(6, 256, 8)),
+    doc_sep_id=256,
+)
+
+
 @pytest.fixture(
     scope="module",
     params=[COUPLED, SEGMENTS, FROM_LEFT, RUN_START],
@@ -412,7 +507,32 @@ def test_cached_greedy_equals_recompute_with_coupled_ids(coupled_model):
             zeroed = {**params, table: {"embedding": jnp.zeros_like(params[table]["embedding"])}}
             assert sample(cfg, zeroed, prompts, 12, temperature=0) != got
     assert ("wdl" in params) == cfg.digit_pos_from_left
-    assert ("wdr" in params) == cfg.digit_run_start
+
+
+def test_cached_logits_equal_recompute_in_left_read_answers():
+    """Teacher-forced through the cache from a prefill that ends on the answer mark: the decode
+    carries the reading state, so every column's logits are the whole sequence's; a document
+    without the operator on line 0 (one on a later line) keeps its ids."""
+    cfg = LEFT_READ
+    model, plain = GPT(cfg), GPT(dataclasses.replace(cfg, left_op_ids=(), answer_mark_ids=()))
+    params = jax.jit(model.init)(jax.random.key(5), jnp.zeros((1, 8), jnp.int32))["params"]
+    params = jax.tree.map(lambda x: x * 6.0, params)
+    # line 0 "3 5 7" with the operator 4; line 2's answer run 15 17 19 after the mark 6
+    division = [256, 4, 3, 5, 7, 10, 9, 11, 2, 13, 6, 15, 17, 19, 18, 21]
+    # no operator on line 0; the mark 6 and the operator 4 on later lines
+    other = [256, 3, 8, 5, 2, 7, 6, 9, 11, 10, 4, 7, 6, 3]
+    for seq in (division, other):
+        whole = model.apply({"params": params}, jnp.asarray([seq]))[0]
+        prefill = seq.index(6) + 1
+        cache = KVCache.zeros(cfg, 1, len(seq), jnp.zeros((1,), jnp.int32))
+        logits, cache = model.apply({"params": params}, jnp.asarray([seq[:prefill]]), cache=cache)
+        cached = [logits[0]]
+        for token in seq[prefill:]:
+            logits, cache = model.apply({"params": params}, jnp.asarray([[token]]), cache=cache)
+            cached.append(logits[0])
+        np.testing.assert_allclose(jnp.concatenate(cached), whole, rtol=1e-4, atol=1e-4)
+        unread = plain.apply({"params": params}, jnp.asarray([seq]))[0]
+        assert np.allclose(unread, whole, rtol=1e-5, atol=1e-5) == (seq is other)
 
 
 def test_document_blocks_let_training_documents_see_each_other():
