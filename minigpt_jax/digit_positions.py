@@ -148,11 +148,13 @@ def coupled_indices(
     (id i + 1); indexed from the right, both lookups depend on the dividend's length, the
     suspected reason 12-digit division by one digit stayed at 0 while the trained lengths
     reached 0.88-0.92 (BENCHMARKS.md). With these ids both are "same id" or a fixed shift at
-    every length; nothing else changes, and no other document is touched. `read_B` packs what a
+    every length; nothing else changes, and no other document is touched. Measured (session 29,
+    two seeds): it removes early wrong lines at 12 digits but not the break at the edge of the
+    trained line counts, so 12-digit division stays at 0. `read_B` packs what a
     decode carries: bit 0, the document is left-read; bit 1, the last token is an answer mark or
     a digit of the run after one.
     """
-    B, T = tokens_BT.shape
+    B = tokens_BT.shape[0]
     is_digit_BT = jnp.isin(tokens_BT, jnp.asarray(digit_ids, tokens_BT.dtype))
     from_left_BT, run_out_B = digit_indices(tokens_BT, digit_ids, run_B)
     from_right_BT = digit_indices(tokens_BT[:, ::-1], digit_ids)[0][:, ::-1]
@@ -163,24 +165,19 @@ def coupled_indices(
     read_out_B = jnp.zeros((B,), jnp.int32)
     if left_op_ids:
         read0_B = jnp.zeros((B,), jnp.int32) if read_B is None else read_B.astype(jnp.int32)
-        t_T = jnp.arange(T, dtype=jnp.int32)
         # left-read documents: any left operator on the document's line 0, the prompt included
         # before the operator (the prompt is given whole, as for its right-end indices)
-        doc_BT = jnp.cumsum((tokens_BT == doc_sep_id) & (doc_sep_id >= 0), axis=1, dtype=jnp.int32)
+        doc_BT = document_numbers(tokens_BT, doc_sep_id)
         is_op_BT = jnp.isin(tokens_BT, jnp.asarray(left_op_ids, tokens_BT.dtype)) & (line_BT == 0)
-        rows_BT = jnp.broadcast_to(jnp.arange(B)[:, None], (B, T))
-        op_BD = jnp.zeros((B, T + 1), bool).at[rows_BT, doc_BT].max(is_op_BT)
-        op_BD = op_BD.at[:, 0].max((read0_B & 1) > 0)  # the document a decode is inside
+        op_BD = document_max(is_op_BT, doc_BT).at[:, 0].max((read0_B & 1) > 0)  # 0: a decode's
         left_read_BT = jnp.take_along_axis(op_BD, doc_BT, axis=1)
-        # the digit run right after an answer mark: its run starts after the mark's column
+        # the digit run right after an answer mark: the column before the run's first digit
         is_mark_BT = jnp.isin(tokens_BT, jnp.asarray(answer_ids, tokens_BT.dtype))
-        mark0_B = (read0_B & 2) > 0
-        run_start_BT = t_T[None] - from_left_BT + 1  # a digit's run starts here (< 0: before)
-        before_BT = run_start_BT - 1
+        before_BT = jnp.arange(tokens_BT.shape[1])[None] - from_left_BT  # < 0: an earlier chunk
         marked_BT = jnp.where(
             before_BT >= 0,
-            jnp.take_along_axis(is_mark_BT, jnp.clip(before_BT, 0, T - 1), axis=1),
-            mark0_B[:, None],
+            jnp.take_along_axis(is_mark_BT, jnp.maximum(before_BT, 0), axis=1),
+            ((read0_B & 2) > 0)[:, None],
         )
         answer_BT = is_digit_BT & marked_BT & (line_BT > 0) & left_read_BT
         in_line_BT = jnp.where(answer_BT, from_left_BT, in_line_BT)
@@ -198,6 +195,22 @@ def _per_token(offset: jax.Array | None) -> jax.Array | int:
     if offset is None:
         return 0
     return offset if offset.ndim == 2 else offset[:, None]
+
+
+def document_numbers(tokens_BT: jax.Array, doc_sep_id: int) -> jax.Array:
+    """(B, T) int32: how many `doc_sep_id` tokens each column has seen, itself included (0 for
+    the columns before the first; none when doc_sep_id < 0), so at most T."""
+    is_sep_BT = (tokens_BT == doc_sep_id) & (doc_sep_id >= 0)
+    return jnp.cumsum(is_sep_BT, axis=1, dtype=jnp.int32)
+
+
+def document_max(values_BT: jax.Array, doc_BT: jax.Array) -> jax.Array:
+    """(B, T + 1): the largest of each document's `values_BT` (`doc_BT` its `document_numbers`),
+    the values' zero for a document number no column has; read back per column with
+    `jnp.take_along_axis(result, doc_BT, axis=1)`."""
+    B, T = values_BT.shape
+    rows_BT = jnp.broadcast_to(jnp.arange(B)[:, None], (B, T))
+    return jnp.zeros((B, T + 1), values_BT.dtype).at[rows_BT, doc_BT].max(values_BT)
 
 
 DOC_STARTS = ("half", "fit")  # how document_block_offsets draws a document's start in its block
@@ -228,15 +241,12 @@ def document_block_offsets(
         raise ValueError(f"starts={starts!r}: use one of {DOC_STARTS}")
     B, T = tokens_BT.shape
     k_perm, k_start = jax.random.split(key)
-    doc_BT = jnp.cumsum(tokens_BT == doc_sep_id, axis=1, dtype=jnp.int32)  # D: docs <= T + 1
+    doc_BT = document_numbers(tokens_BT, doc_sep_id)
     block_BN = jnp.argsort(jax.random.uniform(k_perm, (B, n_blocks)), axis=1).astype(jnp.int32)
     if starts == "half":
         start_BD = jax.random.randint(k_start, (B, T + 1), 0, max(width // 2, 1))
     else:
-        rows_BT = jnp.broadcast_to(jnp.arange(B)[:, None], (B, T))
-        span_BD = jnp.zeros((B, T + 1), jnp.int32).at[rows_BT, doc_BT].max(
-            index_BT.astype(jnp.int32)
-        )
+        span_BD = document_max(index_BT.astype(jnp.int32), doc_BT)
         room_BD = jnp.maximum(width - span_BD, 0) + 1  # a longer document runs into the next block
         start_BD = jnp.floor(jax.random.uniform(k_start, (B, T + 1)) * room_BD).astype(jnp.int32)
     block_BT = jnp.take_along_axis(block_BN, doc_BT % n_blocks, axis=1)

@@ -163,7 +163,11 @@ class GPTConfig:
 
     def __post_init__(self):
         for field in ("digit_ids", "newline_ids", "left_op_ids", "answer_mark_ids"):  # JSON lists
-            object.__setattr__(self, field, tuple(int(i) for i in getattr(self, field)))
+            ids = getattr(self, field)
+            try:
+                object.__setattr__(self, field, tuple(int(i) for i in ids))
+            except (TypeError, ValueError):
+                raise ValueError(f"{field}={ids!r}: use a tuple of token ids, e.g. (47,)") from None
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         if self.compute_dtype not in DTYPES:
@@ -266,8 +270,8 @@ class GPTConfig:
                 "digit_run_start=True marks digits within their runs: set digit_pos_max > 0 "
                 "and digit_ids (digit_positions.digit_token_ids)"
             )
-        marks = self.left_op_ids + self.answer_mark_ids
-        if marks and not (
+        read_ids = self.left_op_ids + self.answer_mark_ids
+        if read_ids and not (
             self.left_op_ids and self.answer_mark_ids and self.digit_pos_scheme == "coupled"
             and self.doc_sep_id >= 0
         ):
@@ -279,7 +283,7 @@ class GPTConfig:
                 f"left-read document must end at a separator), or neither"
             )
         taken = set(self.digit_ids) | set(self.newline_ids) | {self.doc_sep_id}
-        if marks and not all(0 <= i < self.vocab_size and i not in taken for i in marks):
+        if read_ids and not all(0 <= i < self.vocab_size and i not in taken for i in read_ids):
             raise ValueError(
                 f"left_op_ids={list(self.left_op_ids)}, answer_mark_ids="
                 f"{list(self.answer_mark_ids)}: each must be a token id below vocab_size="

@@ -398,6 +398,8 @@ def test_config_validates_digit_fields():
     with pytest.raises(ValueError, match=r"\(got 'abacus'\) and doc_sep_id"):
         GPTConfig.preset("tiny", digit_pos_max=8, digit_ids=(48,), left_op_ids=(47,),
                          answer_mark_ids=(58,), doc_sep_id=0)
+    with pytest.raises(ValueError, match=r"left_op_ids=\['x'\]: use a tuple of token ids"):
+        dataclasses.replace(read, left_op_ids=["x"])
     for bad in ({"answer_mark_ids": (10**6,)}, {"answer_mark_ids": (48,)},  # a digit
                 {"left_op_ids": (10,)}, {"left_op_ids": (0,)}):  # a newline, the separator
         with pytest.raises(ValueError, match="not a digit, a newline or doc_sep_id"):
@@ -507,6 +509,7 @@ def test_cached_greedy_equals_recompute_with_coupled_ids(coupled_model):
             zeroed = {**params, table: {"embedding": jnp.zeros_like(params[table]["embedding"])}}
             assert sample(cfg, zeroed, prompts, 12, temperature=0) != got
     assert ("wdl" in params) == cfg.digit_pos_from_left
+    assert ("wdr" in params) == cfg.digit_run_start
 
 
 def test_cached_logits_equal_recompute_in_left_read_answers():
