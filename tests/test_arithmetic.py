@@ -620,6 +620,40 @@ def test_right_lines_counts_the_lines_right_from_the_first():
             assert arithmetic.right_lines(q, "\n".join([*lines[:k], broken, *lines[k + 1 :]])) == k
 
 
+def test_first_wrong_lines_counts_where_rejected_solutions_break():
+    from minigpt_jax.tasks.arithmetic.evaluate import first_wrong_lines
+
+    p = Problem("+", 347, 285)
+    written = {
+        "7+5+0=12\n4+8+1=13\n3+2+1=06\nA:632\n": None,  # right: not counted
+        "7+5+0=12\n4+8+0=12\n3+2+1=06\nA:622\n": "2",  # the carry into line 2
+        "7+5+0=12\n4+8+1=13\n3+2+1=06\nA:633\n": "answer",  # steps right, answer wrong
+        "7+5+0=12\n4+8+1=13\nA:32\n": "3",  # stopped early: the answer where a step was due
+        "7+5+0=12\n4+8+1=13\n3+2+1=06\n": "4",  # no answer line
+        "7+5+0=12\n\n4+8+1=13\n3+2+1=06\nA:633\n": "2",  # a blank line is a wrong line
+        "": "1",
+    }
+    want = {"1": 1, "2": 2, "3": 1, "4": 1, "answer": 1}
+    assert first_wrong_lines([p] * len(written), list(written)) == want
+    assert first_wrong_lines([], []) == {}
+    # long division in the table layout: line k is the completion's k-th, multiples included
+    q = Problem("/", 987654, 7)
+    lines = solution(q, layout="table").split("\n")
+    for k in (0, 5, 9, 11):
+        broken = lines.copy()
+        broken[k] = _corrupt(broken[k], random.Random(k))
+        assert first_wrong_lines([q], ["\n".join(broken)]) == {str(k + 1): 1}, k
+    # keys in line order, numerically, then the answer line
+    m = Problem("*", 4321, 57)
+    right = solution(m)
+    lines = right.split("\n")
+    lines[11] = _corrupt(lines[11], random.Random(0))
+    read_back = right.replace(f"A:{m.written_answer}", "A:1")
+    assert list(first_wrong_lines([m] * 3, [read_back, "\n".join(lines), ""])) == [
+        "1", "12", "answer"
+    ]
+
+
 def test_true_step_fraction():
     assert arithmetic.true_step_fraction("7+5+0=12\n4+8+1=13\n3+2+1=06\nA:632\n") == 1.0
     assert arithmetic.true_step_fraction("7+5+0=13\n13-8-1=4\n4*8+5=38\nA:1\n") == 1 / 3
@@ -647,7 +681,11 @@ def test_verified_vote_prefers_consistent_solutions():
 
 def test_evaluate_sets_with_an_oracle_and_a_noisy_sampler():
     """The scoring loop with stand-in samplers whose accuracy is known exactly."""
-    from minigpt_jax.tasks.arithmetic.evaluate import evaluate_sets, markdown_table
+    from minigpt_jax.tasks.arithmetic.evaluate import (
+        evaluate_sets,
+        first_wrong_table,
+        markdown_table,
+    )
 
     tok = ByteTokenizer()
     problems = [Problem("+", 100 + i, 200 + i) for i in range(8)]
@@ -690,6 +728,9 @@ def test_evaluate_sets_with_an_oracle_and_a_noisy_sampler():
     assert cell["majority"][1] == 0.75 and cell["verified"][4] == 1.0
     assert cell["greedy_steps_right"] == 7 / 8  # problem 0 has right steps and a wrong answer
     assert "| heldout | add 3 | 8 | 0.958 | 0.875 | 0.875 |" in markdown_table(results, 4)
+    # problem 0: every step right, the answer line wrong; problem 1: its first step line
+    assert cell["greedy_first_wrong_line"] == {"1": 1, "answer": 1}
+    assert "| heldout | add 3 | 2 | 1: 1, answer: 1 |" in first_wrong_table(results)
 
 
 def test_an_answers_only_model_gets_no_steps_right_figure():
@@ -706,6 +747,7 @@ def test_an_answers_only_model_gets_no_steps_right_figure():
                             block_size=64, samples=0, temperature=0.7, batch_size=4)
     cell = results["heldout"]["add 3"]
     assert cell["greedy"] == 1.0 and cell["greedy_steps_right"] is None
+    assert cell["greedy_first_wrong_line"] is None  # no steps: not "every one broke at line 1"
     assert "| heldout | add 3 | 4 | - | - | 1.000 |" in markdown_table(results, 0)
 
 

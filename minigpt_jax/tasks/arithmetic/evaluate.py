@@ -16,7 +16,7 @@ the last `A:` line is its answer. Reported per set, operation and digit count:
 training or validation shards or test files hold, for a tighter estimate than a test file's
 100-300 problems per cell.
 
-A markdown table goes to stdout and then everything to `<run_dir>/eval_arithmetic.json` (an
+Markdown tables go to stdout and then everything to `<run_dir>/eval_arithmetic.json` (an
 unwritable `--out` loses only that file, never the printed results).
 """
 
@@ -217,10 +217,12 @@ def evaluate_cell(
     }
     # None, like true step lines, when no solution wrote a step (an answers-only model): "0% of
     # steps right" would misread as a failed procedure.
+    no_steps = result["greedy_true_step_lines"] is None
     result["greedy_steps_right"] = (
-        None if result["greedy_true_step_lines"] is None
+        None if no_steps
         else _mean([checker.steps_are_right(p, t) for p, t in zip(problems, greedy, strict=True)])
     )
+    result["greedy_first_wrong_line"] = None if no_steps else first_wrong_lines(problems, greedy)
     if samples > 0:
         # Sample k of each problem is row k * n + i, so one batch mixes problems (same max_new).
         flat = run([p for _ in range(samples) for p in prompts], temperature, seed + 1)
@@ -253,6 +255,29 @@ def evaluate_cell(
             samples_verified=_mean(kept),
         )
     return result
+
+
+def first_wrong_lines(
+    problems: Sequence[arithmetic.Problem], completions: Sequence[str]
+) -> dict[str, int]:
+    """Where the solutions the checker rejects first go wrong, counted: `"k"` is the k-th line as
+    written (from 1; a blank line is a wrong line, and one past the last means no answer line),
+    `"answer"` the answer line after every step of the procedure was right.
+
+    Why: a cell's score does not say which step breaks, and past the trained lengths that is the
+    finding (e.g. a lookup failing at the last line count training had, not anywhere); the step
+    checker already knows the line (`right_lines`), so every evaluation reports it. An answer
+    line written where a step was due counts at its line, as a procedure stopped early.
+    """
+    counts: dict[int | str, int] = defaultdict(int)
+    for p, text in zip(problems, completions, strict=True):
+        if not checker.verify_solution(p, text):
+            k = checker.right_lines(p, text)
+            lines = text.split("\n")
+            read_back = k < len(lines) and lines[k].startswith(arithmetic.ANSWER_PREFIX)
+            counts["answer" if read_back and checker.steps_are_right(p, text) else k + 1] += 1
+    lines_first = sorted(counts, key=lambda key: (key == "answer", 0 if key == "answer" else key))
+    return {str(key): counts[key] for key in lines_first}
 
 
 def ttt_cell(
@@ -393,6 +418,18 @@ def markdown_table(results: dict[str, dict[str, dict[str, Any]]], samples: int) 
                 row += ["-"] * (len(head) - len(row))
             lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def first_wrong_table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """Per cell with rejected greedy solutions: how many, and their first wrong lines."""
+    lines = ["| set | problem | rejected | first wrong line: count |", "|---|---|---|---|"]
+    for name, cells in results.items():
+        for key, r in cells.items():
+            counts = r.get("greedy_first_wrong_line")  # absent in results saved before it
+            if counts:
+                where = ", ".join(f"{line}: {n}" for line, n in counts.items())
+                lines.append(f"| {name} | {key} | {sum(counts.values())} | {where} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -616,6 +653,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                      tok)
     print(f"{args.run_dir} step {record['step']} (worked steps: {report['worked_steps']})")
     print(markdown_table(results, args.samples))
+    if wrong := first_wrong_table(results):
+        print("\nWhere the rejected greedy solutions first go wrong (line 1 = the first after the "
+              "prompt):")
+        print(wrong)
     print("\nLength curves (accuracy vs digits):")
     print(curves_table(curves), flush=True)
     out = Path(args.out) if args.out else Path(args.run_dir) / "eval_arithmetic.json"
