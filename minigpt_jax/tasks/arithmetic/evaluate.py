@@ -11,6 +11,8 @@ the last `A:` line is its answer. Reported per set, operation and digit count:
 - majority@N: N sampled solutions, the most common answer (self-consistency), for N = 1, 2, 4, ...;
 - verified@N: the majority among the sampled solutions whose every written step checks out with
   exact arithmetic (`checker.verify_solution`); plain majority when none does.
+- where each greedy solution the checker rejects first goes wrong (`first_wrong_lines`), since
+  past the trained lengths which line breaks says more than the score.
 
 `--fresh N` adds a set "fresh": N new problems in each of those cells, none that the data dir's
 training or validation shards or test files hold, for a tighter estimate than a test file's
