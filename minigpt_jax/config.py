@@ -169,6 +169,9 @@ def add_rl_keys(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.init_adam_scale = False
     c.proposer = "mixture"  # "mixture" | "uniform" | "frontier" (minigpt_jax/curriculum.py)
     c.proposer_unlock = 0.6  # success a cell needs before the next-longer one opens
+    # Comma-separated cell names ("add 19,add 20") to practise only those, prerequisites waived
+    # (uniform or frontier); "" = every cell of the task.
+    c.proposer_cells = ""
     c.eval_per_cell = 50  # held-out problems per cell in the periodic greedy evaluation
     c.keep_best = False  # checkpoints carry no val_loss to rank by
     c.lock()

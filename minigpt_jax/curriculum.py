@@ -9,6 +9,12 @@ prerequisite is not yet solved to `unlock` is closed. As the solver masters n-di
 proposer is a rule, not a second network (Absolute Zero trains its proposer; ours only chooses
 which generator cell to sample, which is all a verifiable task with a known generator needs).
 
+`cells` narrows the practice to named cells (RL config key `proposer_cells`): the read-back
+errors of 20-digit sums, say, are a few percent of a draw over every length, and naming the long
+cells puts every prompt where they are. Named cells are open whatever their prerequisites (the
+user chose them), and the statistics keep every cell of the task, so a checkpoint's arrays have
+the same shape with or without it.
+
 Statistics are plain float arrays in cell order, so a resumed run draws exactly what an
 uninterrupted one would (the draws themselves come from a `random.Random` seeded by step).
 """
@@ -40,6 +46,7 @@ class Proposer:
 
     `kind`: "mixture" (the task's supervised distribution: cell None), "uniform" (every open cell
     alike) or "frontier" (p(1 - p)-weighted open cells, plus `floor` so no open cell starves).
+    `cells`: names (`task.cell_name`) of the only cells to draw; empty = every cell.
     """
 
     def __init__(
@@ -49,6 +56,7 @@ class Proposer:
         unlock: float = 0.6,
         decay: float = 0.95,
         floor: float = 0.02,
+        cells: Sequence[str] = (),
     ):
         if kind not in PROPOSERS:
             raise ValueError(f"proposer={kind!r}: use one of {', '.join(PROPOSERS)}")
@@ -56,10 +64,21 @@ class Proposer:
         self.cells: list[Cell] = list(task.cells())
         self.index = {c: i for i, c in enumerate(self.cells)}
         self.stats = zero_stats(len(self.cells))
+        names = [task.cell_name(c) for c in self.cells]
+        unknown = sorted(set(cells) - set(names))
+        if unknown:
+            raise ValueError(f"proposer cells {unknown} are not the task's; its cells: {names}")
+        if cells and kind == "mixture":
+            raise ValueError("proposer='mixture' draws the task's own mixture, not named cells: "
+                             "use 'uniform' or 'frontier' with them")
+        self.chosen = np.array([n in set(cells) for n in names]) if cells else None
 
     def open_cells(self) -> np.ndarray:
         """Boolean per cell: its prerequisite (if any) is solved at least `unlock` of the time
-        (a cell never attempted counts as unsolved here, unlike in the weights)."""
+        (a cell never attempted counts as unsolved here, unlike in the weights); with named
+        cells, exactly those."""
+        if self.chosen is not None:
+            return self.chosen.copy()
         attempted = self.stats["attempts"] > 0
         rate = np.where(attempted, success_rates(self.stats), 0.0)
         out = np.ones(len(self.cells), bool)

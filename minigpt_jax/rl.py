@@ -140,7 +140,11 @@ def setup(cfg: ml_collections.ConfigDict, task: RLTask | None = None) -> RLRun:
     tok = load_run_tokenizer(record, cfg.data_dir)
     if task is None:
         task = load_task(cfg.task, cfg.data_dir, cfg.task_options.to_dict())
-    proposer = Proposer(task, cfg.proposer, unlock=cfg.proposer_unlock)
+    try:
+        proposer = Proposer(task, cfg.proposer, unlock=cfg.proposer_unlock,
+                            cells=[n.strip() for n in cfg.proposer_cells.split(",") if n.strip()])
+    except ValueError as e:
+        raise ConfigError("proposer_cells", str(e)) from e
     if cfg.max_new_tokens > model_cfg.block_size:
         raise ConfigError("max_new_tokens", f"more than the context ({model_cfg.block_size})")
     check_completion_budget(task, tok, cfg.max_new_tokens)

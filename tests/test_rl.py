@@ -232,6 +232,28 @@ def test_uniform_and_mixture_proposers():
         Proposer(task, "greedy")
 
 
+@pytest.mark.parametrize("kind", ["uniform", "frontier"])
+def test_named_cells_are_the_only_practice_whatever_their_prerequisites(kind):
+    proposer = Proposer(LadderTask(), kind, cells=["len 6", "len 8"])
+    # len 6 and len 8 need len 5 and len 7, never attempted: named, they are open all the same
+    assert proposer.open_cells().tolist() == [False] * 5 + [True, False, True]
+    rng = random.Random(0)
+    for _ in range(20):  # however the outcomes move the frontier's weights
+        cells = proposer.draw(rng, 16)
+        assert set(cells) <= {6, 8}
+        proposer.update(cells, [float(c == 6) for c in cells])
+    assert set(proposer.draw(rng, 400)) == {6, 8}
+    assert proposer.stats["attempts"].shape == (8,)  # every cell kept: checkpoints keep their shape
+    assert proposer.stats["attempts"][[0, 1, 2, 3, 4, 6]].sum() == 0
+
+
+def test_named_cells_must_be_the_tasks_and_need_a_cell_proposer():
+    with pytest.raises(ValueError, match=r"\['len 9'\] are not the task's.*'len 1'"):
+        Proposer(LadderTask(), "frontier", cells=["len 2", "len 9"])
+    with pytest.raises(ValueError, match="'mixture'.*'uniform' or 'frontier'"):
+        Proposer(LadderTask(), "mixture", cells=["len 2"])
+
+
 # --- the arithmetic task --------------------------------------------------------------------
 
 
@@ -615,6 +637,7 @@ def test_init_adam_scale_refuses_a_checkpoint_without_adam_moments(tmp_path):
         ("outcome_credit", 0.0, "every advantage would be 0"),  # and the other credits 0
         ("solved_credit", float("inf"), "solved_credit"),
         ("negative_weight", -0.5, "negative_weight"),
+        ("proposer_cells", "q,add 20", r"proposer_cells.*\['add 20'\]"),
     ],
 )
 def test_rl_config_errors_name_the_key(tmp_path, key, value, message):
