@@ -12,8 +12,9 @@ which generator cell to sample, which is all a verifiable task with a known gene
 `cells` narrows the practice to named cells (RL config key `proposer_cells`): the read-back
 errors of 20-digit sums, say, are a few percent of a draw over every length, and naming the long
 cells puts every prompt where they are. Named cells are open whatever their prerequisites (the
-user chose them), and the statistics keep every cell of the task, so a checkpoint's arrays have
-the same shape with or without it.
+user chose them). The statistics keep every cell of the task, and the cells not named are not
+decayed while they are not drawn, so a run resumed without `cells` finds its ladder where it
+left it rather than climbing it again from the prior.
 
 Statistics are plain float arrays in cell order, so a resumed run draws exactly what an
 uninterrupted one would (the draws themselves come from a `random.Random` seeded by step).
@@ -26,6 +27,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from minigpt_jax.errors import ConfigError
 from minigpt_jax.tasks import Cell, RLTask
 
 PROPOSERS = ("mixture", "uniform", "frontier")
@@ -64,14 +66,17 @@ class Proposer:
         self.cells: list[Cell] = list(task.cells())
         self.index = {c: i for i, c in enumerate(self.cells)}
         self.stats = zero_stats(len(self.cells))
-        names = [task.cell_name(c) for c in self.cells]
-        unknown = sorted(set(cells) - set(names))
+        if isinstance(cells, str):  # one name would be read as its characters
+            raise TypeError(f"cells={cells!r}: pass a sequence of names")
+        names, named = [task.cell_name(c) for c in self.cells], set(cells)
+        unknown = sorted(named - set(names))
         if unknown:
-            raise ValueError(f"proposer cells {unknown} are not the task's; its cells: {names}")
-        if cells and kind == "mixture":
-            raise ValueError("proposer='mixture' draws the task's own mixture, not named cells: "
-                             "use 'uniform' or 'frontier' with them")
-        self.chosen = np.array([n in set(cells) for n in names]) if cells else None
+            raise ConfigError(
+                "proposer_cells",
+                f"{unknown} are not the task's cells (a longer one needs task_options.max_digits);"
+                f" its cells: {', '.join(names)}",
+            )
+        self.chosen = np.array([n in named for n in names]) if named else None
 
     def open_cells(self) -> np.ndarray:
         """Boolean per cell: its prerequisite (if any) is solved at least `unlock` of the time
@@ -105,8 +110,12 @@ class Proposer:
         return rng.choices(self.cells, weights=w.tolist(), k=n)
 
     def update(self, cells: Sequence[Cell], successes: Sequence[float]) -> None:
-        """Decay every count once, then add this step's outcomes (success in [0, 1] each)."""
-        self.stats = {k: v * np.float32(self.decay) for k, v in self.stats.items()}
+        """Decay every count once (only the named cells' when cells are named), then add this
+        step's outcomes (success in [0, 1] each)."""
+        decay = np.float32(self.decay)
+        if self.chosen is not None:
+            decay = np.where(self.chosen, decay, np.float32(1.0))
+        self.stats = {k: v * decay for k, v in self.stats.items()}
         for cell, s in zip(cells, successes, strict=True):
             i = self.index.get(cell)
             if i is None:  # a mixture problem outside every listed cell: nothing to track

@@ -103,12 +103,23 @@ def validate_rl_config(cfg: ml_collections.ConfigDict) -> None:
         raise ConfigError("proposer", f"{cfg.proposer!r}: use one of {', '.join(PROPOSERS)}")
     if not 0 <= cfg.proposer_unlock <= 1:
         raise ConfigError("proposer_unlock", f"{cfg.proposer_unlock} is not in [0, 1]")
+    if cfg.proposer_cells.strip() and not proposer_cell_names(cfg):
+        raise ConfigError("proposer_cells", f"{cfg.proposer_cells!r} names no cell; "
+                          "use names such as 'add 19,add 20', or '' for every cell")
+    if proposer_cell_names(cfg) and cfg.proposer == "mixture":
+        raise ConfigError("proposer_cells", "proposer='mixture' draws the data's own mixture, "
+                          "not named cells: set proposer to 'uniform' or 'frontier'")
     rows = cfg.prompts_per_step * cfg.group_size
     if rows % jax.device_count():
         raise ConfigError(
             "prompts_per_step",
             f"{rows} rollouts per step cannot be split over {jax.device_count()} devices",
         )
+
+
+def proposer_cell_names(cfg: ml_collections.ConfigDict) -> list[str]:
+    """`proposer_cells` ("add 19, add 20") as names; [] = every cell."""
+    return [n.strip() for n in cfg.proposer_cells.split(",") if n.strip()]
 
 
 @dataclasses.dataclass
@@ -140,11 +151,8 @@ def setup(cfg: ml_collections.ConfigDict, task: RLTask | None = None) -> RLRun:
     tok = load_run_tokenizer(record, cfg.data_dir)
     if task is None:
         task = load_task(cfg.task, cfg.data_dir, cfg.task_options.to_dict())
-    try:
-        proposer = Proposer(task, cfg.proposer, unlock=cfg.proposer_unlock,
-                            cells=[n.strip() for n in cfg.proposer_cells.split(",") if n.strip()])
-    except ValueError as e:
-        raise ConfigError("proposer_cells", str(e)) from e
+    proposer = Proposer(task, cfg.proposer, unlock=cfg.proposer_unlock,
+                        cells=proposer_cell_names(cfg))
     if cfg.max_new_tokens > model_cfg.block_size:
         raise ConfigError("max_new_tokens", f"more than the context ({model_cfg.block_size})")
     check_completion_budget(task, tok, cfg.max_new_tokens)

@@ -247,11 +247,30 @@ def test_named_cells_are_the_only_practice_whatever_their_prerequisites(kind):
     assert proposer.stats["attempts"][[0, 1, 2, 3, 4, 6]].sum() == 0
 
 
-def test_named_cells_must_be_the_tasks_and_need_a_cell_proposer():
-    with pytest.raises(ValueError, match=r"\['len 9'\] are not the task's.*'len 1'"):
+def test_named_cells_must_be_the_tasks():
+    from minigpt_jax.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"cells: \['len 9'\] are not.*max_digits.*len 1"):
         Proposer(LadderTask(), "frontier", cells=["len 2", "len 9"])
-    with pytest.raises(ValueError, match="'mixture'.*'uniform' or 'frontier'"):
-        Proposer(LadderTask(), "mixture", cells=["len 2"])
+    with pytest.raises(TypeError, match="sequence of names"):
+        Proposer(LadderTask(), "frontier", cells="len 2")
+
+
+def test_named_cells_leave_the_ladder_where_it_was():
+    """Cells not named keep their counts while practice is narrowed: dropping the names later
+    does not close the cells the ladder had opened."""
+    proposer = Proposer(LadderTask(), "frontier", unlock=0.6)
+    for _ in range(10):  # solve cells 1-3: cell 4 opens
+        proposer.update([1, 2, 3] * 4, [1.0] * 12)
+    assert proposer.open_cells()[3]
+    narrowed = Proposer(LadderTask(), "frontier", unlock=0.6, cells=["len 8"])
+    narrowed.stats = proposer.stats
+    for _ in range(200):
+        narrowed.update([8] * 4, [0.0] * 4)
+    np.testing.assert_array_equal(narrowed.stats["attempts"][:7], proposer.stats["attempts"][:7])
+    assert narrowed.stats["attempts"][7] == pytest.approx(4 / (1 - 0.95), rel=1e-3)
+    proposer.stats = narrowed.stats
+    assert proposer.open_cells()[3]
 
 
 # --- the arithmetic task --------------------------------------------------------------------
@@ -638,6 +657,7 @@ def test_init_adam_scale_refuses_a_checkpoint_without_adam_moments(tmp_path):
         ("solved_credit", float("inf"), "solved_credit"),
         ("negative_weight", -0.5, "negative_weight"),
         ("proposer_cells", "q,add 20", r"proposer_cells.*\['add 20'\]"),
+        ("proposer_cells", " , ", "proposer_cells: ' , ' names no cell"),
     ],
 )
 def test_rl_config_errors_name_the_key(tmp_path, key, value, message):
@@ -648,3 +668,12 @@ def test_rl_config_errors_name_the_key(tmp_path, key, value, message):
     with pytest.raises(ConfigError, match=message):
         train_rl(cfg, task=FirstDigitTask())
     assert not (Path(cfg.run_dir) / "checkpoints").exists()
+
+
+def test_named_cells_need_a_proposer_that_draws_cells(tmp_path):
+    from minigpt_jax.errors import ConfigError
+    from minigpt_jax.rl import train_rl
+
+    cfg = _toy_config(tmp_path, proposer="mixture", proposer_cells="q")
+    with pytest.raises(ConfigError, match="proposer_cells: proposer='mixture'.*'uniform' or"):
+        train_rl(cfg, task=FirstDigitTask())
