@@ -130,6 +130,7 @@ def coupled_indices(
     left_op_ids: Sequence[int] = (),
     answer_ids: Sequence[int] = (),
     read_B: jax.Array | None = None,
+    left_read_shift: bool = False,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """(index_BT, line_B, run_B, read_B): each token's coupled id (module docstring) plus the
     row's `offset_B` where it is > 0; the line count, the digit run and the reading state at the
@@ -153,6 +154,18 @@ def coupled_indices(
     trained line counts, so 12-digit division stays at 0. `read_B` packs what a
     decode carries: bit 0, the document is left-read; bit 1, the last token is an answer mark or
     a digit of the run after one.
+
+    `left_read_shift` moves those ids so that each lookup is "same id" from the token that
+    predicts the digit looked up, not a shift of one or two ids: the dividend's digit j gets
+    j + 2 - w (w the divisor's length: step line i's partial dividend is w + 1 digits counting
+    down from i + 1, so its digit w, which predicts the digit brought down, has id i + 2 - w;
+    never below 1, so divisors of 3 or more digits share id 1 among the first dividend digits),
+    and the answer's quotient digit k gets k + 2 (its digit k - 1, which predicts digit k, then
+    shares id k + 1 with step line k's quotient digit). Why: a probe of the session-29 model
+    (docs/lab-notes.md) found that at step line 6, the last a 6-digit training dividend has, it
+    reads the dividend digit that shares the predicting token's id (digit 7) instead of the one
+    an id below (digit 6), where every shorter line ranks them the other way: the learned shift
+    held only on lines where training had both digits to tell apart.
     """
     B = tokens_BT.shape[0]
     is_digit_BT = jnp.isin(tokens_BT, jnp.asarray(digit_ids, tokens_BT.dtype))
@@ -180,8 +193,20 @@ def coupled_indices(
             ((read0_B & 2) > 0)[:, None],
         )
         answer_BT = is_digit_BT & marked_BT & (line_BT > 0) & left_read_BT
-        in_line_BT = jnp.where(answer_BT, from_left_BT, in_line_BT)
-        prompt_BT = jnp.where(left_read_BT, from_left_BT, from_right_BT)
+        read_left_BT = from_left_BT
+        if left_read_shift:
+            col_BT = jnp.arange(tokens_BT.shape[1])[None]
+            op_col_BT = jnp.take_along_axis(  # 1 + the operator's column, 0 before it is seen
+                document_max(jnp.where(is_op_BT, col_BT + 1, 0), doc_BT), doc_BT, axis=1)
+            after_op_BT = (op_col_BT > 0) & (col_BT >= op_col_BT)
+            divisor_BT = is_digit_BT & (line_BT == 0) & after_op_BT
+            width_BT = jnp.take_along_axis(
+                document_max(jnp.where(divisor_BT, from_left_BT, 0), doc_BT), doc_BT, axis=1)
+            read_left_BT = jnp.where(
+                is_digit_BT & ~after_op_BT, jnp.maximum(from_left_BT + 2 - width_BT, 1),
+                from_left_BT)
+        in_line_BT = jnp.where(answer_BT, from_left_BT + 2 * left_read_shift, in_line_BT)
+        prompt_BT = jnp.where(left_read_BT, read_left_BT, from_right_BT)
         mark_out_B = is_mark_BT[:, -1] | (is_digit_BT[:, -1] & marked_BT[:, -1])
         read_out_B = left_read_BT[:, -1].astype(jnp.int32) + 2 * mark_out_B.astype(jnp.int32)
     index_BT = jnp.where(line_BT == 0, jnp.where(is_digit_BT, prompt_BT, 0), in_line_BT)

@@ -147,6 +147,11 @@ class GPTConfig:
     # untouched. Both set, or neither.
     left_op_ids: tuple[int, ...] = ()
     answer_mark_ids: tuple[int, ...] = ()
+    # With left_op_ids: True shifts the dividend's and the quotient's ids so that each of those
+    # lookups is "same id" from the token that predicts the digit (coupled_indices'
+    # left_read_shift); the plain left-read ids make them a shift, which a model learns only on
+    # the step lines it was trained on.
+    left_read_shift: bool = False
     # With digit positions, True adds a learned embedding of whether a digit starts its run of
     # digits (two rows: a run's first digit, any later one). It is length-blind where
     # digit_pos_from_left is not: in `a+b+c=XY` the carry X of line m - 1 and the units Y of
@@ -282,6 +287,11 @@ class GPTConfig:
                 f"{self.digit_pos_scheme!r}) and doc_sep_id >= 0 (got {self.doc_sep_id}: a "
                 f"left-read document must end at a separator), or neither"
             )
+        if self.left_read_shift and not self.left_op_ids:
+            raise ValueError(
+                "left_read_shift=True shifts the ids of left-read documents: set left_op_ids "
+                "and answer_mark_ids too"
+            )
         taken = set(self.digit_ids) | set(self.newline_ids) | {self.doc_sep_id}
         if read_ids and not all(0 <= i < self.vocab_size and i not in taken for i in read_ids):
             raise ValueError(
@@ -337,7 +347,7 @@ ARCHITECTURE_FIELDS = (
     "pos_emb", "norm", "bias", "qk_norm", "mlp", "tie_embeddings", "zero_init_proj",
     "logit_softcap", "mixer", "attention_every", "digit_pos_max", "digit_pos_scheme",
     "line_segment_max", "digit_pos_from_left", "digit_run_start", "left_op_ids",
-    "answer_mark_ids",
+    "answer_mark_ids", "left_read_shift",
 )
 
 
@@ -597,6 +607,7 @@ class GPT(nn.Module):
                     digit_tokens_BT, cfg.digit_ids, cfg.newline_ids, cfg.doc_sep_id, line_B,
                     run_B, offset_B, line_BT=seg_line_BT, left_op_ids=cfg.left_op_ids,
                     answer_ids=cfg.answer_mark_ids, read_B=read_B,
+                    left_read_shift=cfg.left_read_shift,
                 )
             else:
                 index_BT, run_B = digit_indices(digit_tokens_BT, cfg.digit_ids, run_B, offset_B)

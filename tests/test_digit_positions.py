@@ -5,6 +5,7 @@ recompute)."""
 from __future__ import annotations
 
 import dataclasses
+import random
 
 import jax
 import jax.numpy as jnp
@@ -173,7 +174,7 @@ DIVISION = division_token_ids(ByteTokenizer())
 ANSWER_MARK = answer_mark_token_ids(ByteTokenizer())
 
 
-def left_read(text: str, prefill: int | None = None) -> list[int]:
+def left_read(text: str, prefill: int | None = None, shift: bool = False) -> list[int]:
     """Coupled ids with long division's documents read from the left ("@" is <eot>): the whole
     text at once, or its first `prefill` tokens and then one token at a time, as decoding does."""
     tokens = [EOT if c == "@" else ord(c) for c in text]
@@ -183,7 +184,7 @@ def left_read(text: str, prefill: int | None = None) -> list[int]:
     for chunk in chunks:
         index, line, run, read = coupled_indices(
             jnp.asarray([chunk], jnp.int32), BYTE_DIGITS, BYTE_NEWLINES, EOT, line, run,
-            left_op_ids=DIVISION, answer_ids=ANSWER_MARK, read_B=read,
+            left_op_ids=DIVISION, answer_ids=ANSWER_MARK, read_B=read, left_read_shift=shift,
         )
         ids += index[0].tolist()
     return ids
@@ -219,6 +220,42 @@ def test_left_read_division_lines_share_ids_with_the_digits_they_read():
         assert [step[9 * (i - 1) + 1] for i in range(1, n + 1)] == prompt
         answer = ids[-(n + 5) : -1]
         assert answer[2 : 2 + n] == list(range(1, n + 1))
+
+
+@pytest.mark.parametrize("n", [3, 12])
+def test_shifted_left_read_ids_make_each_lookup_same_id_from_the_token_that_predicts_it(n):
+    """With left_read_shift, in the aligned layout: the token before step line i's brought-down
+    digit (its partial dividend's digit w) shares an id with dividend digit i, for a divisor of
+    one digit and of two, and the answer's quotient digit k - 1 with step line k's quotient
+    digit; other documents keep their ids."""
+    from minigpt_jax.tasks.arithmetic import make_problem, solution
+
+    rng = random.Random(n)
+    for w in (1, 2):
+        q = make_problem(rng, "/", n, w)
+        lines = (q.prompt + solution(q, layout="aligned")).rstrip("\n").split("\n")
+        text = "@" + "\n".join(lines) + "\n@12+34\n4+2+0=06\nA:46\n"
+        ids, plain = left_read(text, shift=True), left_read(text)
+        at, by_line = 1, []
+        for line in lines:
+            by_line.append(ids[at : at + len(line)])
+            at += len(line) + 1
+        assert by_line[0] == [i + 2 - w for i in range(1, n + 1)] + [0] + list(range(1, w + 1))
+        for i in range(1, n + 1):  # "<w remainder digits><brought down>/<divisor>=<q>r<r>"
+            assert lines[i][w] == lines[0][i - 1]  # the digit brought down is dividend digit i
+            assert by_line[i][w - 1] == by_line[0][i - 1]  # its predictor shares its id
+            assert by_line[i][w + 2 + w + 1] == i + 1  # the quotient digit starts its run
+        quotient = by_line[-1][2 : 2 + n]  # "A:<quotient>r<remainder>"
+        assert quotient == [k + 2 for k in range(1, n + 1)]
+        assert [quotient[k - 2] for k in range(2, n + 1)] == list(range(3, n + 2))
+        start = len(text) - len("@12+34\n4+2+0=06\nA:46\n")
+        assert ids[start:] == plain[start:]  # the addition after it is untouched
+        # the step lines' own ids are the plain left-read ones; only the prompt and answer move
+        steps = slice(1 + len(lines[0]) + 1, 1 + sum(len(x) + 1 for x in lines[:-1]))
+        assert ids[steps] == plain[steps]
+    whole = left_read(text, shift=True)
+    prompt = text.index("\n") + 1  # decoding after a prefill of the whole prompt line
+    assert left_read(text, prefill=prompt, shift=True)[:start] == whole[:start]
 
 
 def test_only_an_operator_on_line_0_makes_a_document_left_read():
@@ -398,6 +435,11 @@ def test_config_validates_digit_fields():
     with pytest.raises(ValueError, match=r"\(got 'abacus'\) and doc_sep_id"):
         GPTConfig.preset("tiny", digit_pos_max=8, digit_ids=(48,), left_op_ids=(47,),
                          answer_mark_ids=(58,), doc_sep_id=0)
+    shifted = dataclasses.replace(read, left_read_shift=True)
+    assert count_params(shifted) == count_params(cfg) and "left_read_shift=True" in (
+        shifted.gpt2_differences())
+    with pytest.raises(ValueError, match="left_read_shift=True .* set left_op_ids"):
+        dataclasses.replace(cfg, left_read_shift=True)
     with pytest.raises(ValueError, match=r"left_op_ids=\['x'\]: use a tuple of token ids"):
         dataclasses.replace(read, left_op_ids=["x"])
     for bad in ({"answer_mark_ids": (10**6,)}, {"answer_mark_ids": (48,)},  # a digit
@@ -512,16 +554,18 @@ def test_cached_greedy_equals_recompute_with_coupled_ids(coupled_model):
     assert ("wdr" in params) == cfg.digit_run_start
 
 
-def test_cached_logits_equal_recompute_in_left_read_answers():
+@pytest.mark.parametrize("shift", [False, True])
+def test_cached_logits_equal_recompute_in_left_read_answers(shift):
     """Teacher-forced through the cache from a prefill that ends on the answer mark: the decode
     carries the reading state, so every column's logits are the whole sequence's; a document
     without the operator on line 0 (one on a later line) keeps its ids."""
-    cfg = LEFT_READ
-    model, plain = GPT(cfg), GPT(dataclasses.replace(cfg, left_op_ids=(), answer_mark_ids=()))
+    cfg = dataclasses.replace(LEFT_READ, left_read_shift=shift)
+    model = GPT(cfg)
+    plain = GPT(dataclasses.replace(cfg, left_op_ids=(), answer_mark_ids=(), left_read_shift=False))
     params = jax.jit(model.init)(jax.random.key(5), jnp.zeros((1, 8), jnp.int32))["params"]
     params = jax.tree.map(lambda x: x * 6.0, params)
-    # line 0 "3 5 7" with the operator 4; line 2's answer run 15 17 19 after the mark 6
-    division = [256, 4, 3, 5, 7, 10, 9, 11, 2, 13, 6, 15, 17, 19, 18, 21]
+    # line 0 "3 5 / 7" (the operator 4); line 2's answer run 15 17 19 after the mark 6
+    division = [256, 3, 5, 4, 7, 10, 9, 11, 2, 13, 6, 15, 17, 19, 18, 21]
     # no operator on line 0; the mark 6 and the operator 4 on later lines
     other = [256, 3, 8, 5, 2, 7, 6, 9, 11, 10, 4, 7, 6, 3]
     for seq in (division, other):
@@ -536,6 +580,9 @@ def test_cached_logits_equal_recompute_in_left_read_answers():
         np.testing.assert_allclose(jnp.concatenate(cached), whole, rtol=1e-4, atol=1e-4)
         unread = plain.apply({"params": params}, jnp.asarray([seq]))[0]
         assert np.allclose(unread, whole, rtol=1e-5, atol=1e-5) == (seq is other)
+        if shift:  # the shifted ids are not the plain left-read ones
+            unshifted = GPT(LEFT_READ).apply({"params": params}, jnp.asarray([seq]))[0]
+            assert np.allclose(unshifted, whole, rtol=1e-5, atol=1e-5) == (seq is other)
 
 
 def test_document_blocks_let_training_documents_see_each_other():
