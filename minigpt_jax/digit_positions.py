@@ -31,7 +31,8 @@ count and the digit run (a prompt number split across prefill chunks is indexed 
 Long division reads its dividend from the left, so its documents can be "left-read"
 (`coupled_indices`' `left_op_ids`); decoding then also carries whether the document is one and
 whether the last token is in its answer's quotient (a prompt line split across prefill chunks
-before its `/` is read from the right up to the split).
+before its `/` is read from the right up to the split; with `left_read_shift` the dividend's ids
+also need the divisor's length, so a prefill must hold the prompt line through its divisor).
 """
 
 from __future__ import annotations
@@ -160,12 +161,16 @@ def coupled_indices(
     j + 2 - w (w the divisor's length: step line i's partial dividend is w + 1 digits counting
     down from i + 1, so its digit w, which predicts the digit brought down, has id i + 2 - w;
     never below 1, so divisors of 3 or more digits share id 1 among the first dividend digits),
-    and the answer's quotient digit k gets k + 2 (its digit k - 1, which predicts digit k, then
-    shares id k + 1 with step line k's quotient digit). Why: a probe of the session-29 model
-    (docs/lab-notes.md) found that at step line 6, the last a 6-digit training dividend has, it
-    reads the dividend digit that shares the predicting token's id (digit 7) instead of the one
-    an id below (digit 6), where every shorter line ranks them the other way: the learned shift
-    held only on lines where training had both digits to tell apart.
+    and the answer's quotient digit k gets k + 2 (for k >= 2 its digit k - 1, which predicts
+    digit k, then shares id k + 1 with step line k's quotient digit; digit 1 follows the colon,
+    as before). Why: a probe of the session-29 model (docs/lab-notes.md, "Is the left-read edge
+    error an id confusion?") found that at step line 6, the last a 6-digit training dividend
+    has, it reads the dividend digit that shares the predicting token's id (digit 7) instead of
+    the one an id below (digit 6), where every shorter line ranks them the other way: the
+    learned shift held only on lines where training had both digits to tell apart. A prompt
+    line split across prefill chunks after its `/` keeps the divisor's digits from the left
+    (the operator was carried), but the dividend's ids in an earlier chunk were computed
+    without the divisor's length: prefill the prompt line through its divisor.
     """
     B = tokens_BT.shape[0]
     is_digit_BT = jnp.isin(tokens_BT, jnp.asarray(digit_ids, tokens_BT.dtype))
@@ -198,14 +203,15 @@ def coupled_indices(
             col_BT = jnp.arange(tokens_BT.shape[1])[None]
             op_col_BT = jnp.take_along_axis(  # 1 + the operator's column, 0 before it is seen
                 document_max(jnp.where(is_op_BT, col_BT + 1, 0), doc_BT), doc_BT, axis=1)
-            after_op_BT = (op_col_BT > 0) & (col_BT >= op_col_BT)
+            after_op_BT = jnp.where(  # or the operator came in an earlier chunk
+                op_col_BT > 0, col_BT >= op_col_BT, (doc_BT == 0) & ((read0_B & 1) > 0)[:, None])
             divisor_BT = is_digit_BT & (line_BT == 0) & after_op_BT
             width_BT = jnp.take_along_axis(
                 document_max(jnp.where(divisor_BT, from_left_BT, 0), doc_BT), doc_BT, axis=1)
             read_left_BT = jnp.where(
                 is_digit_BT & ~after_op_BT, jnp.maximum(from_left_BT + 2 - width_BT, 1),
                 from_left_BT)
-        in_line_BT = jnp.where(answer_BT, from_left_BT + 2 * left_read_shift, in_line_BT)
+        in_line_BT = jnp.where(answer_BT, from_left_BT + (2 if left_read_shift else 0), in_line_BT)
         prompt_BT = jnp.where(left_read_BT, read_left_BT, from_right_BT)
         mark_out_B = is_mark_BT[:, -1] | (is_digit_BT[:, -1] & marked_BT[:, -1])
         read_out_B = left_read_BT[:, -1].astype(jnp.int32) + 2 * mark_out_B.astype(jnp.int32)

@@ -227,16 +227,19 @@ def test_shifted_left_read_ids_make_each_lookup_same_id_from_the_token_that_pred
     """With left_read_shift, in the aligned layout: the token before step line i's brought-down
     digit (its partial dividend's digit w) shares an id with dividend digit i, for a divisor of
     one digit and of two, and the answer's quotient digit k - 1 with step line k's quotient
-    digit; other documents keep their ids."""
+    digit; the step lines and other documents keep their ids; decoding after a prefill of the
+    prompt line gives the same ids."""
     from minigpt_jax.tasks.arithmetic import make_problem, solution
 
     rng = random.Random(n)
+    addition = "@12+34\n4+2+0=06\nA:46\n"
     for w in (1, 2):
         q = make_problem(rng, "/", n, w)
         lines = (q.prompt + solution(q, layout="aligned")).rstrip("\n").split("\n")
-        text = "@" + "\n".join(lines) + "\n@12+34\n4+2+0=06\nA:46\n"
+        division = "@" + "\n".join(lines) + "\n"
+        text = addition + division + addition  # packed both ways round
         ids, plain = left_read(text, shift=True), left_read(text)
-        at, by_line = 1, []
+        at, by_line = len(addition) + 1, []
         for line in lines:
             by_line.append(ids[at : at + len(line)])
             at += len(line) + 1
@@ -244,18 +247,30 @@ def test_shifted_left_read_ids_make_each_lookup_same_id_from_the_token_that_pred
         for i in range(1, n + 1):  # "<w remainder digits><brought down>/<divisor>=<q>r<r>"
             assert lines[i][w] == lines[0][i - 1]  # the digit brought down is dividend digit i
             assert by_line[i][w - 1] == by_line[0][i - 1]  # its predictor shares its id
-            assert by_line[i][w + 2 + w + 1] == i + 1  # the quotient digit starts its run
         quotient = by_line[-1][2 : 2 + n]  # "A:<quotient>r<remainder>"
         assert quotient == [k + 2 for k in range(1, n + 1)]
-        assert [quotient[k - 2] for k in range(2, n + 1)] == list(range(3, n + 2))
-        start = len(text) - len("@12+34\n4+2+0=06\nA:46\n")
-        assert ids[start:] == plain[start:]  # the addition after it is untouched
-        # the step lines' own ids are the plain left-read ones; only the prompt and answer move
-        steps = slice(1 + len(lines[0]) + 1, 1 + sum(len(x) + 1 for x in lines[:-1]))
-        assert ids[steps] == plain[steps]
-    whole = left_read(text, shift=True)
-    prompt = text.index("\n") + 1  # decoding after a prefill of the whole prompt line
-    assert left_read(text, prefill=prompt, shift=True)[:start] == whole[:start]
+        for k in range(2, n + 1):  # "...=<q>r...": q sits after "/<divisor>="
+            assert quotient[k - 2] == by_line[k][2 * w + 3] == k + 1
+        first, last = len(addition), len(addition) + len(division)
+        assert ids[:first] == plain[:first] and ids[last:] == plain[last:]
+        steps = slice(first + 1 + len(lines[0]) + 1, last - len(lines[-1]) - 1)
+        assert ids[steps] == plain[steps]  # only the prompt and the answer move
+        prompt = first + 1 + len(lines[0]) + 1  # decoding after a prefill through the prompt
+        assert left_read(text, prefill=prompt, shift=True)[:last] == ids[:last]
+
+
+def test_shifted_left_read_ids_by_hand():
+    """A divisor of three digits shares id 1 among the first dividend digits (never below 1); a
+    one-digit dividend; a split prefill after the operator keeps the divisor from the left."""
+    # the newline that ends line 0 opens line 1: id 1
+    assert left_read("@63075/902\n", shift=True) == [0, 1, 1, 2, 3, 4, 0, 1, 2, 3, 1]
+    assert left_read("@7/3\n", shift=True) == [0, 2, 0, 1, 1]
+    assert left_read("@7/12\n", shift=True) == [0, 1, 0, 1, 2, 1]
+    assert left_read("@5969/12\n", prefill=6, shift=True)[6:] == [1, 2, 1]
+    marked = "@12:34/5\n"  # a mark on line 0 is no answer: each number before "/" shifts
+    assert left_read(marked, shift=True) == [0, 2, 3, 0, 2, 3, 0, 1, 1]
+    addition = "@12+34\n4/2+0=06\nA:46\n"  # a "/" on a later line only: unchanged
+    assert left_read(addition, shift=True) == coupled(addition)
 
 
 def test_only_an_operator_on_line_0_makes_a_document_left_read():
