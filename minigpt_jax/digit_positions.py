@@ -166,9 +166,9 @@ def coupled_indices(
     as before). Why: a probe of the session-29 model (docs/lab-notes.md, "Is the left-read edge
     error an id confusion?") found that at step line 6, the last a 6-digit training dividend
     has, it reads the dividend digit that shares the predicting token's id (digit 7) instead of
-    the one an id below (digit 6), where every shorter line ranks them the other way: the
-    learned shift held only on lines where training had both digits to tell apart. A prompt
-    line split across prefill chunks after its `/` keeps the divisor's digits from the left
+    the one an id below (digit 6), where the shorter lines probed rank them the other way: the
+    learned shift held on lines where training had both digits to tell apart, not past them.
+    A prompt line split across prefill chunks after its `/` keeps the divisor's digits from the left
     (the operator was carried), but the dividend's ids in an earlier chunk were computed
     without the divisor's length: prefill the prompt line through its divisor.
     """
