@@ -940,6 +940,22 @@ def test_rl_long_addsub_samples_a_whole_20_digit_solution_with_its_starts_model(
     assert layout == ("coupled", "none", 32)
 
 
+def test_rl_long_div_fits_its_longest_cell_with_the_shifted_model():
+    """The ÷ RL config starts from the shifted left-read model (its train command in the
+    docstring) and lets the longest ÷ of its last curriculum cell finish."""
+    from minigpt_jax.config import load_config_file, model_config
+    from minigpt_jax.tasks.arithmetic.task import parse_max_digits
+
+    cfg = load_config_file(Path(__file__).parents[1] / "configs" / "arithmetic_rl_long_div.py")
+    digits = parse_max_digits(cfg.task_options.max_digits)["/"]
+    longest = max(len(solution(Problem("/", 10**digits - 1, b), layout="aligned"))
+                  for b in range(10, 100))  # two-digit divisors: the longest steps
+    assert longest + 1 <= cfg.max_new_tokens
+    model = model_config(cfg)
+    assert model.left_read_shift and model.left_op_ids == (ord("/"),)
+    assert model.answer_mark_ids == (ord(":"),) and model.digit_pos_from_left
+
+
 def test_rl_long_all_fits_its_longest_cells_with_the_headline_model():
     """The four-operation RL config builds the headline run's model (the checkpoint it starts
     from) and lets the longest solution of every operation's last curriculum cell finish."""

@@ -583,20 +583,22 @@ def test_cached_logits_equal_recompute_in_left_read_answers(shift):
     division = [256, 3, 5, 4, 7, 10, 9, 11, 2, 13, 6, 15, 17, 19, 18, 21]
     # no operator on line 0; the mark 6 and the operator 4 on later lines
     other = [256, 3, 8, 5, 2, 7, 6, 9, 11, 10, 4, 7, 6, 3]
+    forward = jax.jit(lambda m, p, t: m.apply({"params": p}, t), static_argnums=0)
+    step = jax.jit(lambda p, t, c: model.apply({"params": p}, t, cache=c))
     for seq in (division, other):
-        whole = model.apply({"params": params}, jnp.asarray([seq]))[0]
+        whole = forward(model, params, jnp.asarray([seq]))[0]
         prefill = seq.index(6) + 1
-        cache = KVCache.zeros(cfg, 1, len(seq), jnp.zeros((1,), jnp.int32))
-        logits, cache = model.apply({"params": params}, jnp.asarray([seq[:prefill]]), cache=cache)
+        cache = KVCache.zeros(cfg, 1, len(division), jnp.zeros((1,), jnp.int32))
+        logits, cache = step(params, jnp.asarray([seq[:prefill]]), cache)
         cached = [logits[0]]
         for token in seq[prefill:]:
-            logits, cache = model.apply({"params": params}, jnp.asarray([[token]]), cache=cache)
+            logits, cache = step(params, jnp.asarray([[token]]), cache)
             cached.append(logits[0])
         np.testing.assert_allclose(jnp.concatenate(cached), whole, rtol=1e-4, atol=1e-4)
-        unread = plain.apply({"params": params}, jnp.asarray([seq]))[0]
+        unread = forward(plain, params, jnp.asarray([seq]))[0]
         assert np.allclose(unread, whole, rtol=1e-5, atol=1e-5) == (seq is other)
         if shift:  # the shifted ids are not the plain left-read ones
-            unshifted = GPT(LEFT_READ).apply({"params": params}, jnp.asarray([seq]))[0]
+            unshifted = forward(GPT(LEFT_READ), params, jnp.asarray([seq]))[0]
             assert np.allclose(unshifted, whole, rtol=1e-5, atol=1e-5) == (seq is other)
 
 

@@ -86,6 +86,12 @@ class RLTask(Protocol):
     # has it, `rl` refuses a `max_new_tokens` that would cut a cell's reference short.
 
 
+def cell_names(spec: str) -> list[str]:
+    """A comma-separated list of cell names as typed on a command line or in a config ("add 19,
+    add 20", spaces around names allowed): one parser, so every flag reads names alike."""
+    return [name.strip() for name in spec.split(",") if name.strip()]
+
+
 def load_task(name: str, data_dir: str, options: dict[str, Any] | None = None) -> RLTask:
     """The task called `name`, reading what it needs from `data_dir` (its manifest, test files)."""
     from minigpt_jax.errors import ConfigError
@@ -97,4 +103,4 @@ def load_task(name: str, data_dir: str, options: dict[str, Any] | None = None) -
     raise ConfigError("task", f"{name!r} is not a task; use 'arithmetic'")
 
 
-__all__ = ["Cell", "RLTask", "load_task"]
+__all__ = ["Cell", "RLTask", "cell_names", "load_task"]
