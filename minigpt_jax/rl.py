@@ -47,7 +47,7 @@ from minigpt_jax.policy_gradient import (
     rollout_batch,
     token_lines,
 )
-from minigpt_jax.tasks import RLTask, cell_names, load_task
+from minigpt_jax.tasks import RLTask, load_task, parse_cell_names
 from minigpt_jax.train import (
     CONFIG_FLAG,
     ExitOnSignalDuringStartup,
@@ -103,10 +103,10 @@ def validate_rl_config(cfg: ml_collections.ConfigDict) -> None:
         raise ConfigError("proposer", f"{cfg.proposer!r}: use one of {', '.join(PROPOSERS)}")
     if not 0 <= cfg.proposer_unlock <= 1:
         raise ConfigError("proposer_unlock", f"{cfg.proposer_unlock} is not in [0, 1]")
-    if cfg.proposer_cells.strip() and not cell_names(cfg.proposer_cells):
+    if cfg.proposer_cells.strip() and not parse_cell_names(cfg.proposer_cells):
         raise ConfigError("proposer_cells", f"{cfg.proposer_cells!r} names no cell; "
                           "use names such as 'add 19,add 20', or '' for every cell")
-    if cell_names(cfg.proposer_cells) and cfg.proposer == "mixture":
+    if parse_cell_names(cfg.proposer_cells) and cfg.proposer == "mixture":
         raise ConfigError("proposer_cells", "proposer='mixture' draws the data's own mixture, "
                           "not named cells: set proposer to 'uniform' or 'frontier'")
     rows = cfg.prompts_per_step * cfg.group_size
@@ -147,7 +147,7 @@ def setup(cfg: ml_collections.ConfigDict, task: RLTask | None = None) -> RLRun:
     if task is None:
         task = load_task(cfg.task, cfg.data_dir, cfg.task_options.to_dict())
     proposer = Proposer(task, cfg.proposer, unlock=cfg.proposer_unlock,
-                        cells=cell_names(cfg.proposer_cells))
+                        cells=parse_cell_names(cfg.proposer_cells))
     if cfg.max_new_tokens > model_cfg.block_size:
         raise ConfigError("max_new_tokens", f"more than the context ({model_cfg.block_size})")
     check_completion_budget(task, tok, cfg.max_new_tokens)

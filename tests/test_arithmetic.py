@@ -941,19 +941,35 @@ def test_rl_long_addsub_samples_a_whole_20_digit_solution_with_its_starts_model(
 
 
 def test_rl_long_div_fits_its_longest_cell_with_the_shifted_model():
-    """The ÷ RL config starts from the shifted left-read model (its train command in the
-    docstring) and lets the longest ÷ of its last curriculum cell finish."""
+    """The ÷ RL config builds the model its docstring's train command trains (the checkpoint it
+    starts from) and lets the longest ÷ of its last curriculum cell finish."""
+    import ast
+    import shlex
+
     from minigpt_jax.config import load_config_file, model_config
     from minigpt_jax.tasks.arithmetic.task import parse_max_digits
 
-    cfg = load_config_file(Path(__file__).parents[1] / "configs" / "arithmetic_rl_long_div.py")
+    configs = Path(__file__).parents[1] / "configs"
+    cfg = load_config_file(configs / "arithmetic_rl_long_div.py")
+    doc = ast.get_docstring(ast.parse((configs / "arithmetic_rl_long_div.py").read_text()))
+    command = shlex.split(re.search(r"minigpt_jax\.train .*?run_dir=\S+", doc, re.S)[0])
+    train = load_config_file(configs.parent / command[command.index("--config") + 1])
+    for flag in (a for a in command if a.startswith("--config.")):
+        *path, key = flag[len("--config."):].split("=")[0].split(".")
+        value = flag.split("=", 1)[1]
+        node = train
+        for name in path:
+            node = node[name]
+        with node.unlocked():
+            node[key] = ast.literal_eval(value) if value[0] in "(0123456789" else (
+                {"true": True, "false": False}.get(value, value))
+    assert model_config(cfg) == model_config(train)
+    assert cfg.init_from == f"checkpoint:{train.run_dir}" and cfg.data_dir == train.data_dir
     digits = parse_max_digits(cfg.task_options.max_digits)["/"]
     longest = max(len(solution(Problem("/", 10**digits - 1, b), layout="aligned"))
                   for b in range(10, 100))  # two-digit divisors: the longest steps
-    assert longest + 1 <= cfg.max_new_tokens
-    model = model_config(cfg)
-    assert model.left_read_shift and model.left_op_ids == (ord("/"),)
-    assert model.answer_mark_ids == (ord(":"),) and model.digit_pos_from_left
+    assert longest + 1 <= cfg.max_new_tokens  # 18 digits by two are cut short (docstring)
+    assert cfg.max_new_tokens < len(solution(Problem("/", 10**18 - 1, 99), layout="aligned"))
 
 
 def test_rl_long_all_fits_its_longest_cells_with_the_headline_model():

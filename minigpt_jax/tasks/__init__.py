@@ -86,9 +86,10 @@ class RLTask(Protocol):
     # has it, `rl` refuses a `max_new_tokens` that would cut a cell's reference short.
 
 
-def cell_names(spec: str) -> list[str]:
+def parse_cell_names(spec: str) -> list[str]:
     """A comma-separated list of cell names as typed on a command line or in a config ("add 19,
-    add 20", spaces around names allowed): one parser, so every flag reads names alike."""
+    add 20", spaces around names allowed): one parser, so every flag and key that names cells
+    reads them alike."""
     return [name.strip() for name in spec.split(",") if name.strip()]
 
 
@@ -103,4 +104,4 @@ def load_task(name: str, data_dir: str, options: dict[str, Any] | None = None) -
     raise ConfigError("task", f"{name!r} is not a task; use 'arithmetic'")
 
 
-__all__ = ["Cell", "RLTask", "cell_names", "load_task"]
+__all__ = ["Cell", "RLTask", "parse_cell_names", "load_task"]

@@ -38,7 +38,7 @@ from minigpt_jax.errors import DataError, UserError, exit_on_user_error
 from minigpt_jax.files import read_jsonl
 from minigpt_jax.generate import sample_in_batches
 from minigpt_jax.shards import find_shards
-from minigpt_jax.tasks import cell_names
+from minigpt_jax.tasks import parse_cell_names
 from minigpt_jax.tasks.arithmetic import checker
 from minigpt_jax.tasks.arithmetic import problems as arithmetic
 from minigpt_jax.tasks.arithmetic.data import TEST_FILES, problems_in_shards
@@ -515,7 +515,7 @@ def _run_ttt(args, sets, results, make_sample_fn, params, model_cfg, tok) -> dic
 
     heldout = results.get("heldout") or next(iter(results.values()))
     set_name = "heldout" if "heldout" in results else next(iter(results))
-    names = cell_names(args.ttt_cells)
+    names = parse_cell_names(args.ttt_cells)
     hardest = min(heldout, key=lambda k: heldout[k]["greedy"])
     names = list(dict.fromkeys(hardest if n == "hardest" else n for n in names))
     unknown = [n for n in names if n not in heldout]
@@ -601,7 +601,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             raise DataError(f"--sets: unknown {unknown}; use {sorted(TEST_FILES)}")
         sets = {name: load_test_set(data_dir, name) for name in names}
         if args.cells:
-            sets = select_cells(sets, cell_names(args.cells))
+            sets = select_cells(sets, parse_cell_names(args.cells))
         if args.fresh:
             cells = dict.fromkeys(cell_name(p) for problems in sets.values() for p in problems)
             sets[FRESH_SET] = fresh_problems(
