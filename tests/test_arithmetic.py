@@ -946,6 +946,9 @@ def test_rl_long_div_fits_its_longest_cell_with_the_shifted_model():
     import ast
     import shlex
 
+    from absl import flags
+    from ml_collections import config_flags
+
     from minigpt_jax.config import load_config_file, model_config
     from minigpt_jax.tasks.arithmetic.task import parse_max_digits
 
@@ -953,16 +956,13 @@ def test_rl_long_div_fits_its_longest_cell_with_the_shifted_model():
     cfg = load_config_file(configs / "arithmetic_rl_long_div.py")
     doc = ast.get_docstring(ast.parse((configs / "arithmetic_rl_long_div.py").read_text()))
     command = shlex.split(re.search(r"minigpt_jax\.train .*?run_dir=\S+", doc, re.S)[0])
-    train = load_config_file(configs.parent / command[command.index("--config") + 1])
-    for flag in (a for a in command if a.startswith("--config.")):
-        *path, key = flag[len("--config."):].split("=")[0].split(".")
-        value = flag.split("=", 1)[1]
-        node = train
-        for name in path:
-            node = node[name]
-        with node.unlocked():
-            node[key] = ast.literal_eval(value) if value[0] in "(0123456789" else (
-                {"true": True, "false": False}.get(value, value))
+    at = command.index("--config") + 1
+    command[at] = str(configs.parent / command[at])
+    argv = ["train", *command[command.index("--config"):]]
+    parsed = flags.FlagValues()  # the train command's own flag parser, not the process's flags
+    config_flags.DEFINE_config_file("config", None, flag_values=parsed, sys_argv=argv)
+    parsed(argv)
+    train = parsed.config
     assert model_config(cfg) == model_config(train)
     assert cfg.init_from == f"checkpoint:{train.run_dir}" and cfg.data_dir == train.data_dir
     digits = parse_max_digits(cfg.task_options.max_digits)["/"]

@@ -83,6 +83,17 @@ def test_ttt_cell_keeps_only_verified_samples_and_reports_transfer():
     assert r["greedy_transfer_before"] == 0.0
 
 
+def test_ttt_cells_must_name_a_cell(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "minigpt_jax.eval_arithmetic", "--run_dir", str(tmp_path),
+         "--ttt_cells", " , ", "--samples", "4"],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 2
+    assert_one_line_error(proc.stderr, "--ttt_cells", "names no cell")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_ttt_flags_need_samples(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "minigpt_jax.eval_arithmetic", "--run_dir", str(tmp_path),

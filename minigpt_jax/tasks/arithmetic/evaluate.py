@@ -447,6 +447,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--max_per_cell {args.max_per_cell}: must be >= 0 (0 = all)")
     if args.fresh < 0:
         raise UserError(f"--fresh {args.fresh}: must be >= 0 (0 = no fresh set)")
+    if args.ttt_cells and not parse_cell_names(args.ttt_cells):  # " , ": refused before loading
+        raise UserError(f"--ttt_cells {args.ttt_cells!r}: names no cell; e.g. 'div 4/2,hardest'")
     if args.ttt_cells and args.samples < 1:
         raise UserError("--ttt_cells needs sampled solutions to learn from: pass --samples N >= 1")
     if args.ttt_cells and (args.ttt_steps < 1 or args.ttt_batch < 1 or not args.ttt_lr > 0):
