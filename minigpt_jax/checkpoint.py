@@ -460,6 +460,21 @@ class RunCheckpoints:
         """Only the optimizer state, of a train or RL checkpoint: `init_adam_scale`."""
         return self._restore_field(step, "opt_state", abstract_opt_state, shardings)
 
+    def restore_host_field(self, step: int, field: str) -> Any | None:
+        """One top-level field of the saved state as host arrays, shaped as saved; None when
+        the checkpoint has no such field (an RL run's `proposer` in a supervised checkpoint).
+
+        Why: a reader that takes another run's side state (RL's proposer statistics) cannot know
+        its shapes before reading, since they follow that run's own config."""
+        with self._reading(step):
+            saved = self.manager.item_metadata(step)[STATE]
+        saved = getattr(saved, "tree", saved)
+        if not isinstance(saved, dict) or field not in saved:
+            return None
+        host = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        shardings = jax.tree.map(lambda _: host, saved[field])
+        return jax.device_get(self._restore_field(step, field, saved[field], shardings))
+
     def _restore_field(self, step: int, field: str, abstract: Any, shardings: Any) -> Any:
         target = {field: with_shardings(abstract, shardings)}
         with self._reading(step):

@@ -172,6 +172,10 @@ def add_rl_keys(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     # Comma-separated cell names ("add 19,add 20") to practise only those, prerequisites waived
     # (uniform or frontier); "" = every cell of the task.
     c.proposer_cells = ""
+    # Where a fresh run's proposer statistics start: "prior" (no attempts: every ladder from its
+    # first rung) or "init_from" (the init_from RL checkpoint's, cell by name; cells it lacked
+    # at the prior), so that a continued curriculum does not re-climb what it has solved.
+    c.proposer_init = "prior"
     c.eval_per_cell = 50  # held-out problems per cell in the periodic greedy evaluation
     c.keep_best = False  # checkpoints carry no val_loss to rank by
     c.lock()

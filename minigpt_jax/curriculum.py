@@ -31,6 +31,7 @@ from minigpt_jax.errors import ConfigError
 from minigpt_jax.tasks import Cell, RLTask
 
 PROPOSERS = ("mixture", "uniform", "frontier")
+PROPOSER_INITS = ("prior", "init_from")  # where a fresh run's statistics start (rl.proposer_init)
 
 
 def zero_stats(n_cells: int) -> dict[str, np.ndarray]:
@@ -77,6 +78,23 @@ class Proposer:
                 f" its cells: {', '.join(names)}",
             )
         self.chosen = np.array([n in named for n in names]) if named else None
+
+    def carry(self, names: Sequence[str], stats: dict[str, np.ndarray]) -> int:
+        """Take another run's statistics (`names`: its cells, in the order of its arrays) for
+        every cell of this task with the same name; the others keep the prior. Returns how many
+        cells matched.
+
+        Why by name: a continued run may allow longer numbers (more cells) or fewer, so the
+        two runs' cell orders differ; a cell's name is what both agree on."""
+        index = {self.task.cell_name(c): i for i, c in enumerate(self.cells)}
+        matched = 0
+        for j, name in enumerate(names):
+            i = index.get(name)
+            if i is not None:
+                matched += 1
+                for key in self.stats:
+                    self.stats[key][i] = stats[key][j]
+        return matched
 
     def open_cells(self) -> np.ndarray:
         """Boolean per cell: its prerequisite (if any) is solved at least `unlock` of the time

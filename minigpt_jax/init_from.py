@@ -222,6 +222,30 @@ def adam_scale_from(
     return jax.tree.map(graft, opt_state, saved, is_leaf=is_adam)
 
 
+def proposer_stats_from(spec: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(the source run's config, its proposer statistics) from the RL checkpoint `spec` names.
+
+    Why: an RL run continued from another RL run's checkpoint (a longer curriculum, say) would
+    otherwise climb its ladder again from the prior, spending its first steps re-learning which
+    lengths the policy already solves (rl's `proposer_init`)."""
+    # `rl.validate_rl_config` has refused a spec that is not a checkpoint.
+    parsed = parse_init_from(spec)
+    ckpts = _source_checkpoints(parsed.target)
+    try:
+        step = _resolve_step(ckpts, parsed)
+        config = ckpts.record(step)["config"] or {}
+        stats = ckpts.restore_host_field(step, "proposer")
+    finally:
+        ckpts.close()
+    if stats is None:
+        raise ConfigError(
+            "proposer_init",
+            f"checkpoint:{parsed.target}@{step} holds no proposer statistics (a supervised "
+            f"checkpoint); set proposer_init='prior', or start from an RL run's checkpoint",
+        )
+    return config, {k: np.asarray(v, np.float32) for k, v in stats.items()}
+
+
 def load_init_params(
     spec: str, model_cfg: GPTConfig, tokenizer: dict[str, Any] | None = None
 ) -> dict[str, Any]:

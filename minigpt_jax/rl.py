@@ -22,6 +22,7 @@ import random
 import sys
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import flax.struct
@@ -34,8 +35,8 @@ from tqdm import tqdm
 
 from minigpt_jax import run_dir, sharding
 from minigpt_jax.config import config_record, model_config, validate_config, write_run_files
-from minigpt_jax.curriculum import PROPOSERS, Proposer
-from minigpt_jax.errors import ConfigError, exit_on_user_error
+from minigpt_jax.curriculum import PROPOSER_INITS, PROPOSERS, Proposer
+from minigpt_jax.errors import ConfigError, UserError, exit_on_user_error
 from minigpt_jax.generate import bucket_size, max_prompt_tokens, sample, sample_in_batches
 from minigpt_jax.model import GPT, GPTConfig
 from minigpt_jax.policy_gradient import (
@@ -101,6 +102,12 @@ def validate_rl_config(cfg: ml_collections.ConfigDict) -> None:
         raise ConfigError("init_adam_scale", f"needs optimizer adamw, not {cfg.optimizer!r}")
     if cfg.proposer not in PROPOSERS:
         raise ConfigError("proposer", f"{cfg.proposer!r}: use one of {', '.join(PROPOSERS)}")
+    if cfg.proposer_init not in PROPOSER_INITS:
+        raise ConfigError("proposer_init",
+                          f"{cfg.proposer_init!r}: use one of {', '.join(PROPOSER_INITS)}")
+    if cfg.proposer_init == "init_from" and not cfg.init_from.startswith("checkpoint:"):
+        raise ConfigError("proposer_init", "'init_from' reads the statistics of an RL checkpoint: "
+                          "set init_from=checkpoint:<rl run_dir>, or proposer_init='prior'")
     if not 0 <= cfg.proposer_unlock <= 1:
         raise ConfigError("proposer_unlock", f"{cfg.proposer_unlock} is not in [0, 1]")
     if cfg.proposer_cells.strip() and not parse_cell_names(cfg.proposer_cells):
@@ -154,6 +161,8 @@ def setup(cfg: ml_collections.ConfigDict, task: RLTask | None = None) -> RLRun:
     ckpts, resume_step = open_checkpoints(cfg)
     try:
         cfg = _with_start_policy(cfg, ckpts, resume_step)
+        if resume_step is None and cfg.proposer_init == "init_from":
+            _carry_proposer_stats(cfg, task, proposer)  # a resume restores its own
         run = _build(cfg, model_cfg, task, proposer, tok, record, ckpts, resume_step)
     except BaseException:
         ckpts.close()
@@ -273,6 +282,52 @@ def _build(cfg, model_cfg, task, proposer, tok, record, ckpts, resume_step) -> R
         ref_params = None  # only the KL reads it after the start
     return RLRun(cfg, model_cfg, mesh, schedule, pg_step, ref_logprobs, ref_params, state, task,
                  proposer, tok, record, ckpts)
+
+
+def _carry_proposer_stats(cfg: ml_collections.ConfigDict, task: RLTask, proposer: Proposer) -> None:
+    """Start `proposer` from the statistics of the (pinned) init_from RL checkpoint, by cell name.
+
+    A checkpoint holds the statistics as arrays in its run's cell order, and the cells follow
+    from that run's task, data_dir and task_options (its config): the names come from the run's
+    own task when those are the same, else from the task they build. (A source data_dir since
+    rewritten with other lengths but as many cells would map wrongly; the counts decay within a
+    few dozen steps.)"""
+    from minigpt_jax.init_from import proposer_stats_from
+
+    source_cfg, stats = proposer_stats_from(cfg.init_from)
+    source_data = source_cfg.get("data_dir") or ""
+    same = (
+        source_cfg.get("task") == cfg.task
+        and Path(source_data).resolve() == Path(cfg.data_dir).resolve()
+        and source_cfg.get("task_options") == cfg.task_options.to_dict()
+    )
+    try:
+        source_task = task if same else load_task(
+            source_cfg.get("task", ""), source_data, source_cfg.get("task_options"))
+    except (UserError, TypeError) as e:
+        raise ConfigError(
+            "proposer_init",
+            f"{cfg.init_from}: its cells come from its task {source_cfg.get('task')!r}, data_dir "
+            f"{source_data!r} and task_options, which no longer build ({e}); set "
+            f"proposer_init='prior'",
+        ) from e
+    names = [source_task.cell_name(c) for c in source_task.cells()]
+    if len(names) != len(stats["attempts"]):
+        raise ConfigError(
+            "proposer_init",
+            f"{cfg.init_from}: its statistics count {len(stats['attempts'])} cells, but its task "
+            f"(task={source_cfg.get('task')!r}, data_dir={source_data!r}) now has "
+            f"{len(names)}; set proposer_init='prior'",
+        )
+    matched = proposer.carry(names, stats)
+    if not matched:
+        raise ConfigError(
+            "proposer_init",
+            f"{cfg.init_from}: none of its cells ({', '.join(names[:4])}, ...) is a cell of this "
+            f"run's task; set proposer_init='prior'",
+        )
+    tqdm.write(f"proposer: the statistics of {matched} cells from {cfg.init_from}, "
+               f"{len(proposer.cells) - matched} at the prior")
 
 
 def step_seed(seed: int, step: int) -> int:

@@ -276,6 +276,32 @@ def test_named_cells_leave_the_ladder_where_it_was():
 # --- the arithmetic task --------------------------------------------------------------------
 
 
+class LongerLadder(LadderTask):
+    """The ladder with two more rungs: a continued run allowed longer numbers."""
+
+    def cells(self):
+        return list(range(1, 11))
+
+
+def test_carried_statistics_go_to_the_cells_of_the_same_name():
+    source = Proposer(LadderTask(), "frontier", unlock=0.6)
+    for cell in range(1, 9):  # each cell its own counts: cells 1-4 solved, 5 half, 6-8 not
+        source.update([cell] * cell, [1.0 if cell <= 4 else 0.5 if cell == 5 else 0.0] * cell)
+    names = [LadderTask().cell_name(c) for c in source.cells]
+    target = Proposer(LongerLadder(), "frontier", unlock=0.6)
+    # the source's arrays in another order, its len 7 renamed to one the target does not have
+    order = [3, 0, 7, 1, 2, 4, 5, 6]
+    moved = {k: v[order] for k, v in source.stats.items()}
+    sent = [names[i] for i in order[:-1]] + ["len 99"]
+    assert target.carry(sent, moved) == 7
+    for key in ("attempts", "successes"):
+        carried = [0, 1, 2, 3, 4, 5, 7]  # len 1-6 and len 8
+        np.testing.assert_array_equal(target.stats[key][carried], source.stats[key][carried])
+        assert not target.stats[key][[6, 8, 9]].any()  # len 7 (sent as len 99), 9, 10: prior
+    assert target.open_cells().tolist() == [True] * 5 + [False] * 5
+    assert not Proposer(LongerLadder(), "frontier").open_cells()[2]
+
+
 @pytest.fixture(scope="module")
 def arithmetic_dir(tmp_path_factory) -> Path:
     from minigpt_jax.tasks.arithmetic import data
@@ -344,6 +370,45 @@ def test_rl_refuses_a_budget_that_cuts_a_curriculum_cells_reference_short(
     with pytest.raises(ConfigError, match="max_new_tokens.*14 tokens with <eot>"):
         train_rl(cfg, task=LongReference())
     assert not (Path(cfg.run_dir) / "checkpoints").exists()
+
+
+def test_carried_statistics_follow_the_cells_of_the_sources_own_task(
+    arithmetic_dir, tmp_path, monkeypatch
+):
+    """A run that allows longer numbers than its RL source has more cells, in another order:
+    the source's arrays are named by the task its own config builds."""
+    from minigpt_jax import init_from
+    from minigpt_jax.errors import ConfigError
+    from minigpt_jax.rl import _carry_proposer_stats
+    from minigpt_jax.tasks import load_task
+
+    narrow = load_task("arithmetic", str(arithmetic_dir), {"max_digits": "+:4"})
+    wide = load_task("arithmetic", str(arithmetic_dir), {"max_digits": "+:6"})
+    n = len(narrow.cells())
+    stats = {"attempts": np.arange(1, n + 1, dtype=np.float32),
+             "successes": np.arange(n, dtype=np.float32) / 2}
+    source_cfg = {"task": "arithmetic", "data_dir": str(arithmetic_dir),
+                  "task_options": {"answer_weight": 1.0, "process_weight": 0.0,
+                                   "max_digits": "+:4"}}
+    monkeypatch.setattr(init_from, "proposer_stats_from", lambda spec: (source_cfg, stats))
+    cfg = add_rl_keys(tiny_config(arithmetic_dir, tmp_path / "run", tokenizer="byte"))
+    cfg.task_options.max_digits, cfg.init_from = "+:6", "checkpoint:source@1"
+    proposer = Proposer(wide, "frontier")
+    _carry_proposer_stats(cfg, wide, proposer)
+    wide_names = [wide.cell_name(c) for c in wide.cells()]
+    for j, cell in enumerate(narrow.cells()):
+        i = wide_names.index(narrow.cell_name(cell))
+        assert proposer.stats["attempts"][i] == stats["attempts"][j]
+        assert proposer.stats["successes"][i] == stats["successes"][j]
+    longer = [wide_names.index(name) for name in ("add 5", "add 6")]
+    assert not proposer.stats["attempts"][longer].any()
+    # a source whose own config no longer builds its cells is refused, naming the key
+    source_cfg["data_dir"] = str(tmp_path / "gone")
+    with pytest.raises(ConfigError, match="proposer_init.*no longer build"):
+        _carry_proposer_stats(cfg, wide, Proposer(wide, "frontier"))
+    source_cfg["data_dir"], source_cfg["task_options"]["max_digits"] = str(arithmetic_dir), "+:5"
+    with pytest.raises(ConfigError, match=f"proposer_init.*count {n} cells.*now has {n + 1}"):
+        _carry_proposer_stats(cfg, wide, Proposer(wide, "frontier"))
 
 
 def test_arithmetic_task_refuses_bad_options(arithmetic_dir, tmp_path):
@@ -424,6 +489,17 @@ def _toy_config(tmp_path: Path, **overrides):
     return c
 
 
+def _saved_state(run_dir: str, step: int) -> dict:
+    """A run's saved state at `step` as host arrays, as Orbax restores it without a target."""
+    from minigpt_jax.checkpoint import RunCheckpoints
+
+    ckpts = RunCheckpoints(run_dir, read_only=True)
+    try:
+        return ckpts.manager.restore(step)["state"]
+    finally:
+        ckpts.close()
+
+
 def test_rl_reaches_a_known_optimum_on_a_toy_task(tmp_path, monkeypatch, capsys):
     from minigpt_jax.rl import train_rl
 
@@ -483,7 +559,6 @@ def test_solved_credit_reinforces_verified_samples_not_merely_right_answers(tmp_
 def test_skipping_rows_without_signal_takes_the_same_steps(tmp_path):
     """The loop with and without `skip_no_signal` on the same rollouts: the same parameters
     after a few steps (to float rounding), and fewer rows updated on where groups agree."""
-    from minigpt_jax.checkpoint import RunCheckpoints
     from minigpt_jax.rl import train_rl
 
     runs = {}
@@ -491,12 +566,7 @@ def test_skipping_rows_without_signal_takes_the_same_steps(tmp_path):
         cfg = _toy_config(tmp_path / str(skip), total_steps=4, eval_every=0, checkpoint_every=4,
                           skip_no_signal=skip, group_size=4, max_new_tokens=2)
         train_rl(cfg, task=FirstDigitTask())
-        ckpts = RunCheckpoints(cfg.run_dir, read_only=True)
-        try:
-            runs[skip] = ckpts.manager.restore(4)["state"]["params"], read_metrics(
-                Path(cfg.run_dir))
-        finally:
-            ckpts.close()
+        runs[skip] = _saved_state(cfg.run_dir, 4)["params"], read_metrics(Path(cfg.run_dir))
     (full, full_log), (skipped, skip_log) = runs[False], runs[True]
     for x, y in zip(jax.tree.leaves(full), jax.tree.leaves(skipped), strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
@@ -506,7 +576,6 @@ def test_skipping_rows_without_signal_takes_the_same_steps(tmp_path):
 
 
 def test_rl_resume_is_bit_exact_and_keeps_the_proposer_statistics(tmp_path):
-    from minigpt_jax.checkpoint import RunCheckpoints
     from minigpt_jax.rl import train_rl
 
     straight = _toy_config(tmp_path / "a", total_steps=6, eval_every=0, checkpoint_every=6)
@@ -517,14 +586,7 @@ def test_rl_resume_is_bit_exact_and_keeps_the_proposer_statistics(tmp_path):
     halves.total_steps = 6
     train_rl(halves, task=FirstDigitTask())
 
-    def restored(run):
-        ckpts = RunCheckpoints(run, read_only=True)
-        try:
-            return ckpts.manager.restore(6)["state"]
-        finally:
-            ckpts.close()
-
-    a, b = restored(straight.run_dir), restored(halves.run_dir)
+    a, b = _saved_state(straight.run_dir, 6), _saved_state(halves.run_dir, 6)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert float(np.asarray(a["proposer"]["attempts"])[0]) > 0
@@ -549,17 +611,12 @@ def test_init_adam_scale_takes_the_checkpoints_second_moments_and_zero_first_mom
     import optax
 
     from minigpt_jax import init_from
-    from minigpt_jax.checkpoint import RunCheckpoints
     from minigpt_jax.init_from import pin_step
     from minigpt_jax.rl import setup, train_rl
 
     source = _toy_config(tmp_path / "a", total_steps=3, eval_every=0)
     train_rl(source, task=FirstDigitTask())
-    ckpts = RunCheckpoints(source.run_dir, read_only=True)
-    try:
-        saved = ckpts.manager.restore(3)["state"]["opt_state"]
-    finally:
-        ckpts.close()
+    saved = _saved_state(source.run_dir, 3)["opt_state"]
     saved_nu = [np.asarray(x) for x in jax.tree.leaves(saved[1][0]["nu"])]
     assert any(np.abs(x).max() > 0 for x in saved_nu)
     # Both reads of the source are pinned to the step that is latest when the run starts.
@@ -569,9 +626,10 @@ def test_init_adam_scale_takes_the_checkpoints_second_moments_and_zero_first_mom
 
     def adam_state(keep):
         cfg = _toy_config(tmp_path / f"b{keep}", init_from=f"checkpoint:{source.run_dir}",
-                          init_adam_scale=keep)
+                          init_adam_scale=keep, proposer_init="init_from",
+                          data_dir=source.data_dir)
         with monkeypatch.context() as m:  # record the spec each read is given
-            for name in ("load_init_params", "adam_scale_from"):
+            for name in ("proposer_stats_from", "load_init_params", "adam_scale_from"):
                 m.setattr(init_from, name, recording(name, getattr(init_from, name)))
             run = setup(cfg, FirstDigitTask())
         run.ckpts.close()
@@ -589,7 +647,8 @@ def test_init_adam_scale_takes_the_checkpoints_second_moments_and_zero_first_mom
 
     kept = adam_state(True)
     pinned = f"checkpoint:{source.run_dir}@3"
-    assert reads == [("load_init_params", pinned), ("adam_scale_from", pinned)]
+    assert reads == [("proposer_stats_from", pinned), ("load_init_params", pinned),
+                     ("adam_scale_from", pinned)]
     fresh = adam_state(False)
     assert int(kept.count) == 3 and int(fresh.count) == 0
     for got, want in zip(jax.tree.leaves(kept.nu), saved_nu, strict=True):
@@ -643,6 +702,46 @@ def test_init_adam_scale_refuses_a_checkpoint_without_adam_moments(tmp_path):
         setup(cfg, FirstDigitTask())
 
 
+def test_a_fresh_run_starts_its_proposer_where_its_rl_source_stopped(tmp_path):
+    from minigpt_jax.errors import ConfigError
+    from minigpt_jax.rl import setup, train_rl
+    from minigpt_jax.train import train_and_evaluate
+
+    source = _toy_config(tmp_path / "a", total_steps=6, eval_every=0, checkpoint_every=6)
+    train_rl(source, task=FirstDigitTask())
+    saved = _saved_state(source.run_dir, 6)["proposer"]
+    assert float(np.asarray(saved["attempts"])[0]) > 0
+    started = {}
+    for init in ("init_from", "prior"):
+        cfg = _toy_config(tmp_path / init, init_from=f"checkpoint:{source.run_dir}",
+                          proposer_init=init, total_steps=2, eval_every=0, checkpoint_every=2,
+                          data_dir=source.data_dir)  # the source's task: the toy's one cell
+        run = setup(cfg, FirstDigitTask())
+        run.ckpts.close()
+        started[init] = run.proposer.stats
+    for key in ("attempts", "successes"):
+        np.testing.assert_array_equal(started["init_from"][key], np.asarray(saved[key]))
+        assert not started["prior"][key].any()
+    # a resumed run takes its own checkpoint's statistics, not the source's again
+    train_rl(cfg, task=FirstDigitTask())  # the "prior" run, to step 2
+    own = _saved_state(cfg.run_dir, 2)["proposer"]
+    cfg.unlock()
+    cfg.proposer_init, cfg.total_steps = "init_from", 3
+    run = setup(cfg, FirstDigitTask())
+    run.ckpts.close()
+    for key in ("attempts", "successes"):
+        np.testing.assert_array_equal(run.proposer.stats[key], np.asarray(own[key]))
+        assert not np.array_equal(np.asarray(own[key]), np.asarray(saved[key]))
+    # a supervised checkpoint has no statistics to carry: refused, naming the key
+    sft = tiny_config(write_random_shards(tmp_path / "sft_data"), tmp_path / "sft",
+                      total_steps=2, eval_every=0, tokenizer="byte")
+    train_and_evaluate(sft)
+    refused = _toy_config(tmp_path / "c", init_from=f"checkpoint:{sft.run_dir}",
+                          proposer_init="init_from")
+    with pytest.raises(ConfigError, match="proposer_init.*holds no proposer statistics"):
+        train_rl(refused, task=FirstDigitTask())
+
+
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
@@ -658,6 +757,8 @@ def test_init_adam_scale_refuses_a_checkpoint_without_adam_moments(tmp_path):
         ("negative_weight", -0.5, "negative_weight"),
         ("proposer_cells", "q,add 20", r"proposer_cells.*\['add 20'\]"),
         ("proposer_cells", " , ", "proposer_cells: ' , ' names no cell"),
+        ("proposer_init", "latest", "proposer_init: 'latest'"),
+        ("proposer_init", "init_from", "proposer_init.*set init_from=checkpoint"),  # scratch
     ],
 )
 def test_rl_config_errors_name_the_key(tmp_path, key, value, message):
