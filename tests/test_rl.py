@@ -722,9 +722,11 @@ def test_a_fresh_run_starts_its_proposer_where_its_rl_source_stopped(tmp_path):
     for key in ("attempts", "successes"):
         np.testing.assert_array_equal(started["init_from"][key], np.asarray(saved[key]))
         assert not started["prior"][key].any()
-    # a resumed run takes its own checkpoint's statistics, not the source's again
+    # a resumed run takes its own checkpoint's statistics and does not read the source again
+    # (which may be gone by then)
     train_rl(cfg, task=FirstDigitTask())  # the "prior" run, to step 2
     own = _saved_state(cfg.run_dir, 2)["proposer"]
+    shutil.rmtree(source.run_dir)
     cfg.unlock()
     cfg.proposer_init, cfg.total_steps = "init_from", 3
     run = setup(cfg, FirstDigitTask())
