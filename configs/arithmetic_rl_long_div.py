@@ -46,7 +46,6 @@ def get_config():
     c.data_dir = "data/arithmetic_long_div"
     # The start's model (the train command above).
     c.model.line_segment_max = 16
-    c.model.digit_pos_from_left = False
     c.model.left_op_ids = (47,)  # "/"
     c.model.answer_mark_ids = (58,)  # ":"
     c.model.left_read_shift = True
