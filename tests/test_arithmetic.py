@@ -923,6 +923,27 @@ def test_long_preset_shards_respect_the_manifest_ranges(tmp_path):
     assert manifest["task"]["mixture"]["layout"] == "aligned"
 
 
+def test_op_weights_change_only_how_often_each_operation_is_drawn(tmp_path):
+    """`--op_weights` reweights the preset's operations: the shards follow the new weights (here
+    / alone), the manifest records them, and the test sets stay the preset's byte for byte, so
+    runs on either data are scored on the same problems."""
+    argv = ["--preset", "long", "--train_tokens=20000", "--val_tokens=4096", "--block_size=512"]
+    arithmetic_data.main(["--out_dir", str(tmp_path / "base"), *argv])
+    arithmetic_data.main(["--out_dir", str(tmp_path / "div"), *argv,
+                          "--op_weights", "0", "0", "0", "2"])
+    manifest = read_manifest(tmp_path / "div")
+    assert manifest["task"]["mixture"]["op_weights"] == [0, 0, 0, 2]
+    assert set(manifest["task"]["operand_ranges"]) == {"/"}
+    assert manifest["task"]["mixture"]["div_dividend_digit_weights"] == list(
+        arithmetic.PRESETS["long"][0].div_dividend_digit_weights
+    )
+    ops = {re.match(r"^\d+([-+*/])", doc).group(1)
+           for shard in manifest["shards"] for doc in _documents(tmp_path / "div" / shard["file"])}
+    assert ops == {"/"}
+    for name in ("test.jsonl", "test_long.jsonl"):
+        assert (tmp_path / "div" / name).read_bytes() == (tmp_path / "base" / name).read_bytes()
+
+
 def test_rl_long_addsub_samples_a_whole_20_digit_solution_with_its_starts_model():
     """The RL config must let a 20-digit solution finish (a cut one scores 0 whatever its steps)
     and build the model of the run it starts from (blocks of 32, coupled ids, no positions)."""

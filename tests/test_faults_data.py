@@ -477,3 +477,11 @@ def test_arithmetic_data_refuses_a_token_count_that_is_not_positive(tmp_path, ca
     for flag, value in (("--train_tokens", "-5"), ("--val_tokens", "0"), ("--block_size", "0")):
         refused(arithmetic_data.main, [*base, f"{flag}={value}"], capsys, flag, value)
         assert not (tmp_path / "a").exists()
+
+
+def test_arithmetic_data_refuses_op_weights_that_draw_nothing(tmp_path, capsys):
+    base = ["--out_dir", str(tmp_path / "a"), "--train_tokens=2000", "--val_tokens=1000",
+            "--block_size=256", "--op_weights"]
+    for weights in (["0", "0", "0", "0"], ["1", "-1", "1", "1"]):
+        refused(arithmetic_data.main, [*base, *weights], capsys, "--op_weights", " ".join(weights))
+        assert not (tmp_path / "a").exists()

@@ -9,8 +9,9 @@ operations), "addsubmul" (the first 14-minute result's data, no division), "long
 10 digits for + and -, tested at 2x and 3x the longest trained length; the aligned layout), and
 its operations alone, "long_addsub", "long_mul", "long_div" (and "long_div_table",
 "long_div_trial", "long_div_trial_sub", "long_div_trial_rem" and "long_div_trial_pad", in those
-layouts). The manifest records the digit range of each operand the mixture can draw
-(`task.operand_ranges`) and the mixture's layout.
+layouts). `--op_weights` changes only how often each operation is drawn. The manifest records the
+whole mixture (`task.mixture`), the digit range of each operand it can draw
+(`task.operand_ranges`) and its layout.
 
 Each problem is one document, `<eot>` + problem + worked steps + answer line, in the built-in byte
 tokenizer (every digit and operator is one token). Documents are packed whole and densely into
@@ -235,6 +236,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--preset", default="default", choices=sorted(arithmetic.PRESETS),
                     help="training mixture and test sets (problems.PRESETS)")
     ap.add_argument("--no_steps", action="store_true", help="answers only, no worked steps")
+    ap.add_argument("--op_weights", type=float, nargs=4, metavar=("ADD", "SUB", "MUL", "DIV"),
+                    help="the mixture's share of problems per operation, + - x /, in place of "
+                         "the preset's (relative weights; the test sets stay the preset's)")
     ap.add_argument("--train_tokens", type=int, default=8_000_000)
     ap.add_argument("--val_tokens", type=int, default=131_072)
     ap.add_argument("--block_size", type=int, default=256, help="match the config's block_size")
@@ -248,6 +252,15 @@ def main(argv: list[str] | None = None) -> None:
         for flag in ("train_tokens", "val_tokens", "block_size"):  # else a silent 1-chunk shard
             if getattr(args, flag) <= 0:
                 raise DataError(f"--{flag} {getattr(args, flag)}: must be a positive number")
+        mixture = None
+        if args.op_weights is not None:
+            if min(args.op_weights) < 0 or sum(args.op_weights) <= 0:
+                given = " ".join(f"{w:g}" for w in args.op_weights)
+                raise DataError(f"--op_weights {given}: give four weights >= 0 for + - x /, "
+                                "at least one of them > 0")
+            mixture = dataclasses.replace(
+                arithmetic.PRESETS[args.preset][0], op_weights=tuple(args.op_weights)
+            )
         manifest = write_dataset(
             args.out_dir,
             steps=not args.no_steps,
@@ -258,6 +271,7 @@ def main(argv: list[str] | None = None) -> None:
             test_seed=args.test_seed,
             overwrite=args.overwrite,
             preset=args.preset,
+            mixture=mixture,
         )
     info, (train, val) = manifest["task"], manifest["shards"]
     print(
