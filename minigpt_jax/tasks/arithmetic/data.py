@@ -254,12 +254,13 @@ def main(argv: list[str] | None = None) -> None:
                 raise DataError(f"--{flag} {getattr(args, flag)}: must be a positive number")
         mixture = None
         if args.op_weights is not None:
-            if min(args.op_weights) < 0 or sum(args.op_weights) <= 0:
-                given = " ".join(f"{w:g}" for w in args.op_weights)
-                raise DataError(f"--op_weights {given}: give four weights >= 0 for + - x /, "
+            weights = args.op_weights
+            if not all(0 <= w < float("inf") for w in weights) or sum(weights) <= 0:
+                given = " ".join(f"{w:g}" for w in weights)
+                raise DataError(f"--op_weights {given}: give four finite weights >= 0 for + - x /, "
                                 "at least one of them > 0")
             mixture = dataclasses.replace(
-                arithmetic.PRESETS[args.preset][0], op_weights=tuple(args.op_weights)
+                arithmetic.PRESETS[args.preset][0], op_weights=tuple(weights)
             )
         manifest = write_dataset(
             args.out_dir,
