@@ -923,6 +923,13 @@ def test_long_preset_shards_respect_the_manifest_ranges(tmp_path):
     assert manifest["task"]["mixture"]["layout"] == "aligned"
 
 
+def test_a_mixture_refuses_op_weights_that_cannot_be_drawn():
+    for weights in ((0, 0, 0, 0), (1, -1, 1, 1), (1, float("nan"), 1, 1), (1, 1, 1),
+                    (1e308, 1e308, 1e308, 1e308)):
+        with pytest.raises(ValueError, match="op_weights"):
+            arithmetic.Mixture(op_weights=weights)
+
+
 def test_op_weights_change_only_how_often_each_operation_is_drawn(tmp_path):
     """`--op_weights` reweights the preset's operations: the shards follow the new weights (here
     / alone), the manifest records them, and the test sets stay the preset's byte for byte, so

@@ -483,6 +483,6 @@ def test_arithmetic_data_refuses_op_weights_that_draw_nothing(tmp_path, capsys):
     base = ["--out_dir", str(tmp_path / "a"), "--train_tokens=2000", "--val_tokens=1000",
             "--block_size=256", "--op_weights"]
     for weights in (["0", "0", "0", "0"], ["1", "-1", "1", "1"], ["1", "nan", "1", "1"],
-                    ["1", "1", "inf", "1"]):
+                    ["1", "1", "inf", "1"], ["1e+308", "1e+308", "1e+308", "1e+308"]):
         refused(arithmetic_data.main, [*base, *weights], capsys, "--op_weights", " ".join(weights))
         assert not (tmp_path / "a").exists()

@@ -254,14 +254,14 @@ def main(argv: list[str] | None = None) -> None:
                 raise DataError(f"--{flag} {getattr(args, flag)}: must be a positive number")
         mixture = None
         if args.op_weights is not None:
-            weights = args.op_weights
-            if not all(0 <= w < float("inf") for w in weights) or sum(weights) <= 0:
-                given = " ".join(f"{w:g}" for w in weights)
+            try:  # the mixture checks its weights, so the CLI and the Python API refuse alike
+                mixture = dataclasses.replace(
+                    arithmetic.PRESETS[args.preset][0], op_weights=tuple(args.op_weights)
+                )
+            except ValueError:
+                given = " ".join(f"{w:g}" for w in args.op_weights)
                 raise DataError(f"--op_weights {given}: give four finite weights >= 0 for + - x /, "
-                                "at least one of them > 0")
-            mixture = dataclasses.replace(
-                arithmetic.PRESETS[args.preset][0], op_weights=tuple(weights)
-            )
+                                "at least one of them > 0 and their sum finite") from None
         manifest = write_dataset(
             args.out_dir,
             steps=not args.no_steps,

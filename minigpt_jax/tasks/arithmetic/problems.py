@@ -362,6 +362,11 @@ class Mixture:
     def __post_init__(self):
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout={self.layout!r}: use one of {LAYOUTS}")
+        # random.choices would fail mid-write on these (or never draw an operation)
+        w = self.op_weights
+        if len(w) != len(OPS) or not all(x >= 0 for x in w) or not 0 < sum(w) < float("inf"):
+            raise ValueError(f"op_weights={tuple(w)}: give {len(OPS)} finite weights >= 0 for "
+                             f"{' '.join(OPS)}, at least one of them > 0")
 
     def _weights(self, op: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
         if op in "+-":
