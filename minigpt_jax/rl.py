@@ -37,7 +37,12 @@ from minigpt_jax import run_dir, sharding
 from minigpt_jax.config import config_record, model_config, validate_config, write_run_files
 from minigpt_jax.curriculum import PROPOSER_INITS, PROPOSERS, Proposer
 from minigpt_jax.errors import ConfigError, UserError, exit_on_user_error
-from minigpt_jax.generate import bucket_size, max_prompt_tokens, sample, sample_in_batches
+from minigpt_jax.generate import (
+    bucket_size,
+    max_prompt_tokens,
+    sample_growing,
+    sample_in_batches,
+)
 from minigpt_jax.model import GPT, GPTConfig
 from minigpt_jax.policy_gradient import (
     drop_rows_without_signal,
@@ -81,6 +86,9 @@ def validate_rl_config(cfg: ml_collections.ConfigDict) -> None:
     for key in ("prompts_per_step", "group_size", "max_new_tokens", "eval_per_cell"):
         if cfg[key] <= 0:
             raise ConfigError(key, f"must be positive, got {cfg[key]}")
+    if cfg.rollout_first_tokens < 0:
+        raise ConfigError("rollout_first_tokens",
+                          f"{cfg.rollout_first_tokens}: use 0 (one pass) or a positive room")
     if cfg.group_size < 2:
         raise ConfigError("group_size", f"{cfg.group_size}: a group baseline needs >= 2 samples")
     if not 0 < cfg.temperature < float("inf"):
@@ -346,8 +354,9 @@ def rollouts(run: RLRun, params: Any, step: int) -> tuple[dict[str, np.ndarray],
     prompts = [[tok.eot_id, *tok.encode(task.prompt(p))][-fits:] for p in problems]
     rows = [p for p in prompts for _ in range(cfg.group_size)]
     t0 = time.perf_counter()
-    outs = sample(run.model_cfg, params, rows, cfg.max_new_tokens, temperature=cfg.temperature,
-                  seed=step_seed(cfg.seed, step), eot_id=tok.eot_id)
+    outs = sample_growing(run.model_cfg, params, rows, cfg.max_new_tokens,
+                          first_tokens=cfg.rollout_first_tokens, eot_id=tok.eot_id,
+                          temperature=cfg.temperature, seed=step_seed(cfg.seed, step))
     sample_seconds = time.perf_counter() - t0
     texts = [tok.decode(o) for o in outs]
     G = cfg.group_size
@@ -430,9 +439,10 @@ def greedy_accuracy(run: RLRun, params: Any) -> dict[str, float]:
     problems = [p for ps in by_cell.values() for p in ps]
     prompts = [[tok.eot_id, *tok.encode(task.prompt(p))] for p in problems]
 
-    def greedy(rows, max_new, temperature, seed):
-        return sample(run.model_cfg, params, rows, max_new, temperature=temperature, seed=seed,
-                      eot_id=tok.eot_id)
+    def greedy(rows, max_new, temperature, seed):  # growing room: one pass's tokens, sooner
+        return sample_growing(run.model_cfg, params, rows, max_new, eot_id=tok.eot_id,
+                              first_tokens=cfg.rollout_first_tokens, temperature=temperature,
+                              seed=seed)
 
     outs = sample_in_batches(greedy, prompts, cfg.max_new_tokens, 0.0, 0, EVAL_BATCH)
     texts = [tok.decode(o) for o in outs]

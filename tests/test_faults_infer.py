@@ -363,7 +363,7 @@ def arithmetic_dir(tmp_path) -> Path:
 @pytest.mark.parametrize(
     "flag, value", [("--batch_size", "0"), ("--temperature", "-1"), ("--samples", "-1"),
                     ("--temperature", "nan"), ("--cells", "mul 9x9"),
-                    ("--cells", " , "), ("--fresh", "-1"),
+                    ("--cells", " , "), ("--fresh", "-1"), ("--first_tokens", "-1"),
                     ("--fresh", "5")]  # a data dir of test files only: what to avoid is unknown
 )
 def test_eval_arithmetic_bad_flags(trained, arithmetic_dir, capsys, flag, value):

@@ -9,7 +9,7 @@ import pytest
 
 from minigpt_jax import generate
 from minigpt_jax.checkpoint import RunCheckpoints
-from minigpt_jax.generate import filter_logits, sample
+from minigpt_jax.generate import filter_logits, sample, sample_growing
 from minigpt_jax.model import GPT, GPTConfig
 
 CFG = GPTConfig.preset("tiny", vocab_size=257, block_size=32)
@@ -118,6 +118,37 @@ def test_stops_at_end_of_text_and_crops_long_prompts(params):
         sample(CFG, params, [[]], 4)
     with pytest.raises(ValueError, match="max_new_tokens=33"):
         sample(CFG, params, [[1]], 33)
+
+
+def test_growing_room_gives_the_one_pass_tokens(params):
+    """Each stage prefills what the last one decoded, so greedy rows that cross stage boundaries
+    (rooms 2, 4, 8) are the one pass's tokens, end-of-text cuts included; with room for
+    everything at once it is the one pass, sampled draws too."""
+    prompts = prompts_of([12, 9, 3])
+    greedy = sample(CFG, params, prompts, 8, temperature=0)
+    assert sample_growing(CFG, params, prompts, 8, first_tokens=2, eot_id=None,
+                          temperature=0) == greedy
+    eot = greedy[0][5]  # row 0 ends in the third stage; rows without it run to the limit
+    cut = sample(CFG, params, prompts, 8, temperature=0, eot_id=eot)
+    assert sample_growing(CFG, params, prompts, 8, first_tokens=2, eot_id=eot,
+                          temperature=0) == cut
+    assert len(cut[0]) < 8 and any(len(row) == 8 for row in cut)
+
+    drawn = sample(CFG, params, prompts, 8, temperature=1.0, seed=3)
+    assert sample_growing(CFG, params, prompts, 8, first_tokens=8, eot_id=None,
+                          temperature=1.0, seed=3) == drawn
+    grown = sample_growing(CFG, params, prompts, 8, first_tokens=2, eot_id=None,
+                           temperature=1.0, seed=3)
+    assert [row[:2] for row in grown] == [row[:2] for row in drawn]  # the first stage's draws
+    assert grown != drawn  # later stages draw with their own seeds
+
+    long = prompts_of([100, 40])  # cropped to the last 25 tokens, as one pass crops them
+    assert sample_growing(CFG, params, long, 8, first_tokens=3, eot_id=None,
+                          temperature=0) == sample(CFG, params, long, 8, temperature=0)
+    assert sample_growing(CFG, params, prompts, 8, first_tokens=0, eot_id=None,
+                          temperature=1.0, seed=3) == drawn  # 0: one pass
+    with pytest.raises(ValueError, match="first_tokens=-1"):
+        sample_growing(CFG, params, prompts, 8, first_tokens=-1, eot_id=None)
 
 
 def test_cli_decodes_with_the_runs_tokenizer(params, tmp_path, capsys):

@@ -556,6 +556,32 @@ def test_solved_credit_reinforces_verified_samples_not_merely_right_answers(tmp_
     assert max(np.convolve(rewards, np.ones(3) / 3, mode="valid")) > 0.9
 
 
+def test_rollouts_given_room_as_they_need_it_learn_and_resume_exactly(tmp_path):
+    """`rollout_first_tokens` samples in stages (generate.sample_growing): the loop still finds
+    the toy's optimum, its rows run past the first stage, and a resumed run redraws the same
+    rollouts."""
+    from minigpt_jax.rl import train_rl
+
+    cfg = _toy_config(tmp_path / "a", rollout_first_tokens=1, max_new_tokens=3,
+                      checkpoint_every=15)
+    last = train_rl(cfg, task=FirstDigitTask())
+    records = read_metrics(Path(cfg.run_dir))
+    assert last["heldout_greedy"] == 1.0
+    assert np.mean([r["reward"] for r in records[-5:]]) > 0.9
+    assert max(r["response_tokens"] for r in records[1:]) > 1  # rows went on past stage one
+
+    halves = _toy_config(tmp_path / "b", rollout_first_tokens=1, max_new_tokens=3,
+                         total_steps=15, checkpoint_every=15)
+    train_rl(halves, task=FirstDigitTask())
+    halves.unlock()
+    halves.total_steps = 30
+    train_rl(halves, task=FirstDigitTask())
+    resumed = read_metrics(Path(halves.run_dir))
+    assert [r["reward"] for r in resumed if r["step"] > 15] == [
+        r["reward"] for r in records if r["step"] > 15
+    ]
+
+
 def test_skipping_rows_without_signal_takes_the_same_steps(tmp_path):
     """The loop with and without `skip_no_signal` on the same rollouts: the same parameters
     after a few steps (to float rounding), and fewer rows updated on where groups agree."""
@@ -750,6 +776,7 @@ def test_a_fresh_run_starts_its_proposer_where_its_rl_source_stopped(tmp_path):
         ("init_adam_scale", True, "init_adam_scale"),  # init_from is scratch: nothing to read
         ("group_size", 1, "group_size"),
         ("temperature", 0.0, "temperature"),
+        ("rollout_first_tokens", -1, "rollout_first_tokens"),
         ("proposer", "best", "proposer"),
         ("kl_coef", 0.1, "kl_coef"),  # no reference policy: init_from is scratch
         ("line_credit", -1.0, "line_credit"),
