@@ -156,7 +156,8 @@ def add_rl_keys(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     # Rollouts first get room for this many new tokens, the rows still going twice as much, and so
     # on up to max_new_tokens (generate.sample_growing): short answers stop paying for a cache
     # sized for the longest. 0 = one pass of max_new_tokens, as the measured runs before session
-    # 38 sampled (same samples bit for bit); any other value draws other (equally likely) samples.
+    # 38 sampled (same samples bit for bit); otherwise the rows that run past the first room draw
+    # other samples from the same distribution.
     c.rollout_first_tokens = 0
     c.scale_advantages = False  # divide by the group's std (GRPO) or not (Dr. GRPO, nanochat)
     c.line_credit = 0.0  # weight of the per-line process advantage (policy_gradient.line_credit)

@@ -283,11 +283,13 @@ def sample_growing(
     twice the room, and so on up to `max_new_tokens`; `first_tokens=0` is one pass (`sample`).
 
     Why: the decode loop reads the whole cache at every token, so one pass sized for the longest
-    answer a batch may need makes every short answer pay for it (about 3x the sampling time on
-    answers of 50 tokens under a 352-token limit). Each stage prefills its rows' prompt and tokens
-    so far, which gives the logits the cache would (cache == recompute), so the samples follow the
-    same distribution as one pass; their random draws differ from one pass's (stage k is seeded
-    `seed + k * STAGE_SEED_STRIDE`, modulo 2**32 as a PRNG key keeps it).
+    answer a batch may need makes every short answer pay for it (2 to 3 times the sampling time
+    on answers of 50 tokens under a 352-token limit; bench/rollout_bench.py). Each stage prefills
+    its rows' prompt and tokens so far, which gives the logits the cache would (cache ==
+    recompute), so the samples follow the same distribution as one pass; rows that end in the
+    first stage draw one pass's tokens, and later stages draw their own (stage k is seeded
+    `seed + k * STAGE_SEED_STRIDE`, modulo 2**32 as a PRNG key keeps it). Rows that run long pay
+    for the extra prefills and for compiling each stage's shape once per process.
     """
     if first_tokens < 0:
         raise ValueError(f"first_tokens={first_tokens} must be >= 0 (0 = one pass)")

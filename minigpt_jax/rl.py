@@ -439,7 +439,7 @@ def greedy_accuracy(run: RLRun, params: Any) -> dict[str, float]:
     problems = [p for ps in by_cell.values() for p in ps]
     prompts = [[tok.eot_id, *tok.encode(task.prompt(p))] for p in problems]
 
-    def greedy(rows, max_new, temperature, seed):  # growing room: one pass's tokens, sooner
+    def greedy(rows, max_new, temperature, seed):  # greedy: growing room gives one pass's tokens
         return sample_growing(run.model_cfg, params, rows, max_new, eot_id=tok.eot_id,
                               first_tokens=cfg.rollout_first_tokens, temperature=temperature,
                               seed=seed)
