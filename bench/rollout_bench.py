@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from minigpt_jax import checkpoint
+from minigpt_jax.errors import UserError, exit_on_user_error
 from minigpt_jax.generate import sample, sample_growing
 from minigpt_jax.tasks import load_task, parse_cell_names
 from minigpt_jax.tokenizer import load_run_tokenizer
@@ -48,18 +49,33 @@ def main() -> None:
                     help="the task's max_digits option ('+:20,-:20,*:10,/:12'), for cells past "
                          "the data's lengths; default: the run's config, if it is an RL run's")
     args = ap.parse_args()
-
-    params, record = checkpoint.load_params(args.run_dir)
-    cfg = json.loads((Path(args.run_dir) / "config.json").read_text())
-    model_cfg = record["model"]
-    task_name = cfg.get("task", "arithmetic")  # a supervised run's config names no task
-    options = dict(cfg.get("task_options") or {})
-    if args.max_digits is not None:
-        options["max_digits"] = args.max_digits
-    task = load_task(task_name, cfg["data_dir"], options)
-    tok = load_run_tokenizer(record["tokenizer"], cfg["data_dir"])
-    by_name = {task.cell_name(c): c for c in task.cells()}
+    for flag in ("group_size", "prompts", "max_new_tokens", "first_tokens", "rounds"):
+        if getattr(args, flag) < 1:  # first_tokens 0 would time one pass against itself
+            ap.error(f"--{flag} {getattr(args, flag)}: must be at least 1")
     names = parse_cell_names(args.cells)
+    if not names:
+        ap.error(f"--cells {args.cells!r}: names no cell; e.g. 'div 4/1,add 20'")
+
+    config_path = Path(args.run_dir) / "config.json"
+    with exit_on_user_error(OSError):
+        params, record = checkpoint.load_params(args.run_dir)
+        try:
+            cfg = json.loads(config_path.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"{config_path} is not valid JSON ({e}); restore the run's copy") from e
+        if not cfg.get("data_dir"):
+            raise UserError(f"{config_path} names no data_dir (the task's files)")
+        task_name = cfg.get("task", "arithmetic")  # a supervised run's config names no task
+        options = dict(cfg.get("task_options") or {})
+        if args.max_digits is not None:
+            options["max_digits"] = args.max_digits
+        task = load_task(task_name, cfg["data_dir"], options)
+        tok = load_run_tokenizer(record["tokenizer"], cfg["data_dir"])
+    model_cfg = record["model"]
+    if args.max_new_tokens > model_cfg.block_size:
+        ap.error(f"--max_new_tokens {args.max_new_tokens}: more than the model's context "
+                 f"({model_cfg.block_size})")
+    by_name = {task.cell_name(c): c for c in task.cells()}
     if unknown := [n for n in names if n not in by_name]:
         ap.error(f"--cells: {unknown} are not cells of task {task_name!r}")
     G = args.group_size

@@ -556,16 +556,26 @@ def test_solved_credit_reinforces_verified_samples_not_merely_right_answers(tmp_
     assert max(np.convolve(rewards, np.ones(3) / 3, mode="valid")) > 0.9
 
 
-def test_rollouts_given_room_as_they_need_it_learn_and_resume_exactly(tmp_path):
+def test_rollouts_given_room_as_they_need_it_learn_and_resume_exactly(tmp_path, monkeypatch):
     """`rollout_first_tokens` samples in stages (generate.sample_growing): the loop still finds
     the toy's optimum, its rows run past the first stage, and a resumed run redraws the same
     rollouts."""
+    from minigpt_jax import rl
     from minigpt_jax.rl import train_rl
 
+    rooms = []  # the first room of every sampling call: the key must reach rollouts and checks
+
+    def spy(*args, first_tokens, **kwargs):
+        rooms.append(first_tokens)
+        return sample_growing(*args, first_tokens=first_tokens, **kwargs)
+
+    sample_growing = rl.sample_growing
+    monkeypatch.setattr(rl, "sample_growing", spy)
     cfg = _toy_config(tmp_path / "a", rollout_first_tokens=1, max_new_tokens=3,
                       checkpoint_every=15)
     last = train_rl(cfg, task=FirstDigitTask())
     records = read_metrics(Path(cfg.run_dir))
+    assert len(rooms) > cfg.total_steps and set(rooms) == {1}
     assert last["heldout_greedy"] == 1.0
     assert np.mean([r["reward"] for r in records[-5:]]) > 0.9
     assert max(r["response_tokens"] for r in records[1:]) > 1  # rows went on past stage one
