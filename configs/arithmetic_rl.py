@@ -27,6 +27,9 @@ raising it. Sessions 15-16, from a start nearer 50% (`runs/sft8_3e-4@900`): 64 x
 frontier proposer rose 4-5 points in about 18 CPU minutes at 1e-4 and at 3e-5 (two seeds each;
 3e-4 fell), while supervision from the same start gained 9.4. Every run above updated on all
 rows; `--config.skip_no_signal=false` repeats them bit for bit (docs/post-training.md).
+Session 39: resampling only greedy's first wrong line (`--config.rollout_mode=greedy_branch
+--config.branch_tokens=32 --config.prompts_per_step=32`), which lifts ÷ near 50% by about 19
+points (configs/arithmetic_rl_div_branch.py), took this start from 0.257 to 0.293 at lr 3e-5.
 """
 
 from pathlib import Path

@@ -159,6 +159,13 @@ def add_rl_keys(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     # 38 sampled (same samples bit for bit); otherwise the rows that run past the first room draw
     # other samples from the same distribution.
     c.rollout_first_tokens = 0
+    # "sample": group_size samples of each problem, scored by the task (GRPO). "greedy_branch":
+    # each problem is decoded greedily, and where that fails, group_size samples of its first
+    # wrong line only (at most branch_tokens new tokens each) are drawn from the right lines
+    # before it and scored by the task's line checker (RLTask.right_lines), the group mean as
+    # baseline: the evaluated (greedy) policy's own mistakes, each a cheap one-line group.
+    c.rollout_mode = "sample"
+    c.branch_tokens = 32
     c.scale_advantages = False  # divide by the group's std (GRPO) or not (Dr. GRPO, nanochat)
     c.line_credit = 0.0  # weight of the per-line process advantage (policy_gradient.line_credit)
     c.outcome_credit = 1.0  # weight of the answer's group advantage on every chosen token

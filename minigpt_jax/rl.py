@@ -40,6 +40,7 @@ from minigpt_jax.errors import ConfigError, UserError, exit_on_user_error
 from minigpt_jax.generate import (
     bucket_size,
     max_prompt_tokens,
+    sample,
     sample_growing,
     sample_in_batches,
 )
@@ -71,6 +72,7 @@ from minigpt_jax.train_state import (
 )
 
 EVAL_BATCH = 128  # rows per greedy decode call in the held-out evaluation (one compiled shape)
+ROLLOUT_MODES = ("sample", "greedy_branch")
 
 
 class RLState(flax.struct.PyTreeNode):
@@ -89,6 +91,17 @@ def validate_rl_config(cfg: ml_collections.ConfigDict) -> None:
     if cfg.rollout_first_tokens < 0:
         raise ConfigError("rollout_first_tokens",
                           f"{cfg.rollout_first_tokens}: use 0 (one pass) or a positive room")
+    if cfg.rollout_mode not in ROLLOUT_MODES:
+        raise ConfigError("rollout_mode",
+                          f"{cfg.rollout_mode!r}: use one of {', '.join(ROLLOUT_MODES)}")
+    if cfg.rollout_mode == "greedy_branch":
+        if not 0 < cfg.branch_tokens <= cfg.block_size:
+            raise ConfigError("branch_tokens", f"{cfg.branch_tokens}: room for one line, "
+                              f"between 1 and the context ({cfg.block_size})")
+        for key in ("line_credit", "solved_credit"):
+            if cfg[key]:
+                raise ConfigError(key, f"{cfg[key]} with rollout_mode='greedy_branch', whose "
+                                  "reward is already the resampled line's: set it to 0")
     if cfg.group_size < 2:
         raise ConfigError("group_size", f"{cfg.group_size}: a group baseline needs >= 2 samples")
     if not 0 < cfg.temperature < float("inf"):
@@ -352,6 +365,8 @@ def rollouts(run: RLRun, params: Any, step: int) -> tuple[dict[str, np.ndarray],
     problems = [task.problem(rng, cell) for cell in cells]
     fits = max_prompt_tokens(run.model_cfg.block_size, cfg.max_new_tokens)
     prompts = [[tok.eot_id, *tok.encode(task.prompt(p))][-fits:] for p in problems]
+    if cfg.rollout_mode == "greedy_branch":
+        return _branch_rollouts(run, params, step, problems, prompts)
     rows = [p for p in prompts for _ in range(cfg.group_size)]
     t0 = time.perf_counter()
     outs = sample_growing(run.model_cfg, params, rows, cfg.max_new_tokens,
@@ -426,6 +441,98 @@ def _with_line_credit(run, problems, texts, outs, ended, adv, weight):
             c = np.where(c < 0, run.cfg.negative_weight * c, c)
             per_token.append(adv[k] + weight * c)
     return per_token, float(np.mean(right))
+
+
+def _branch_rollouts(run, params, step, problems, prompts):
+    """`rollout_mode="greedy_branch"`: one step's batch from the greedy policy's own mistakes.
+
+    Why: evaluation is greedy, and on a start whose errors repeat across samples a whole sampled
+    solution rarely finds the answer greedy misses (issue 18, ÷ near 50%: 16 samples found it for
+    under half of greedy's failures), while one resampled line at greedy's first wrong line is
+    right for most of them (BENCHMARKS.md, post-training, session 39). Each failure's group is
+    `group_size` samples of that line (at most `branch_tokens` tokens, up to its newline) from the
+    right lines before it: the task's line checker scores each (1 when the line is right), the
+    group mean is the baseline, and only the line's tokens are chosen. Problems greedy solves
+    carry no signal.
+    """
+    cfg, task, tok = run.cfg, run.task, run.tokenizer
+    seed, G = step_seed(cfg.seed, step), cfg.group_size
+    t0 = time.perf_counter()
+    greedy = sample_growing(run.model_cfg, params, prompts, cfg.max_new_tokens,
+                            first_tokens=cfg.rollout_first_tokens, eot_id=tok.eot_id,
+                            temperature=0.0, seed=seed)
+    texts = [tok.decode(o) for o in greedy]
+    solved = np.array([task.solved(p, t) for p, t in zip(problems, texts, strict=True)],
+                      np.float32)
+    run.proposer.update([task.cell_of(p) for p in problems], solved)
+    states = [(p, *failure_state(task, p, t))
+              for p, t, ok in zip(problems, texts, solved, strict=True) if not ok]
+    fits = max_prompt_tokens(run.model_cfg.block_size, cfg.branch_tokens)
+    rows = [[tok.eot_id, *tok.encode(task.prompt(p) + prefix)][-fits:]
+            for p, prefix, _ in states for _ in range(G)]
+    outs = sample(run.model_cfg, params, rows, cfg.branch_tokens, temperature=cfg.temperature,
+                  seed=seed, eot_id=tok.eot_id) if rows else []
+    sample_seconds = time.perf_counter() - t0
+    newlines = run.newlines
+    for t in {t for o in outs for t in o} - newlines.keys():
+        newlines[t] = tok.decode([t]).count("\n")
+    lines = [first_line(o, [newlines[t] for t in o], cfg.branch_tokens) for o in outs]
+    rewards_FG = np.array(
+        [[float(task.right_lines(p, prefix + tok.decode(lines[i * G + g][0])) > right)
+          for g in range(G)] for i, (p, prefix, right) in enumerate(states)],
+        np.float32,
+    ).reshape(len(states), G)
+    adv = group_advantages(rewards_FG, cfg.scale_advantages).reshape(-1)
+    if cfg.negative_weight != 1.0:
+        adv = np.where(adv < 0, cfg.negative_weight * adv, adv)
+    chosen, ended, adv = [x[0] for x in lines], [x[1] for x in lines], list(adv)
+    granule = jax.device_count()
+    metrics = {}
+    if rows and cfg.skip_no_signal and not cfg.kl_coef:
+        rows, chosen, ended, adv, metrics["signal_rows"] = drop_rows_without_signal(
+            rows, chosen, ended, adv, tok.eot_id, granule
+        )
+    pad = -len(rows) % granule or (granule if not rows else 0)  # no-op rows: nothing chosen
+    rows, chosen = [*rows, *[[tok.eot_id]] * pad], [*chosen, *[[]] * pad]
+    ended, adv = [*ended, *[False] * pad], [*adv, *[0.0] * pad]
+    longest = max(len(r) + len(o) + 1 for r, o in zip(rows, chosen, strict=True))
+    length = min(bucket_size(longest - 1, minimum=32), run.model_cfg.block_size)
+    batch = rollout_batch(rows, chosen, ended, adv, tok.eot_id, length)
+    greedy_ended = [len(o) < cfg.max_new_tokens for o in greedy]
+    greedy_chosen = [len(o) + e for o, e in zip(greedy, greedy_ended, strict=True)]
+    new_tokens = sum(len(o) for o in greedy) + sum(len(o) for o in outs)
+    metrics = {
+        **metrics,
+        "reward": float(np.mean([task.reward(p, t) for p, t in zip(problems, texts, strict=True)])),
+        "pass@1": float(solved.mean()),  # greedy's, on this step's problems
+        "branch_states": len(states) / len(problems),
+        "response_tokens": float(np.mean(greedy_chosen)),
+        "truncated": 1.0 - float(np.mean(greedy_ended)),
+        "sampled_tokens_per_s": new_tokens / max(sample_seconds, 1e-9),
+    }
+    if states:
+        metrics["branch_right"] = float(rewards_FG.mean())
+        metrics["branch_found"] = float((rewards_FG.max(axis=1) > 0).mean())
+    return batch, metrics
+
+
+def failure_state(task: RLTask, problem: Any, completion: str) -> tuple[str, int]:
+    """(the completion's text through its last right line, how many lines that is): where a
+    failed solution first went wrong. Only lines the completion ended with a newline count, so
+    the state is one the policy wrote, not one with a line break it never chose."""
+    right = min(task.right_lines(problem, completion), completion.count("\n"))
+    return "".join(f"{line}\n" for line in completion.split("\n")[:right]), right
+
+
+def first_line(tokens: list[int], newlines: list[int], room: int) -> tuple[list[int], bool]:
+    """A resampled line from the sampler's tokens (cut before any end-of-text), given each
+    token's newline count: (its tokens through the first that writes a newline, and whether it
+    ended with end-of-text instead, which is then a chosen token too). A line still going at
+    `room` tokens is what it is; the task's checker judges it as written."""
+    for i, n in enumerate(newlines):
+        if n:
+            return tokens[: i + 1], False
+    return tokens, len(tokens) < room  # the sampler stopped before the room: end-of-text
 
 
 def greedy_accuracy(run: RLRun, params: Any) -> dict[str, float]:

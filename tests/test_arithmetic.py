@@ -1000,6 +1000,30 @@ def test_rl_long_div_fits_its_longest_cell_with_the_shifted_model():
     assert cfg.max_new_tokens < len(solution(Problem("/", 10**18 - 1, 99), layout="aligned"))
 
 
+def test_rl_div_branch_builds_its_starts_model_and_fits_a_division_line():
+    """The greedy-branch ÷ config builds the model its docstring's second stage trains (with the
+    docstring's three flags), starts from that run, and its branch room fits every line of the
+    longest ÷ it practises."""
+    import ast
+
+    from minigpt_jax.config import load_config_file, model_config
+
+    configs = Path(__file__).parents[1] / "configs"
+    cfg = load_config_file(configs / "arithmetic_rl_div_branch.py")
+    doc = ast.get_docstring(ast.parse((configs / "arithmetic_rl_div_branch.py").read_text()))
+    train = load_config_file(configs / "arithmetic_long_more.py")
+    for flag in re.search(r"F='(.*?)'", doc, re.S)[1].split():
+        key, value = flag.removeprefix("--config.model.").split("=")
+        train.model[key] = ast.literal_eval(value.replace("true", "True"))
+    assert model_config(cfg) == model_config(train)
+    assert "--config.run_dir=runs/arithmetic_long_more_shift" in doc
+    assert cfg.init_from == "checkpoint:runs/arithmetic_long_more_shift"
+    assert cfg.rollout_mode == "greedy_branch"
+    longest = max(len(line) + 1 for d in range(1, 10)
+                  for line in solution(Problem("/", 999_999, d), layout="aligned").split("\n"))
+    assert longest <= cfg.branch_tokens  # byte-level: a character is a token
+
+
 def test_rl_long_all_fits_its_longest_cells_with_the_headline_model():
     """The four-operation RL config builds the headline run's model (the checkpoint it starts
     from) and lets the longest solution of every operation's last curriculum cell finish."""

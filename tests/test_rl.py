@@ -592,6 +592,78 @@ def test_rollouts_given_room_as_they_need_it_learn_and_resume_exactly(tmp_path, 
     ]
 
 
+def test_greedy_branch_resamples_the_first_wrong_line_from_the_right_ones(arithmetic_dir):
+    """The state a failed greedy solution is branched from: the lines it got right, each ended by
+    the newline it wrote; a resampled line is cut at its own newline (or end-of-text), and the
+    task's line checker scores it against the line the solution got wrong."""
+    from minigpt_jax.rl import failure_state, first_line
+    from minigpt_jax.tasks import load_task
+    from minigpt_jax.tasks.arithmetic import Problem
+
+    task = load_task("arithmetic", str(arithmetic_dir))
+    q = Problem("/", 3471, 6)
+    lines = task.reference_solution(q).split("\n")
+    assert len(lines) >= 5 and lines[2][0].isdigit()
+    wrong2 = lines[2].replace(lines[2][0], str((int(lines[2][0]) + 1) % 10), 1)
+    completion = "\n".join([lines[0], lines[1], wrong2, *lines[3:]])
+    prefix, right = failure_state(task, q, completion)
+    assert (prefix, right) == (f"{lines[0]}\n{lines[1]}\n", 2)
+    assert task.right_lines(q, prefix + lines[2] + "\n") > right  # the right line scores 1
+    assert not task.right_lines(q, prefix + wrong2 + "\n") > right  # greedy's own line 0
+    assert failure_state(task, q, "9" + completion) == ("", 0)  # wrong from the first line
+    # a right line the solution never ended (cut off): the state stops before it
+    assert failure_state(task, q, f"{lines[0]}\n{lines[1]}") == (f"{lines[0]}\n", 1)
+
+    assert first_line([5, 6, 10, 7], [0, 0, 1, 0], room=8) == ([5, 6, 10], False)
+    assert first_line([5, 6], [0, 0], room=8) == ([5, 6], True)  # stopped early: end-of-text
+    assert first_line([5, 6, 7], [0, 0, 0], room=3) == ([5, 6, 7], False)  # out of room
+
+
+def test_greedy_branch_reaches_the_toy_optimum_and_resumes_exactly(tmp_path):
+    """`rollout_mode="greedy_branch"` on the toy: greedy's failures are branched at their first
+    (only) line, the loop reaches the optimum, greedy stops failing, and a resumed run redraws
+    the same greedy rollouts and branches."""
+    from minigpt_jax.rl import train_rl
+
+    mode = {"rollout_mode": "greedy_branch", "branch_tokens": 1}
+    cfg = _toy_config(tmp_path / "a", checkpoint_every=15, **mode)
+    last = train_rl(cfg, task=FirstDigitTask())
+    records = read_metrics(Path(cfg.run_dir))[1:]
+    assert records[0]["branch_states"] == 1.0 and records[0]["pass@1"] == 0.0
+    assert np.mean([r.get("branch_right", 0) for r in records[:5]]) < 0.3
+    assert last["heldout_greedy"] == 1.0
+    assert np.mean([r["pass@1"] for r in records[-5:]]) == 1.0  # greedy's own batch too
+    assert records[-1]["branch_states"] == 0.0 and "branch_right" not in records[-1]
+
+    halves = _toy_config(tmp_path / "b", total_steps=15, checkpoint_every=15, **mode)
+    train_rl(halves, task=FirstDigitTask())
+    halves.unlock()
+    halves.total_steps = 30
+    train_rl(halves, task=FirstDigitTask())
+    keys = ("pass@1", "branch_states", "branch_right", "loss")
+    assert [[r.get(k) for k in keys] for r in read_metrics(Path(halves.run_dir)) if r["step"] > 15
+            ] == [[r.get(k) for k in keys] for r in records if r["step"] > 15]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"rollout_mode": "beam"}, "rollout_mode: 'beam'"),
+        ({"rollout_mode": "greedy_branch", "branch_tokens": 0}, "branch_tokens: 0"),
+        ({"rollout_mode": "greedy_branch", "line_credit": 1.0}, "line_credit: 1.0 with rollout"),
+        ({"rollout_mode": "greedy_branch", "solved_credit": 1.0}, "solved_credit: 1.0 with"),
+    ],
+)
+def test_greedy_branch_config_errors_name_the_key(tmp_path, overrides, message):
+    from minigpt_jax.errors import ConfigError
+    from minigpt_jax.rl import train_rl
+
+    cfg = _toy_config(tmp_path, **overrides)
+    with pytest.raises(ConfigError, match=message):
+        train_rl(cfg, task=FirstDigitTask())
+    assert not (Path(cfg.run_dir) / "checkpoints").exists()
+
+
 def test_skipping_rows_without_signal_takes_the_same_steps(tmp_path):
     """The loop with and without `skip_no_signal` on the same rollouts: the same parameters
     after a few steps (to float rounding), and fewer rows updated on where groups agree."""
