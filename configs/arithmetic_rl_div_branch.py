@@ -31,7 +31,7 @@ problems per ÷ cell): ÷ 4/1 0.507 -> 0.690 / 0.707 and 6/1 0.377 -> 0.577 / 0.
 steps 580 / 540), with + − × kept (the mean of the 12 trained test cells 0.735 -> 0.758 / 0.761).
 Supervised steps on a ÷-heavy mixture, rate swept, reach 0.663 / 0.550 (mean 0.743) in as many
 CPU minutes. At lr 1e-4 ÷ rose to 0.783 / 0.627 (seed 0), but 10-digit + fell to 0.40 and ×
-to 0.53-0.68.
+to 0.53-0.68; at 5e-5, 0.737 / 0.593 with + − × at 0.90-1.00 (mean 0.748).
 """
 
 from pathlib import Path

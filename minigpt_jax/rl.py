@@ -98,10 +98,11 @@ def validate_rl_config(cfg: ml_collections.ConfigDict) -> None:
         if not 0 < cfg.branch_tokens <= cfg.block_size:
             raise ConfigError("branch_tokens", f"{cfg.branch_tokens}: room for one line, "
                               f"between 1 and the context ({cfg.block_size})")
-        for key in ("line_credit", "solved_credit"):
-            if cfg[key]:
+        for key, default in (("line_credit", 0.0), ("solved_credit", 0.0),
+                             ("outcome_credit", 1.0)):
+            if cfg[key] != default:
                 raise ConfigError(key, f"{cfg[key]} with rollout_mode='greedy_branch', whose "
-                                  "reward is already the resampled line's: set it to 0")
+                                  f"reward is the resampled line's alone: leave it at {default}")
     if cfg.group_size < 2:
         raise ConfigError("group_size", f"{cfg.group_size}: a group baseline needs >= 2 samples")
     if not 0 < cfg.temperature < float("inf"):
@@ -478,7 +479,7 @@ def _branch_rollouts(run, params, step, problems, prompts):
         newlines[t] = tok.decode([t]).count("\n")
     lines = [first_line(o, [newlines[t] for t in o], cfg.branch_tokens) for o in outs]
     rewards_FG = np.array(
-        [[float(task.right_lines(p, prefix + tok.decode(lines[i * G + g][0])) > right)
+        [[line_reward(task, p, prefix, right, tok.decode(lines[i * G + g][0]), lines[i * G + g][1])
           for g in range(G)] for i, (p, prefix, right) in enumerate(states)],
         np.float32,
     ).reshape(len(states), G)
@@ -522,6 +523,17 @@ def failure_state(task: RLTask, problem: Any, completion: str) -> tuple[str, int
     the state is one the policy wrote, not one with a line break it never chose."""
     right = min(task.right_lines(problem, completion), completion.count("\n"))
     return "".join(f"{line}\n" for line in completion.split("\n")[:right]), right
+
+
+def line_reward(task: RLTask, problem: Any, prefix: str, right: int, line: str,
+                ended: bool) -> float:
+    """1.0 when a resampled `line` after `prefix` (whose first `right` lines are right) is right.
+    A line that ends the solution (`ended`: end-of-text before any newline) is right only when
+    the solution it ends is solved: a right step line followed by end-of-text stops halfway, and
+    rewarding it would teach stopping."""
+    if ended:
+        return float(task.solved(problem, prefix + line))
+    return float(task.right_lines(problem, prefix + line) > right)
 
 
 def first_line(tokens: list[int], newlines: list[int], room: int) -> tuple[list[int], bool]:

@@ -596,7 +596,7 @@ def test_greedy_branch_resamples_the_first_wrong_line_from_the_right_ones(arithm
     """The state a failed greedy solution is branched from: the lines it got right, each ended by
     the newline it wrote; a resampled line is cut at its own newline (or end-of-text), and the
     task's line checker scores it against the line the solution got wrong."""
-    from minigpt_jax.rl import failure_state, first_line
+    from minigpt_jax.rl import failure_state, first_line, line_reward
     from minigpt_jax.tasks import load_task
     from minigpt_jax.tasks.arithmetic import Problem
 
@@ -608,8 +608,13 @@ def test_greedy_branch_resamples_the_first_wrong_line_from_the_right_ones(arithm
     completion = "\n".join([lines[0], lines[1], wrong2, *lines[3:]])
     prefix, right = failure_state(task, q, completion)
     assert (prefix, right) == (f"{lines[0]}\n{lines[1]}\n", 2)
-    assert task.right_lines(q, prefix + lines[2] + "\n") > right  # the right line scores 1
-    assert not task.right_lines(q, prefix + wrong2 + "\n") > right  # greedy's own line 0
+    assert line_reward(task, q, prefix, right, lines[2] + "\n", ended=False) == 1.0
+    assert line_reward(task, q, prefix, right, wrong2 + "\n", ended=False) == 0.0  # greedy's
+    # a right step line, then end-of-text: the solution stops halfway, so it is not rewarded
+    assert line_reward(task, q, prefix, right, lines[2], ended=True) == 0.0
+    done = "".join(f"{line}\n" for line in lines[:-2])  # all but the answer line (and the "")
+    assert lines[-2].startswith("A:") and lines[-1] == ""
+    assert line_reward(task, q, done, len(lines) - 2, lines[-2], ended=True) == 1.0
     assert failure_state(task, q, "9" + completion) == ("", 0)  # wrong from the first line
     # a right line the solution never ended (cut off): the state stops before it
     assert failure_state(task, q, f"{lines[0]}\n{lines[1]}") == (f"{lines[0]}\n", 1)
@@ -652,6 +657,7 @@ def test_greedy_branch_reaches_the_toy_optimum_and_resumes_exactly(tmp_path):
         ({"rollout_mode": "greedy_branch", "branch_tokens": 0}, "branch_tokens: 0"),
         ({"rollout_mode": "greedy_branch", "line_credit": 1.0}, "line_credit: 1.0 with rollout"),
         ({"rollout_mode": "greedy_branch", "solved_credit": 1.0}, "solved_credit: 1.0 with"),
+        ({"rollout_mode": "greedy_branch", "outcome_credit": 0.5}, "outcome_credit: 0.5 with"),
     ],
 )
 def test_greedy_branch_config_errors_name_the_key(tmp_path, overrides, message):
