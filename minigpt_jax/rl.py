@@ -408,9 +408,7 @@ def rollouts(run: RLRun, params: Any, step: int) -> tuple[dict[str, np.ndarray],
         rows, outs, ended, adv, metrics["signal_rows"] = drop_rows_without_signal(
             rows, outs, ended, adv, tok.eot_id, jax.device_count()
         )
-    longest = max(len(r) + len(o) + 1 for r, o in zip(rows, outs, strict=True))
-    length = min(bucket_size(longest - 1, minimum=32), run.model_cfg.block_size)
-    batch = rollout_batch(rows, outs, ended, adv, tok.eot_id, length)
+    batch = _to_batch(run, rows, outs, ended, adv)
     metrics = {
         **metrics,
         "reward": float(rewards_PG.mean()),
@@ -423,14 +421,26 @@ def rollouts(run: RLRun, params: Any, step: int) -> tuple[dict[str, np.ndarray],
     return batch, metrics
 
 
+def _to_batch(run: RLRun, rows, outs, ended, adv) -> dict[str, np.ndarray]:
+    """`rollout_batch` at the smallest bucketed length that holds every row."""
+    longest = max(len(r) + len(o) + 1 for r, o in zip(rows, outs, strict=True))
+    length = min(bucket_size(longest - 1, minimum=32), run.model_cfg.block_size)
+    return rollout_batch(rows, outs, ended, adv, run.tokenizer.eot_id, length)
+
+
+def _newline_counts(run: RLRun, outs: list[list[int]]) -> dict[int, int]:
+    """The newlines each sampled token writes, cached on the run (decoded once per token id)."""
+    for t in {t for o in outs for t in o} - run.newlines.keys():
+        run.newlines[t] = run.tokenizer.decode([t]).count("\n")
+    return run.newlines
+
+
 def _with_line_credit(run, problems, texts, outs, ended, adv, weight):
     """Each sample's advantage, per chosen token: its group advantage plus `weight` times the
     per-line process advantage (`policy_gradient.line_credit`). Also returns the mean number of
     right lines, for the log."""
     G = run.cfg.group_size
-    newlines = run.newlines
-    for t in {t for o in outs for t in o} - newlines.keys():
-        newlines[t] = run.tokenizer.decode([t]).count("\n")
+    newlines = _newline_counts(run, outs)
     right = [run.task.right_lines(p, texts[i * G + g])
              for i, p in enumerate(problems) for g in range(G)]
     per_token = []
@@ -474,9 +484,7 @@ def _branch_rollouts(run, params, step, problems, prompts):
     outs = sample(run.model_cfg, params, rows, cfg.branch_tokens, temperature=cfg.temperature,
                   seed=seed, eot_id=tok.eot_id) if rows else []
     sample_seconds = time.perf_counter() - t0
-    newlines = run.newlines
-    for t in {t for o in outs for t in o} - newlines.keys():
-        newlines[t] = tok.decode([t]).count("\n")
+    newlines = _newline_counts(run, outs)
     lines = [first_line(o, [newlines[t] for t in o], cfg.branch_tokens) for o in outs]
     rewards_FG = np.array(
         [[line_reward(task, p, prefix, right, tok.decode(lines[i * G + g][0]), lines[i * G + g][1])
@@ -496,9 +504,7 @@ def _branch_rollouts(run, params, step, problems, prompts):
     pad = -len(rows) % granule or (granule if not rows else 0)  # no-op rows: nothing chosen
     rows, chosen = [*rows, *[[tok.eot_id]] * pad], [*chosen, *[[]] * pad]
     ended, adv = [*ended, *[False] * pad], [*adv, *[0.0] * pad]
-    longest = max(len(r) + len(o) + 1 for r, o in zip(rows, chosen, strict=True))
-    length = min(bucket_size(longest - 1, minimum=32), run.model_cfg.block_size)
-    batch = rollout_batch(rows, chosen, ended, adv, tok.eot_id, length)
+    batch = _to_batch(run, rows, chosen, ended, adv)
     greedy_ended = [len(o) < cfg.max_new_tokens for o in greedy]
     greedy_chosen = [len(o) + e for o, e in zip(greedy, greedy_ended, strict=True)]
     new_tokens = sum(len(o) for o in greedy) + sum(len(o) for o in outs)
